@@ -1,0 +1,69 @@
+"""Injectable clocks, so time-dependent behaviour is testable without sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "ManualClock", "SystemClock", "SYSTEM_CLOCK"]
+
+
+class Clock(Protocol):
+    """Wall time in Unix seconds (``now``) and a way to wait (``sleep``)."""
+
+    def now(self) -> float: ...
+
+    def monotonic(self) -> float: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+
+SYSTEM_CLOCK = SystemClock()
+
+
+class ManualClock:
+    """A clock that moves only when told to: ``advance()`` wakes due sleepers."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self._now = start
+        self._mono = 0.0
+        self._waiters: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._mono + seconds, fut))
+        try:
+            await fut
+        finally:
+            self._waiters = [(t, f) for (t, f) in self._waiters if f is not fut]
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds
+        self._mono += seconds
+        for due, fut in list(self._waiters):
+            if due <= self._mono and not fut.done():
+                fut.set_result(None)
+
+    def set(self, now: float) -> None:
+        self.advance(now - self._now)
