@@ -1,0 +1,36 @@
+"""Human summaries printed by ``seamline run``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seamline.cli.common import console
+
+
+def run_summary(result: Any, state_url: str) -> None:
+    from rich.table import Table
+
+    c = console()
+    t = Table(title="seamline run")
+    for col in ("flow", "received", "delivered", "filtered", "retries scheduled", "dead-lettered"):
+        t.add_column(col, justify="right" if col != "flow" else "left")
+    any_dead = False
+    for name, s in result.stats.items():
+        t.add_row(name, str(s.received), str(s.delivered), str(s.filtered), str(s.retried), str(s.dead))
+        any_dead = any_dead or s.dead > 0
+    c.print(t)
+    for name, s in result.stats.items():
+        for msg_id, step, reason in s.dead_reasons[:20]:
+            c.print(f"  [red]dead[/red] {name} {msg_id} at '{step}': {reason}")
+        if len(s.dead_reasons) > 20:
+            c.print(f"  ... and {len(s.dead_reasons) - 20} more")
+    for name, err in result.errors.items():
+        c.print(f"[red]flow {name} failed:[/red] {err}")
+    state = "" if state_url == ".seamline/state.db" else f" --state {state_url}"
+    if any_dead:
+        c.print("\nInspect and replay dead letters:")
+        c.print(f"  seamline dlq list{state}")
+        c.print(f"  seamline dlq show ID{state}")
+        c.print(f"  seamline dlq edit ID --set field=value{state}")
+        c.print(f"  seamline dlq replay ID{state}        (or --all)")
+        c.print(f"  seamline trace MESSAGE_ID{state}")

@@ -1,0 +1,413 @@
+"""The ``file`` connector: read NDJSON, JSON arrays and CSV; write NDJSON, JSON and CSV.
+
+The source remembers how far it got (a checkpoint in the store, moved only
+past acknowledged messages), so a restart continues where it stopped and a
+second run over the same file delivers nothing twice. The sink writes
+atomically: appends are whole lines (a torn tail left by a crash is cut off
+on open) and JSON files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import functools
+import glob as globlib
+import hashlib
+import io
+import os
+import re
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field
+
+from seamline.config.models import SinkConfig, SourceConfig
+from seamline.connectors.offsets import OffsetTracker
+from seamline.core.component import BuildContext, Delivery, Emit, Sink, Source
+from seamline.core.errors import FatalError
+from seamline.core.message import Message
+from seamline.core.registry import register
+
+__all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig"]
+
+_FP_BYTES = 1024
+
+
+class CsvOptions(SourceConfig):
+    """CSV dialect."""
+
+    delimiter: str = Field(",", min_length=1, max_length=1, description="Field separator.")
+    quotechar: str = Field('"', min_length=1, max_length=1, description="Quote character.")
+    header: bool = Field(True, description="The first row names the columns.")
+    columns: list[str] | None = Field(None, description="Column names when the file has no header row.")
+
+
+class FileSourceConfig(SourceConfig):
+    """Read records from files."""
+
+    path: str = Field(..., description="File to read, or a glob such as `in/*.ndjson` (relative to the flow file).")
+    format: Literal["ndjson", "json", "csv"] = Field("ndjson", description="Record format.")
+    csv: CsvOptions = Field(default_factory=CsvOptions, description="CSV dialect (format: csv).")
+    id_field: str | None = Field(
+        None, description="Record field used as message id (default: file name and record number)."
+    )
+    correlation_field: str | None = Field(None, description="Record field used as correlation id.")
+    max_record_bytes: int = Field(1_048_576, ge=1, description="Longer records are dead-lettered.")
+    encoding: str = Field("utf-8", description="Text encoding.")
+
+
+class FileSinkConfig(SinkConfig):
+    """Write records to files."""
+
+    path: str = Field(
+        ...,
+        description="Target file (ndjson, csv: appended) or, for json, a template with {id} "
+        "(one file per message), relative to the flow file.",
+    )
+    format: Literal["ndjson", "json", "csv"] = Field("ndjson", description="Record format.")
+    csv_columns: list[str] | None = Field(None, description="CSV columns (default: keys of the first record).")
+    csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field separator.")
+    neutralize_formulas: bool = Field(
+        True, description="Prefix CSV cells that start with = + - @ tab or CR with ' (formula injection)."
+    )
+    fsync: bool = Field(True, description="fsync after every batch (survives power loss, not only a crash).")
+
+
+# -- source -------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.sha256(f.read(_FP_BYTES)).hexdigest()[:16]
+
+
+class FileSource(Source):
+    finite = True
+
+    def __init__(self, cfg: FileSourceConfig, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.batch_size = ctx.batch_size
+        self._tracker: OffsetTracker | None = None
+        self._scope = ""
+        self._fp = ""
+        self._lock = asyncio.Lock()
+
+    def _files(self) -> list[Path]:
+        pattern = str(self.ctx.resolve_path(self.cfg.path))
+        if any(ch in pattern for ch in "*?["):
+            return [Path(p) for p in sorted(globlib.glob(pattern))]
+        p = Path(pattern)
+        if not p.exists():
+            raise FatalError(f"input file not found: {self.cfg.path}", code="file.not_found")
+        return [p]
+
+    async def run(self, emit: Emit) -> None:
+        for path in self._files():
+            await self._run_file(path, emit)
+
+    async def _run_file(self, path: Path, emit: Emit) -> None:
+        scope = f"file:{self.ctx.flow}:{path.resolve()}"
+        fp = _fingerprint(path)
+        cp = await self.ctx.store.get_checkpoint(scope)
+        start = 0
+        size = path.stat().st_size
+        if isinstance(cp, dict) and cp.get("fingerprint") == fp and int(cp.get("offset", 0)) <= size:
+            start = int(cp["offset"])
+        tracker = OffsetTracker(start)
+        self._tracker, self._scope, self._fp = tracker, scope, fp
+        batch: list[Delivery] = []
+        for end, rec_no, body, raw, err in self._records(path, start):
+            msg = self._message(path, rec_no, body, raw)
+            ticket = tracker.track(end)
+            batch.append(Delivery(msg, functools.partial(tracker.ack, ticket), _nack, err))
+            if len(batch) >= self.batch_size:
+                await emit(batch)
+                batch = []
+        if batch:
+            await emit(batch)
+
+    def _message(self, path: Path, rec_no: int, body: Any, raw: bytes | None) -> Message:
+        mid = None
+        corr = None
+        if isinstance(body, dict):
+            if self.cfg.id_field and body.get(self.cfg.id_field) is not None:
+                mid = str(body[self.cfg.id_field])
+            if self.cfg.correlation_field and body.get(self.cfg.correlation_field) is not None:
+                corr = str(body[self.cfg.correlation_field])
+        if mid is None:
+            mid = f"{path.name}:{rec_no}"
+        headers = {"file.name": path.name, "file.record": str(rec_no)}
+        return Message(body, raw=raw, id=mid, correlation_id=corr, headers=headers)
+
+    def _records(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
+        fmt = self.cfg.format
+        if fmt == "ndjson":
+            yield from self._ndjson(path, start)
+        elif fmt == "csv":
+            yield from self._csv(path, start)
+        else:
+            yield from self._json_array(path, start)
+
+    def _ndjson(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
+        limit = self.cfg.max_record_bytes
+        with path.open("rb") as f:
+            f.seek(start)
+            pos = start
+            rec_no = self._record_number_at(path, start)
+            for line in f:
+                end = pos + len(line)
+                if not line.endswith(b"\n"):
+                    # an unterminated last line may still be being written: stop before it
+                    break
+                pos = end
+                stripped = line.strip()
+                if not stripped:
+                    continue
+                rec_no += 1
+                if len(stripped) > limit:
+                    err = FatalError(f"record {rec_no} is {len(stripped)} bytes (limit {limit})",
+                                     code="file.record_too_large")
+                    yield end, rec_no, {"$record": rec_no}, None, err
+                    continue
+                try:
+                    body = orjson.loads(stripped)
+                except orjson.JSONDecodeError as exc:
+                    err = FatalError(f"record {rec_no}: invalid JSON: {exc}", code="format.json.syntax")
+                    yield end, rec_no, {"$raw": stripped.decode("utf-8", "replace")}, None, err
+                    continue
+                yield end, rec_no, body, stripped, None
+
+    def _record_number_at(self, path: Path, offset: int) -> int:
+        if offset == 0:
+            return 0
+        n = 0
+        with path.open("rb") as f:
+            remaining = offset
+            while remaining > 0:
+                chunk = f.read(min(1 << 20, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+                n += sum(1 for ln in chunk.split(b"\n")[:-1] if ln.strip())
+        if self.cfg.format == "csv" and self.cfg.csv.header:
+            n -= 1
+        return max(n, 0)
+
+    def _csv(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
+        o = self.cfg.csv
+        enc = self.cfg.encoding
+        with path.open("rb") as f:
+            header: list[str] | None = o.columns
+            pos = 0
+            if o.header:
+                first = f.readline()
+                pos = len(first)
+                header = next(csv.reader([first.decode(enc)], delimiter=o.delimiter, quotechar=o.quotechar), [])
+                header = [h.strip() for h in header]
+            if start > pos:
+                f.seek(start)
+                pos = start
+            rec_no = self._record_number_at(path, start) if start else 0
+            state = {"pos": pos}
+
+            def lines() -> Iterator[str]:
+                for raw in f:
+                    state["pos"] += len(raw)
+                    yield raw.decode(enc, "replace")
+
+            reader = csv.reader(lines(), delimiter=o.delimiter, quotechar=o.quotechar, strict=True)
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    rec_no += 1
+                    err = FatalError(f"record {rec_no}: malformed CSV: {exc}", code="format.csv.malformed")
+                    yield state["pos"], rec_no, {"$record": rec_no}, None, err
+                    continue
+                if not row or all(not c.strip() for c in row):
+                    continue
+                rec_no += 1
+                end = state["pos"]
+                if header is None:
+                    yield end, rec_no, row, None, None
+                    continue
+                if len(row) != len(header):
+                    err = FatalError(
+                        f"record {rec_no}: {len(row)} fields, header has {len(header)}",
+                        code="format.csv.field_count",
+                    )
+                    yield end, rec_no, {"$fields": row}, None, err
+                    continue
+                yield end, rec_no, dict(zip(header, row, strict=True)), None, None
+
+    def _json_array(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
+        data = path.read_bytes()
+        try:
+            items = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            err = FatalError(f"{path.name}: invalid JSON: {exc}", code="format.json.syntax")
+            if start == 0:
+                yield 1, 1, {"$file": path.name}, None, err
+            return
+        if not isinstance(items, list):
+            items = [items]
+        for i in range(start, len(items)):
+            yield i + 1, i + 1, items[i], None, None
+
+    async def commit_acks(self) -> None:
+        t = self._tracker
+        if t is not None and t.dirty:
+            async with self._lock:
+                if t.dirty:
+                    t.dirty = False
+                    await self.ctx.store.put_checkpoint(self._scope, {"offset": t.committed, "fingerprint": self._fp})
+
+    async def close(self) -> None:
+        await self.commit_acks()
+
+
+def _nack(requeue: bool) -> None:
+    """Nothing to do: an unacknowledged record is read again after a restart."""
+
+
+@register(
+    "source",
+    "file",
+    config=FileSourceConfig,
+    summary="Read NDJSON, JSON arrays or CSV from files; remembers its position.",
+    examples=("file: {path: in/orders.csv, format: csv, id_field: order_id}",),
+)
+def _file_source(cfg: FileSourceConfig, ctx: BuildContext) -> FileSource:
+    return FileSource(cfg, ctx)
+
+
+# -- sink -----------------------------------------------------------------------------------------------------
+
+_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+_TEMPLATE = re.compile(r"\{(id|correlation_id)\}")
+
+
+def _neutralize(v: Any) -> Any:
+    if isinstance(v, str) and v.startswith(_FORMULA):
+        return "'" + v
+    return v
+
+
+class FileSink(Sink):
+    def __init__(self, cfg: FileSinkConfig, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.path = ctx.resolve_path(cfg.path)
+        self._columns = cfg.csv_columns
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self.cfg.format == "json":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return
+        await asyncio.to_thread(self._repair_tail)
+
+    def _repair_tail(self) -> None:
+        """Cut a torn last line left behind by a crash mid-write."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        if size == 0:
+            return
+        with self.path.open("r+b") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                if self.cfg.format == "csv" and self._columns is None:
+                    f.seek(0)
+                    first = f.readline().decode("utf-8").rstrip("\r\n")
+                    self._columns = next(csv.reader([first], delimiter=self.cfg.csv_delimiter))
+                return
+            back = min(size, 1 << 20)
+            f.seek(size - back)
+            tail = f.read(back)
+            cut = tail.rfind(b"\n")
+            f.truncate(size - back + cut + 1 if cut >= 0 else 0)
+
+    async def write(self, batch: Sequence[Message]) -> None:
+        async with self._lock:
+            if self.cfg.format == "ndjson":
+                data = b"".join(m.raw + b"\n" for m in batch)
+                await asyncio.to_thread(self._append, data)
+            elif self.cfg.format == "csv":
+                await asyncio.to_thread(self._append_csv, [m.body for m in batch])
+            else:
+                await asyncio.to_thread(self._write_files, [(self._target(m), m.raw) for m in batch])
+
+    def _target(self, m: Message) -> Path:
+        name = _TEMPLATE.sub(lambda mt: _safe_name(str(getattr(m, mt.group(1)))), self.cfg.path)
+        return self.ctx.resolve_path(name)
+
+    def _append(self, data: bytes) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            if self.cfg.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _append_csv(self, rows: list[Any]) -> None:
+        buf = io.StringIO()
+        w = csv.writer(buf, delimiter=self.cfg.csv_delimiter, lineterminator="\n")
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if self._columns is None:
+            first = rows[0] if rows else {}
+            self._columns = list(first.keys()) if isinstance(first, dict) else None
+        if new and self._columns:
+            w.writerow(self._columns)
+        fix = _neutralize if self.cfg.neutralize_formulas else (lambda v: v)
+        for r in rows:
+            if isinstance(r, dict) and self._columns:
+                w.writerow([fix(_cell(r.get(c))) for c in self._columns])
+            elif isinstance(r, list | tuple):
+                w.writerow([fix(_cell(v)) for v in r])
+            else:
+                raise FatalError("CSV sink needs objects or arrays as records", code="file.csv_record_type")
+        self._append(buf.getvalue().encode("utf-8"))
+
+    def _write_files(self, items: list[tuple[Path, bytes]]) -> None:
+        for target, data in items:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            with tmp.open("wb") as f:
+                f.write(data)
+                f.flush()
+                if self.cfg.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, target)
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, dict | list):
+        return orjson.dumps(v).decode()
+    return "" if v is None else v
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", s)[:200] or "_"
+
+
+@register(
+    "sink",
+    "file",
+    config=FileSinkConfig,
+    summary="Write NDJSON or CSV (appended, whole lines) or one JSON file per message (atomic rename).",
+    examples=("file: {path: out/orders.ndjson}", "file: {path: out/{id}.json, format: json}"),
+)
+def _file_sink(cfg: FileSinkConfig, ctx: BuildContext) -> FileSink:
+    return FileSink(cfg, ctx)

@@ -1,0 +1,154 @@
+"""The three extension points: sources, steps and sinks.
+
+A *source* hands the runtime batches of :class:`Delivery` objects
+(message + ack + nack). A *step* turns one message into zero, one or many.
+A *sink* writes a batch and either returns (all confirmed) or raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from seamline.core.clock import SYSTEM_CLOCK, Clock
+from seamline.core.message import Message
+
+if TYPE_CHECKING:
+    from seamline.store.base import Store
+
+__all__ = [
+    "BatchError",
+    "BuildContext",
+    "Delivery",
+    "Emit",
+    "Sink",
+    "Source",
+    "Step",
+]
+
+AckFn = Callable[[], Awaitable[None] | None]
+NackFn = Callable[[bool], Awaitable[None] | None]
+
+
+def _noop(*_: Any) -> None:
+    return None
+
+
+class Delivery:
+    """A message from a source with its acknowledgement callbacks.
+
+    ``ack()`` is called once every sink confirmed the message or it is
+    durably in the store (retry schedule or DLQ). ``nack(requeue)`` is called
+    when the runtime gives the message back (shutdown) so the source
+    redelivers it later.
+    """
+
+    __slots__ = ("ack", "error", "message", "nack")
+
+    def __init__(
+        self,
+        message: Message,
+        ack: AckFn = _noop,
+        nack: NackFn = _noop,
+        error: BaseException | None = None,
+    ) -> None:
+        self.message = message
+        self.ack = ack
+        self.nack = nack
+        #: set when the source could not decode the input: the message goes to the DLQ at once
+        self.error = error
+
+
+Emit = Callable[[list[Delivery]], Awaitable[None]]
+
+
+@dataclass
+class BuildContext:
+    """What a component factory may use: where the flow file is, the store, a clock."""
+
+    flow: str
+    base_dir: Path
+    store: Store
+    clock: Clock = SYSTEM_CLOCK
+    label: str = ""
+    batch_size: int = 500
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("seamline"))
+
+    def resolve_path(self, path: str | Path) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+class Source:
+    """Base class of sources. Override ``run``; ``finite`` sources end by themselves."""
+
+    finite: ClassVar[bool] = False
+
+    async def open(self) -> None:
+        """Connect; called once before ``run``."""
+
+    async def run(self, emit: Emit) -> None:
+        """Call ``await emit(batch)`` until exhausted (finite) or cancelled."""
+        raise NotImplementedError
+
+    async def commit_acks(self) -> None:
+        """Persist progress after a batch was acknowledged (offsets, checkpoints)."""
+
+    async def close(self) -> None:
+        """Release connections; called once, also after errors."""
+
+
+class Step:
+    """Base class of steps. Override ``process`` (sync) or ``process_async``."""
+
+    is_async: ClassVar[bool] = False
+    label: str = ""
+    kind: str = ""
+
+    def process(self, message: Message) -> Message | Sequence[Message] | None:
+        """Return the message (changed or not), several messages, or None to drop it."""
+        raise NotImplementedError
+
+    async def process_async(self, message: Message) -> Message | Sequence[Message] | None:
+        return self.process(message)
+
+    async def open(self) -> None:
+        """Prepare resources (connections, caches)."""
+
+    async def close(self) -> None:
+        """Release resources."""
+
+
+class Sink:
+    """Base class of sinks. Override ``write``.
+
+    ``write`` returns when every message of the batch is confirmed by the
+    target. It raises an exception when the whole batch failed, or
+    :class:`BatchError` when only some messages failed.
+    ``atomic_batches`` says that a failed batch wrote nothing, so the runtime
+    may split it and retry message by message to isolate the bad one.
+    """
+
+    atomic_batches: ClassVar[bool] = False
+    label: str = ""
+    kind: str = ""
+
+    async def open(self) -> None:
+        """Connect."""
+
+    async def write(self, batch: Sequence[Message]) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Flush and release."""
+
+
+class BatchError(Exception):
+    """Some messages of a batch failed: ``errors`` maps batch index to the exception."""
+
+    def __init__(self, errors: dict[int, BaseException]) -> None:
+        super().__init__(f"{len(errors)} message(s) of the batch failed")
+        self.errors = errors

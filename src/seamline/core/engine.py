@@ -1,0 +1,105 @@
+"""The engine: runs a set of flows against one store until stopped or idle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from seamline.core.clock import SYSTEM_CLOCK, Clock
+from seamline.core.flow import Flow
+from seamline.core.runtime import FlowRunner, FlowStats
+from seamline.store.base import Store
+
+__all__ = ["Engine", "EngineResult"]
+
+log = logging.getLogger("seamline.engine")
+
+
+@dataclass
+class EngineResult:
+    stats: dict[str, FlowStats] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+class Engine:
+    """Open the flows, run them, stop them gracefully."""
+
+    def __init__(
+        self,
+        flows: Sequence[Flow],
+        store: Store,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        retry_poll: float = 1.0,
+    ) -> None:
+        self.flows = list(flows)
+        self.store = store
+        self.clock = clock
+        self.retry_poll = retry_poll
+        self.runners: list[FlowRunner] = []
+        self._stop = asyncio.Event()
+        self._interrupted = False
+
+    def request_stop(self) -> None:
+        """Ask the engine to stop (what SIGTERM and SIGINT do)."""
+        self._interrupted = True
+        self._stop.set()
+
+    async def _all_idle(self, horizon: float) -> None:
+        await asyncio.gather(*(r.wait_idle(horizon) for r in self.runners))
+
+    async def run(
+        self,
+        *,
+        until_idle: bool = False,
+        idle_horizon: float = 30.0,
+        install_signals: bool = True,
+        drain_timeout: float | None = None,
+    ) -> EngineResult:
+        loop = asyncio.get_running_loop()
+        installed: list[int] = []
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.request_stop)
+                    installed.append(sig)
+        await self.store.open()
+        result = EngineResult()
+        try:
+            for fl in self.flows:
+                runner = FlowRunner(fl, self.store, clock=self.clock, retry_poll=self.retry_poll)
+                self.runners.append(runner)
+                await runner.open()
+            for r in self.runners:
+                r.start()
+            waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
+            if until_idle:
+                waiters.append(asyncio.ensure_future(self._all_idle(idle_horizon)))
+            _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for t in pending:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            for r in self.runners:
+                await r.stop(drain_timeout)
+        finally:
+            for r in self.runners:
+                await r.close()
+                result.stats[r.flow.name] = r.stats
+                if r.source_error is not None:
+                    result.errors[r.flow.name] = str(r.source_error)
+            await self.store.close()
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+        result.interrupted = self._interrupted
+        return result

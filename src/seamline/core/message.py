@@ -1,0 +1,165 @@
+"""The message envelope that travels through a flow."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+__all__ = ["Message", "new_id"]
+
+_JSON_TYPES = ("application/json", "application/x-ndjson")
+_UNSET: Any = object()
+
+
+def new_id() -> str:
+    """A fresh, sortable-enough message id (uuid4 hex)."""
+    return uuid.uuid4().hex
+
+
+class Message:
+    """One unit of data with its metadata.
+
+    ``body`` is decoded lazily: a message built from raw JSON bytes parses
+    them on first access, and a message whose body was set encodes it once
+    when ``raw`` is first asked for (and caches the bytes).
+    """
+
+    __slots__ = (
+        "_body",
+        "_raw",
+        "attempt",
+        "content_type",
+        "correlation_id",
+        "created_at",
+        "headers",
+        "id",
+        "received_at",
+        "route",
+        "schema",
+    )
+
+    def __init__(
+        self,
+        body: Any = _UNSET,
+        *,
+        raw: bytes | None = None,
+        id: str | None = None,  # noqa: A002 - the envelope's field name
+        correlation_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        schema: str | None = None,
+        attempt: int = 0,
+        created_at: float | None = None,
+        received_at: float | None = None,
+    ) -> None:
+        if body is _UNSET and raw is None:
+            body = None
+        self._body: Any = body
+        self._raw: bytes | None = raw
+        self.id: str = id or new_id()
+        self.correlation_id: str = correlation_id or self.id
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.content_type = content_type
+        self.schema = schema
+        self.attempt = attempt
+        now = time.time()
+        self.created_at: float = created_at if created_at is not None else now
+        self.received_at: float = received_at if received_at is not None else now
+        #: names of the sinks this message goes to (set by ``route``); None = all sinks
+        self.route: tuple[str, ...] | None = None
+
+    # -- body ---------------------------------------------------------------
+    @property
+    def body(self) -> Any:
+        if self._body is _UNSET:
+            raw = self._raw or b""
+            if self.content_type in _JSON_TYPES:
+                self._body = orjson.loads(raw)
+            else:
+                self._body = raw
+        return self._body
+
+    @body.setter
+    def body(self, value: Any) -> None:
+        self._body = value
+        self._raw = None
+
+    @property
+    def raw(self) -> bytes:
+        """The body as bytes (encoded once, then cached)."""
+        if self._raw is None:
+            body = self._body
+            if isinstance(body, bytes):
+                self._raw = body
+            elif isinstance(body, str) and self.content_type not in _JSON_TYPES:
+                self._raw = body.encode()
+            else:
+                self._raw = orjson.dumps(body)
+        return self._raw
+
+    @property
+    def is_decoded(self) -> bool:
+        return self._body is not _UNSET
+
+    # -- copies ---------------------------------------------------------------
+    def evolve(self, body: Any = _UNSET, **changes: Any) -> Message:
+        """A copy with a new body and/or other fields changed; the id stays."""
+        m = Message.__new__(Message)
+        m._body = self._body if body is _UNSET else body
+        m._raw = self._raw if body is _UNSET else None
+        m.id = self.id
+        m.correlation_id = self.correlation_id
+        m.headers = dict(self.headers)
+        m.content_type = self.content_type
+        m.schema = self.schema
+        m.attempt = self.attempt
+        m.created_at = self.created_at
+        m.received_at = self.received_at
+        m.route = self.route
+        for k, v in changes.items():
+            setattr(m, k, v)
+        return m
+
+    # -- persistence ------------------------------------------------------------
+    def to_record(self) -> dict[str, Any]:
+        """A dict for the store: the raw bytes when they are current, else the decoded body."""
+        raw = self._raw
+        return {
+            "id": self.id,
+            "correlation_id": self.correlation_id,
+            "headers": self.headers,
+            "content_type": self.content_type,
+            "schema": self.schema,
+            "attempt": self.attempt,
+            "created_at": self.created_at,
+            "received_at": self.received_at,
+            "route": list(self.route) if self.route is not None else None,
+            "raw": raw,
+            "body": None if raw is not None else self._body,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> Message:
+        raw = rec.get("raw")
+        m = cls(
+            _UNSET if raw is not None else rec.get("body"),
+            raw=raw,
+            id=rec["id"],
+            correlation_id=rec.get("correlation_id"),
+            headers=rec.get("headers") or {},
+            content_type=rec.get("content_type") or "application/json",
+            schema=rec.get("schema"),
+            attempt=int(rec.get("attempt") or 0),
+            created_at=rec.get("created_at"),
+            received_at=rec.get("received_at"),
+        )
+        route = rec.get("route")
+        m.route = tuple(route) if route is not None else None
+        return m
+
+    def __repr__(self) -> str:
+        return f"Message(id={self.id!r}, correlation_id={self.correlation_id!r}, attempt={self.attempt})"

@@ -1,0 +1,100 @@
+"""The registry of connectors and steps, each with a pydantic config spec.
+
+A spec is the single source of truth: it validates flow files, generates
+the JSON Schema of flow files and the reference docs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+__all__ = [
+    "BUILTIN_MODULES",
+    "ComponentSpec",
+    "Role",
+    "all_specs",
+    "get_spec",
+    "load_builtins",
+    "register",
+]
+
+Role = Literal["source", "sink", "step"]
+
+#: modules that register the built-in connectors and steps (imported on demand)
+BUILTIN_MODULES: tuple[str, ...] = (
+    "seamline.connectors.file",
+    "seamline.connectors.sql",
+    "seamline.steps.map",
+    "seamline.steps.filter",
+    "seamline.steps.route",
+    "seamline.steps.validate",
+    "seamline.steps.python",
+)
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered component: its name, role, config model and factory."""
+
+    role: Role
+    name: str
+    config: type[BaseModel]
+    factory: Callable[[Any, Any], Any]
+    summary: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+
+
+_REGISTRY: dict[tuple[Role, str], ComponentSpec] = {}
+_loaded = False
+
+
+def register(
+    role: Role,
+    name: str,
+    *,
+    config: type[BaseModel],
+    summary: str,
+    description: str = "",
+    examples: tuple[str, ...] = (),
+) -> Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]:
+    """Decorator: register ``factory(config, ctx) -> component`` under ``role``/``name``."""
+
+    def deco(factory: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        key = (role, name)
+        existing = _REGISTRY.get(key)
+        if existing is not None and existing.factory is not factory:
+            if existing.factory.__qualname__ != factory.__qualname__:
+                raise ValueError(f"{role} {name!r} is already registered")
+        _REGISTRY[key] = ComponentSpec(role, name, config, factory, summary, description, examples)
+        return factory
+
+    return deco
+
+
+def load_builtins() -> None:
+    """Import the built-in component modules so they register themselves."""
+    global _loaded
+    if _loaded:
+        return
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+    _loaded = True
+
+
+def get_spec(role: Role, name: str) -> ComponentSpec | None:
+    load_builtins()
+    return _REGISTRY.get((role, name))
+
+
+def all_specs(role: Role | None = None) -> list[ComponentSpec]:
+    load_builtins()
+    return sorted(
+        (s for s in _REGISTRY.values() if role is None or s.role == role),
+        key=lambda s: (s.role, s.name),
+    )

@@ -1,0 +1,618 @@
+"""The asyncio runtime: moves messages from a source through steps to sinks.
+
+Delivery contract: a source message is acknowledged only after every sink
+it is routed to confirmed it, or it is durably in the store (a scheduled
+retry or the dead-letter queue). Everything one batch changes in the store
+(journal, retries, dead letters) is committed in one transaction before
+any acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from seamline.core.clock import SYSTEM_CLOCK, Clock
+from seamline.core.component import BatchError, BuildContext, Delivery, Sink, Source, Step
+from seamline.core.errors import SeamlineError, classify
+from seamline.core.flow import ComponentRef, Flow
+from seamline.core.message import Message
+from seamline.core.registry import get_spec
+from seamline.resilience.retry import RetryPolicy
+from seamline.store.base import Batch, DeadLetter, RetryEntry, Store
+
+__all__ = ["FlowRunner", "FlowStats"]
+
+log = logging.getLogger("seamline.runtime")
+
+_SINKS = "sinks"
+
+
+def _digest(m: Message) -> str:
+    return hashlib.blake2b(m.raw, digest_size=8).hexdigest()
+
+
+def _error_chain(exc: BaseException) -> list[dict[str, Any]]:
+    chain: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen and len(chain) < 10:
+        seen.add(id(cur))
+        chain.append(
+            {
+                "type": type(cur).__name__,
+                "code": getattr(cur, "code", None),
+                "message": getattr(cur, "message", None) or str(cur),
+                "details": _safe(getattr(cur, "details", None)),
+            }
+        )
+        cur = cur.__cause__ or cur.__context__
+    return chain
+
+
+def _safe(v: Any) -> Any:
+    if v is None or isinstance(v, str | int | float | bool):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_safe(x) for x in v]
+    return str(v)
+
+
+def _text(exc: BaseException) -> str:
+    msg = getattr(exc, "message", None)
+    return (msg if isinstance(msg, str) else str(exc)).strip() or type(exc).__name__
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, SeamlineError):
+        return exc.code
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionError | OSError):
+        return "connection"
+    return "error." + type(exc).__name__
+
+
+@dataclass
+class FlowStats:
+    received: int = 0
+    delivered: int = 0
+    filtered: int = 0
+    retried: int = 0
+    dead: int = 0
+    dead_reasons: list[tuple[str, str, str]] = field(default_factory=list)  # msg_id, step, reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "delivered": self.delivered,
+            "filtered": self.filtered,
+            "retries_scheduled": self.retried,
+            "dead_lettered": self.dead,
+        }
+
+
+class _Work:
+    """One unit travelling through the pipeline: a source delivery or a due retry."""
+
+    __slots__ = ("attempt", "delivery", "first_at", "history", "message", "original", "pending", "resume", "rid")
+
+    def __init__(
+        self,
+        message: Message,
+        *,
+        delivery: Delivery | None = None,
+        original: dict[str, Any] | None = None,
+        resume: int = 0,
+        pending: list[str] | None = None,
+        attempt: int = 0,
+        history: list[dict[str, Any]] | None = None,
+        first_at: float = 0.0,
+        rid: str | None = None,
+    ) -> None:
+        self.message = message
+        self.delivery = delivery
+        self.original = original
+        self.resume = resume
+        self.pending = pending
+        self.attempt = attempt
+        self.history = history or []
+        self.first_at = first_at
+        self.rid = rid
+
+
+class _Unit:
+    """A message at the sink stage (one work item may yield several after a split)."""
+
+    __slots__ = ("failed", "message", "targets", "work")
+
+    def __init__(self, work: _Work, message: Message, targets: list[str]) -> None:
+        self.work = work
+        self.message = message
+        self.targets = targets
+        self.failed: dict[str, BaseException] = {}
+
+
+class FlowRunner:
+    """Runs one flow: source task, worker tasks and the retry scheduler."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        store: Store,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        retry_poll: float = 1.0,
+        retry_lease: float = 300.0,
+    ) -> None:
+        self.flow = flow
+        self.store = store
+        self.clock = clock
+        self.retry_poll = retry_poll
+        self.retry_lease = retry_lease
+        self.settings = flow.settings
+        self.stats = FlowStats()
+        self.policy: RetryPolicy = flow.on_error.retry.policy()
+        self.source: Source | None = None
+        self.steps: list[Step] = []
+        self.sinks: dict[str, Sink] = {}
+        self.sink_policies: dict[str, RetryPolicy] = {}
+        self._queue: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=self.settings.queue)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._source_task: asyncio.Task[None] | None = None
+        self._source_done = asyncio.Event()
+        self._source_error: BaseException | None = None
+        self._inflight: dict[int, list[_Work]] = {}
+        self._seq = 0
+        self._sink_turn: dict[str, int] = {}
+        self._turn_changed = asyncio.Condition()
+        self._retry_wake = asyncio.Event()
+        self._stopping = False
+        self._idle = asyncio.Event()
+        self._journal = self.settings.journal
+        self._retries_inflight = 0
+
+    # -- building --------------------------------------------------------------------
+    def _ctx(self, ref: ComponentRef) -> BuildContext:
+        return BuildContext(
+            flow=self.flow.name,
+            base_dir=self.flow.base_dir,
+            store=self.store,
+            clock=self.clock,
+            label=ref.label,
+            batch_size=self.settings.batch_size,
+        )
+
+    def _build(self, ref: ComponentRef) -> Any:
+        spec = get_spec(ref.role, ref.name)
+        if spec is None:
+            raise SeamlineError(f"unknown {ref.role} {ref.name!r}", code="config.unknown_component")
+        comp = spec.factory(ref.config, self._ctx(ref))
+        if ref.role in ("step", "sink"):
+            comp.label = ref.label
+            comp.kind = ref.name
+        return comp
+
+    async def open(self) -> None:
+        self.source = self._build(self.flow.source)
+        self.steps = [self._build(r) for r in self.flow.steps]
+        for ref in self.flow.sinks:
+            self.sinks[ref.label] = self._build(ref)
+            retry = getattr(ref.config, "retry", None)
+            self.sink_policies[ref.label] = retry.policy() if retry is not None else self.policy
+            self._sink_turn[ref.label] = 0
+        for st in self.steps:
+            await st.open()
+        for sk in self.sinks.values():
+            await sk.open()
+        await self.source.open()
+        release = getattr(self.store, "release_leases", None)
+        if release is not None:
+            await release([self.flow.name])
+
+    async def close(self) -> None:
+        for comp in [self.source, *self.steps, *self.sinks.values()]:
+            if comp is None:
+                continue
+            try:
+                await comp.close()
+            except Exception:
+                log.exception("closing %s failed", comp)
+
+    # -- running -----------------------------------------------------------------------
+    def start(self) -> None:
+        self._source_task = asyncio.create_task(self._run_source(), name=f"{self.flow.name}:source")
+        for i in range(self.settings.concurrency):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"{self.flow.name}:worker{i}"))
+        self._tasks.append(asyncio.create_task(self._retry_loop(), name=f"{self.flow.name}:retries"))
+
+    async def _emit(self, deliveries: list[Delivery]) -> None:
+        if self._stopping:
+            for d in deliveries:
+                await _call(d.nack, True)
+            raise asyncio.CancelledError
+        now = self.clock.now()
+        work = [_Work(d.message, delivery=d, first_at=now) for d in deliveries]
+        for w in work:
+            if w.delivery is not None and w.delivery.error is not None:
+                w.resume = -1
+        self.stats.received += len(work)
+        await self._queue.put(work)
+
+    async def _run_source(self) -> None:
+        assert self.source is not None
+        try:
+            await self.source.run(self._emit)
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:
+            self._source_error = exc
+            log.error("flow %s: source failed: %s", self.flow.name, exc)
+        finally:
+            self._source_done.set()
+
+    @property
+    def source_error(self) -> BaseException | None:
+        return self._source_error
+
+    async def _worker(self) -> None:
+        while True:
+            items = await self._queue.get()
+            if items is None:
+                self._queue.task_done()
+                return
+            self._seq += 1
+            seq = self._seq
+            self._inflight[seq] = items
+            try:
+                await self._process(seq, items)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("flow %s: batch failed unexpectedly; giving it back", self.flow.name)
+                for w in items:
+                    if w.delivery is not None:
+                        await _call(w.delivery.nack, True)
+            finally:
+                self._inflight.pop(seq, None)
+                self._queue.task_done()
+
+    async def _retry_loop(self) -> None:
+        flows = [self.flow.name]
+        while not self._stopping:
+            now = self.clock.now()
+            due = await self.store.due_retries(flows, now, self.settings.batch_size, self.retry_lease)
+            if due:
+                work = []
+                for r in due:
+                    msg = Message.from_record(r.message)
+                    msg.attempt = r.attempt
+                    work.append(
+                        _Work(
+                            msg,
+                            original=r.original,
+                            resume=r.resume,
+                            pending=r.pending_sinks,
+                            attempt=r.attempt,
+                            history=r.history,
+                            first_at=r.first_at,
+                            rid=r.rid,
+                        )
+                    )
+                self._retries_inflight += len(work)
+                await self._queue.put(work)
+                continue
+            nxt = await self.store.next_retry_at(flows)
+            wait = self.retry_poll if nxt is None else max(0.0, min(self.retry_poll, nxt - now))
+            self._retry_wake.clear()
+            sleeper = asyncio.ensure_future(self.clock.sleep(wait))
+            waker = asyncio.ensure_future(self._retry_wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+
+    # -- the pipeline ----------------------------------------------------------------------
+    async def _process(self, seq: int, items: list[_Work]) -> None:
+        flow = self.flow.name
+        journal: list[Any] = []
+        hops = self._journal == "hops"
+        edges = self._journal != "off"
+        batch = Batch(journal=journal)
+        units: list[_Unit] = []
+        now = self.clock.now()
+        all_sinks = list(self.sinks)
+        nsteps = len(self.steps)
+        steps = self.steps
+        ok_items: list[_Work] = []
+
+        for w in items:
+            m = w.message
+            if w.original is None:
+                w.original = m.to_record()
+                if edges:
+                    journal.append((now, flow, m.id, m.correlation_id, "source", "received", 0, _digest(m), None))
+            elif edges:
+                journal.append((now, flow, m.id, m.correlation_id, "retry", f"attempt {w.attempt + 1}", 0, None,
+                                None))
+            msgs: list[Message] = [m]
+            if w.resume < 0:
+                assert w.delivery is not None and w.delivery.error is not None
+                self._fail(batch, w, m, 0, "source", w.delivery.error, now, pending=None, force_dead=True)
+                continue
+            for si in range(w.resume, nsteps):
+                st = steps[si]
+                out: list[Message] = []
+                for cur in msgs:
+                    t0 = time.perf_counter_ns()
+                    try:
+                        r = await st.process_async(cur) if st.is_async else st.process(cur)
+                    except Exception as exc:
+                        self._fail(batch, w, cur, si, st.label, exc, now, pending=None)
+                        continue
+                    dur = (time.perf_counter_ns() - t0) // 1000
+                    if r is None:
+                        if hops:
+                            journal.append((now, flow, cur.id, cur.correlation_id, st.label, "filtered", dur, None,
+                                            None))
+                        self.stats.filtered += 1
+                    elif isinstance(r, Message):
+                        out.append(r)
+                        if hops:
+                            journal.append((now, flow, r.id, r.correlation_id, st.label, "ok", dur, _digest(r), None))
+                    else:
+                        out.extend(r)
+                        if hops:
+                            for x in r:
+                                journal.append((now, flow, x.id, x.correlation_id, st.label, "ok", dur, _digest(x),
+                                                None))
+                msgs = out
+                if not msgs:
+                    break
+            for cur in msgs:
+                targets = all_sinks if cur.route is None else [s for s in cur.route if s in self.sinks]
+                if w.pending is not None:
+                    targets = [s for s in targets if s in w.pending]
+                if not targets:
+                    if hops:
+                        journal.append((now, flow, cur.id, cur.correlation_id, "route", "no-target", 0, None, None))
+                    self.stats.filtered += 1
+                    continue
+                units.append(_Unit(w, cur, targets))
+            ok_items.append(w)
+
+        # sinks, in batch order per sink
+        by_sink: dict[str, list[_Unit]] = {}
+        for u in units:
+            for s in u.targets:
+                by_sink.setdefault(s, []).append(u)
+        if by_sink:
+            await asyncio.gather(*(self._write(seq, label, us) for label, us in by_sink.items()))
+        for label in self.sinks:
+            if label not in by_sink:
+                await self._advance_turn(label, seq)
+
+        done_at = self.clock.now()
+        for u in units:
+            m = u.message
+            delivered = [s for s in u.targets if s not in u.failed]
+            if edges:
+                for s in delivered:
+                    journal.append((done_at, flow, m.id, m.correlation_id, s, "delivered", 0, _digest(m), None))
+            if not u.failed:
+                self.stats.delivered += 1
+                continue
+            retryable = {s: e for s, e in u.failed.items() if classify(e)}
+            fatal = {s: e for s, e in u.failed.items() if s not in retryable}
+            if edges:
+                for s, e in u.failed.items():
+                    journal.append((done_at, flow, m.id, m.correlation_id, s, "failed", 0, None, f"{_code(e)}: {_text(e)}"))
+            if retryable:
+                s0, e0 = next(iter(retryable.items()))
+                self._fail(batch, u.work, m, nsteps, s0, e0, done_at, pending=list(retryable), policy_sink=s0)
+            if fatal:
+                s0, e0 = next(iter(fatal.items()))
+                self._fail(batch, u.work, m, nsteps, s0, e0, done_at, pending=list(fatal), force_dead=True)
+
+        for w in ok_items:
+            if w.rid is not None and w.rid not in {r.rid for r in batch.retries}:
+                batch.retries_done.append(w.rid)
+        for w in items:
+            if w.rid is not None and w not in ok_items and w.rid not in {r.rid for r in batch.retries}:
+                batch.retries_done.append(w.rid)
+        batch.retries_done = list(dict.fromkeys(batch.retries_done))
+
+        await self.store.commit(batch)
+        acked = False
+        for w in items:
+            if w.delivery is not None:
+                await _call(w.delivery.ack)
+                acked = True
+            else:
+                self._retries_inflight -= 1
+        if acked and self.source is not None:
+            await self.source.commit_acks()
+        if batch.retries:
+            self._retry_wake.set()
+
+    def _fail(
+        self,
+        batch: Batch,
+        w: _Work,
+        m: Message,
+        resume: int,
+        where: str,
+        exc: BaseException,
+        now: float,
+        *,
+        pending: list[str] | None,
+        policy_sink: str | None = None,
+        force_dead: bool = False,
+    ) -> None:
+        flow = self.flow.name
+        attempts = w.attempt + 1
+        record = {"at": now, "attempt": attempts, "step": where, "code": _code(exc), "error": _text(exc)[:500]}
+        history = [*w.history, record]
+        retry_after = getattr(exc, "retry_after", None)
+        policy = self.sink_policies.get(policy_sink or "", self.policy) if policy_sink else self.policy
+        if not force_dead and classify(exc):
+            delay = policy.delay(attempts, retry_after=retry_after)
+            if not policy.gives_up(attempts, first_attempt_at=w.first_at or now, now=now, next_delay=delay):
+                reuse = w.rid is not None and all(r.rid != w.rid for r in batch.retries)
+                rid = w.rid if (reuse and w.rid is not None) else f"{flow}:{m.id}:{uuid.uuid4().hex[:12]}"
+                batch.retries.append(
+                    RetryEntry(
+                        rid=rid, flow=flow, msg_id=m.id, due_at=now + delay, attempt=attempts, resume=resume,
+                        pending_sinks=pending, message=m.to_record(), original=w.original or m.to_record(),
+                        history=history, first_at=w.first_at or now,
+                    )
+                )
+                if self._journal != "off":
+                    batch.journal.append((now, flow, m.id, m.correlation_id, where, "retry-scheduled", 0, None,
+                                          f"{_code(exc)}: attempt {attempts}, next in {delay:.3f}s"))
+                self.stats.retried += 1
+                return
+            reason = f"retries exhausted after {attempts} attempt(s): {_text(exc)}"
+        else:
+            reason = _text(exc)
+        dlq_id = uuid.uuid4().hex
+        batch.dead.append(
+            DeadLetter(
+                dlq_id=dlq_id, flow=flow, msg_id=m.id, correlation_id=m.correlation_id, step=where,
+                error_code=_code(exc), error_class="retryable" if classify(exc) else "fatal",
+                error_message=reason[:2000], error_chain=_error_chain(exc), attempts=attempts, history=history,
+                original=w.original or m.to_record(), current=m.to_record(), resume=resume,
+                pending_sinks=pending, first_failed_at=(w.history[0]["at"] if w.history else now), dead_at=now,
+            )
+        )
+        if self._journal != "off":
+            batch.journal.append((now, flow, m.id, m.correlation_id, where, "dead-lettered", 0, None,
+                                  f"{_code(exc)}: {reason[:300]}"))
+        self.stats.dead += 1
+        self.stats.dead_reasons.append((m.id, where, f"{_code(exc)}: {reason[:200]}"))
+
+    async def _advance_turn(self, label: str, seq: int) -> None:
+        async with self._turn_changed:
+            await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
+            self._sink_turn[label] = seq
+            self._turn_changed.notify_all()
+
+    async def _write(self, seq: int, label: str, units: list[_Unit]) -> None:
+        sink = self.sinks[label]
+        async with self._turn_changed:
+            await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
+        try:
+            await self._write_batch(sink, label, units)
+        finally:
+            async with self._turn_changed:
+                self._sink_turn[label] = seq
+                self._turn_changed.notify_all()
+
+    async def _write_batch(self, sink: Sink, label: str, units: list[_Unit]) -> None:
+        msgs = [u.message for u in units]
+        try:
+            await sink.write(msgs)
+        except BatchError as be:
+            for i, e in be.errors.items():
+                units[i].failed[label] = e
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if sink.atomic_batches and len(units) > 1:
+                for u in units:
+                    try:
+                        await sink.write([u.message])
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as one:
+                        u.failed[label] = one
+            else:
+                for u in units:
+                    u.failed[label] = exc
+
+    # -- lifecycle helpers --------------------------------------------------------------------
+    def busy(self) -> bool:
+        return bool(self._inflight) or not self._queue.empty() or self._retries_inflight > 0
+
+    async def wait_idle(self, horizon: float) -> None:
+        """Return once the source is drained, nothing is in flight and no retry is due within ``horizon``."""
+        await self._source_done.wait()
+        while True:
+            await self._queue.join()
+            if self.busy():
+                await asyncio.sleep(0.01)
+                continue
+            nxt = await self.store.next_retry_at([self.flow.name])
+            now = self.clock.now()
+            if nxt is None or nxt > now + horizon:
+                if not self.busy():
+                    return
+            await asyncio.sleep(min(0.05, self.retry_poll))
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop intake, drain in-flight work up to ``timeout``, give back the rest."""
+        self._stopping = True
+        timeout = self.settings.drain_timeout if timeout is None else timeout
+        if self._source_task is not None and not self._source_task.done():
+            self._source_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._source_task
+        # the retry loop only feeds the queue: stop it first
+        retry_task = self._tasks[-1] if self._tasks else None
+        if retry_task is not None:
+            retry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await retry_task
+        workers = self._tasks[:-1]
+        for _ in workers:
+            await self._put_sentinel()
+        if workers:
+            _done, pending = await asyncio.wait(workers, timeout=timeout)
+            for t in pending:
+                t.cancel()
+            for t in pending:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+        # whatever was not finished goes back to the source
+        leftovers: list[_Work] = []
+        for items in list(self._inflight.values()):
+            leftovers.extend(items)
+        self._inflight.clear()
+        while not self._queue.empty():
+            items = self._queue.get_nowait()
+            if items:
+                leftovers.extend(items)
+        for w in leftovers:
+            if w.delivery is not None:
+                await _call(w.delivery.nack, True)
+        self._tasks.clear()
+
+    async def _put_sentinel(self) -> None:
+        try:
+            self._queue.put_nowait(None)
+        except asyncio.QueueFull:
+            # make room: the oldest queued batch goes back to its source
+            items = self._queue.get_nowait()
+            self._queue.task_done()
+            if items:
+                for w in items:
+                    if w.delivery is not None:
+                        await _call(w.delivery.nack, True)
+            self._queue.put_nowait(None)
+
+
+async def _call(fn: Any, *args: Any) -> None:
+    r = fn(*args)
+    if inspect.isawaitable(r):
+        await r

@@ -1,0 +1,255 @@
+"""Integration functions available in every mapping, and user-registered Python functions.
+
+Built in (see the reference docs for each):
+
+* ``$xref(table, key[, default])`` -- value from a lookup table (:mod:`.lookups`)
+* ``$translate(mapName, code[, default])`` -- value from a value map
+* ``$toTimezone(timestamp, zone[, policy])`` and ``$parseDateTime(text, format[, zone])``
+  (:mod:`.timezones`)
+* ``$uuid()`` -- a random UUID (version 4) as text
+* ``$hash(algorithm, text)`` -- hex digest; sha256, sha1, md5, sha512 or blake2b
+
+Your own: :func:`register_function` adds a Python function to every mapping
+compiled afterwards; ``compile(..., functions={...})`` adds functions to one
+expression. A function receives plain Python values (JSON ``null`` and
+JSONata *undefined* both arrive as ``None``) and returns a JSON-compatible
+value. It may raise :class:`~seamline.mapping.MappingError` (fatal) or
+:class:`~seamline.core.errors.RetryableError` (for example a timed-out
+lookup); any other exception becomes a ``mapping.function_error``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from seamline.mapping.errors import MappingError
+from seamline.mapping.timezones import parse_datetime, to_timezone
+
+__all__ = [
+    "INTEGRATION_FUNCTIONS",
+    "JSONATA_BUILTINS",
+    "ValueMaps",
+    "hash_text",
+    "new_uuid",
+    "register_function",
+    "registered_functions",
+    "unregister_function",
+]
+
+#: the standard JSONata function library; user functions may not shadow these
+JSONATA_BUILTINS = frozenset(
+    [
+        "sum",
+        "count",
+        "max",
+        "min",
+        "average",
+        "string",
+        "substring",
+        "substringBefore",
+        "substringAfter",
+        "lowercase",
+        "uppercase",
+        "length",
+        "trim",
+        "pad",
+        "contains",
+        "split",
+        "join",
+        "match",
+        "replace",
+        "now",
+        "fromMillis",
+        "toMillis",
+        "formatNumber",
+        "formatBase",
+        "formatInteger",
+        "parseInteger",
+        "number",
+        "abs",
+        "floor",
+        "ceil",
+        "round",
+        "power",
+        "sqrt",
+        "random",
+        "millis",
+        "boolean",
+        "not",
+        "exists",
+        "append",
+        "sort",
+        "reverse",
+        "shuffle",
+        "distinct",
+        "zip",
+        "keys",
+        "lookup",
+        "spread",
+        "merge",
+        "sift",
+        "each",
+        "error",
+        "assert",
+        "type",
+        "map",
+        "filter",
+        "single",
+        "reduce",
+        "base64encode",
+        "base64decode",
+        "encodeUrlComponent",
+        "encodeUrl",
+        "decodeUrlComponent",
+        "decodeUrl",
+        "eval",
+        "clone",
+    ]
+)
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_HASHES = {"sha256", "sha1", "md5", "sha512", "blake2b"}
+
+
+def hash_text(algorithm: Any, text: Any) -> str | None:
+    """``$hash(algorithm, text)``: hex digest of the UTF-8 text. ``null`` text gives ``null``."""
+    if text is None:
+        return None
+    if algorithm not in _HASHES:
+        raise MappingError(
+            f"$hash: unsupported algorithm {algorithm!r}; use one of {', '.join(sorted(_HASHES))}",
+            jsonata_code="hash",
+            details={"algorithm": algorithm},
+        )
+    if not isinstance(text, str):
+        raise MappingError("$hash: the text must be a string (use $string() first)", jsonata_code="hash")
+    return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()
+
+
+def new_uuid() -> str:
+    """``$uuid()``: a random (version 4) UUID as lowercase text."""
+    return str(uuid.uuid4())
+
+
+class ValueMaps:
+    """Named code tables for ``$translate`` (``{"status": {"A": "active"}}``)."""
+
+    def __init__(self, maps: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        self._maps = {name: dict(values) for name, values in (maps or {}).items()}
+
+    def names(self) -> list[str]:
+        return sorted(self._maps)
+
+    def translate(self, name: Any, code: Any = None, *default: Any) -> Any:
+        """``$translate(mapName, code[, default])``: the value for ``code`` in value map ``mapName``.
+
+        A ``null`` code gives ``null``; an unknown code fails the message with
+        ``mapping.translate_miss`` unless a default is passed.
+        """
+        table = self._maps.get(name) if isinstance(name, str) else None
+        if table is None:
+            known = ", ".join(self.names()) or "none configured"
+            raise MappingError(
+                f"$translate: no value map {name!r} (value maps: {known})",
+                jsonata_code="translate_map",
+                details={"value_map": name},
+            )
+        if code is None:
+            return None
+        from seamline.mapping.lookups import MISSING, key_variants
+
+        for variant in key_variants(code):
+            value = table.get(variant, MISSING)
+            if value is not MISSING:
+                return value
+        if default:
+            return default[0]
+        raise MappingError(
+            f"$translate: code {code!r} not found in value map {name!r}",
+            jsonata_code="translate_miss",
+            details={"value_map": name, "code": code},
+        )
+
+
+_EMPTY_MAPS = ValueMaps()
+
+
+def _default_xref(table: Any, key: Any = None, *default: Any) -> Any:
+    from seamline.mapping.lookups import Lookups
+
+    return Lookups().xref(table, key, *default)
+
+
+#: the integration functions every expression sees unless overridden
+INTEGRATION_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "xref": _default_xref,
+    "translate": _EMPTY_MAPS.translate,
+    "toTimezone": to_timezone,
+    "parseDateTime": parse_datetime,
+    "uuid": new_uuid,
+    "hash": hash_text,
+}
+
+_registry: dict[str, Callable[..., Any]] = {}
+_registry_lock = threading.Lock()
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(f"function name {name!r} must be an identifier (letters, digits, _), without '$'")
+    if name in JSONATA_BUILTINS:
+        raise ValueError(f"${name} is a JSONata built-in function and cannot be replaced")
+
+
+def register_function(name: str, fn: Callable[..., Any]) -> None:
+    """Make ``fn`` callable as ``$name(...)`` in every mapping compiled afterwards.
+
+    ``name`` is given without ``$``. Registering the same name again replaces
+    the earlier function (including seamline's integration functions, which is
+    how tests pin ``$uuid``). JSONata built-ins cannot be replaced.
+    """
+    _check_name(name)
+    if not callable(fn):
+        raise TypeError(f"register_function({name!r}, ...) needs a callable")
+    with _registry_lock:
+        _registry[name] = fn
+
+
+def unregister_function(name: str) -> None:
+    """Remove a function added with :func:`register_function` (no error if absent)."""
+    with _registry_lock:
+        _registry.pop(name, None)
+
+
+def registered_functions(extra: Mapping[str, Callable[..., Any]] | None = None) -> dict[str, Callable[..., Any]]:
+    """The function table for one expression: integration functions, then registered, then ``extra``."""
+    with _registry_lock:
+        table = {**INTEGRATION_FUNCTIONS, **_registry}
+    if extra:
+        for name, fn in extra.items():
+            _check_name(name)
+            if not callable(fn):
+                raise TypeError(f"function ${name} is not callable")
+            table[name] = fn
+    return table
+
+
+def max_positional(fn: Callable[..., Any]) -> int | None:
+    """How many positional arguments ``fn`` accepts (``None``: any number)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for param in signature.parameters.values():
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            return None
+        if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count

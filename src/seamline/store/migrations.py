@@ -1,0 +1,42 @@
+"""Versioned schema migrations. Append new versions; never edit a released one."""
+
+from __future__ import annotations
+
+__all__ = ["SQLITE_MIGRATIONS"]
+
+SQLITE_MIGRATIONS: list[list[str]] = [
+    # 1: the initial schema
+    [
+        """CREATE TABLE journal (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            ts REAL NOT NULL, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT NOT NULL,
+            step TEXT NOT NULL, outcome TEXT NOT NULL, duration_us INTEGER NOT NULL,
+            digest TEXT, detail TEXT)""",
+        "CREATE INDEX journal_msg ON journal(msg_id)",
+        "CREATE INDEX journal_corr ON journal(correlation_id)",
+        """CREATE TABLE retries (
+            rid TEXT PRIMARY KEY, flow TEXT NOT NULL, msg_id TEXT NOT NULL, due_at REAL NOT NULL,
+            attempt INTEGER NOT NULL, resume INTEGER NOT NULL, pending_sinks BLOB, message BLOB NOT NULL,
+            original BLOB NOT NULL, history BLOB NOT NULL, first_at REAL NOT NULL, origin TEXT NOT NULL,
+            lease_until REAL)""",
+        "CREATE INDEX retries_due ON retries(flow, due_at)",
+        """CREATE TABLE dlq (
+            dlq_id TEXT PRIMARY KEY, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT NOT NULL,
+            step TEXT NOT NULL, error_code TEXT NOT NULL, error_class TEXT NOT NULL, error_message TEXT NOT NULL,
+            error_chain BLOB NOT NULL, attempts INTEGER NOT NULL, history BLOB NOT NULL, original BLOB NOT NULL,
+            current BLOB NOT NULL, resume INTEGER NOT NULL, pending_sinks BLOB, first_failed_at REAL NOT NULL,
+            dead_at REAL NOT NULL, status TEXT NOT NULL, replays INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX dlq_flow ON dlq(flow, status, dead_at)",
+        "CREATE INDEX dlq_msg ON dlq(msg_id)",
+        """CREATE TABLE idempotency (
+            scope TEXT NOT NULL, key TEXT NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (scope, key))""",
+        "CREATE TABLE checkpoints (scope TEXT PRIMARY KEY, value BLOB NOT NULL, updated_at REAL NOT NULL)",
+        """CREATE TABLE inbox (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, flow TEXT NOT NULL, msg_id TEXT NOT NULL,
+            record BLOB NOT NULL, received_at REAL NOT NULL, lease_until REAL)""",
+        "CREATE INDEX inbox_flow ON inbox(flow, seq)",
+        """CREATE TABLE audit (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, action TEXT NOT NULL,
+            actor TEXT NOT NULL, detail BLOB NOT NULL)""",
+    ],
+]
