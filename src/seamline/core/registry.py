@@ -29,6 +29,17 @@ Role = Literal["source", "sink", "step"]
 BUILTIN_MODULES: tuple[str, ...] = (
     "seamline.connectors.file",
     "seamline.connectors.sql",
+    "seamline.connectors.kafka",
+    "seamline.connectors.rabbitmq",
+    "seamline.connectors.nats",
+    "seamline.connectors.mqtt",
+    "seamline.connectors.redis",
+    "seamline.connectors.sqs",
+    "seamline.connectors.s3",
+    "seamline.connectors.http",
+    "seamline.connectors.webhook",
+    "seamline.connectors.soap",
+    "seamline.connectors.graphql",
     "seamline.steps.map",
     "seamline.steps.filter",
     "seamline.steps.route",
@@ -83,7 +94,12 @@ def load_builtins() -> None:
     if _loaded:
         return
     for mod in BUILTIN_MODULES:
-        importlib.import_module(mod)
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            # a connector that is not part of this build; any other missing module is a real error
+            if exc.name != mod:
+                raise
     _loaded = True
 
 

@@ -48,7 +48,7 @@ from typing import IO, Any, NamedTuple, NoReturn
 import orjson
 
 from seamline.formats._lines import ReadableBinary, as_stream, iter_lines
-from seamline.formats.errors import FormatError, JsonError
+from seamline.formats.errors import JsonError
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -73,7 +73,7 @@ _ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper input on its own
 _BOM = b"\xef\xbb\xbf"
 _DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
 _DIGIT_RUN = b"0" * 19  # shortest integer orjson may turn into a float
-_NON_FINITE = (b"NaN", b"Infinity", b"-Infinity")
+_NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
 # --------------------------------------------------------------------------- decode
@@ -185,7 +185,7 @@ def _after_orjson_error(raw: bytes, exc: orjson.JSONDecodeError, max_depth: int)
         return _strict(raw, max_depth)
     text = raw.decode("utf-8")
     pos = exc.pos
-    if text.startswith(("NaN", "Infinity"), pos) or text.startswith("-Infinity", max(pos - 1, 0)):
+    if any(text.startswith(literal, start) for literal in _NON_FINITE for start in (pos, max(pos - 1, 0))):
         raise JsonError(
             f"NaN/Infinity is not JSON (line {exc.lineno}, column {exc.colno})",
             code="format.json.nan",
@@ -461,11 +461,17 @@ def iter_ndjson(
             try:
                 value = decode(line.data, max_depth=max_depth, max_bytes=max_line_bytes)
             except JsonError as exc:
-                exc.details["line_in_stream"] = line_no
-                exc.details["line_offset"] = line.offset
-                value = exc
+                value = _in_stream(exc, line_no, line.offset)
             yield NdjsonItem(line_no, line.offset, value)
         line_no += 1
+
+
+def _in_stream(exc: JsonError, line_no: int, line_offset: int) -> JsonError:
+    """Re-anchor a per-line error to the stream: stream line number and byte offset."""
+    details = dict(exc.details)
+    details["line"] = line_no
+    details["offset"] = line_offset + details.get("offset", 0)
+    return JsonError(f"NDJSON line {line_no}: {exc.message}", code=exc.code, details=details)
 
 
 def encode_ndjson(objs: Iterable[Any], *, sort_keys: bool = False) -> bytes:
@@ -481,6 +487,3 @@ def write_ndjson(stream: IO[bytes], objs: Iterable[Any], *, sort_keys: bool = Fa
         count += 1
     return count
 
-
-def _is_format_error(value: Any) -> bool:  # pragma: no cover - tiny helper kept for type narrowing
-    return isinstance(value, FormatError)

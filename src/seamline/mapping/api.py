@@ -52,10 +52,14 @@ class Expression:
         #: ``(timeout_ms, max_depth, max_sequence)``
         self.limits = (timeout_ms, max_depth, max_sequence)
         self._functions = dict(functions)
-        self._engine = EngineExpression(
-            source, self._functions, timeout_ms=timeout_ms, max_depth=max_depth, max_sequence=max_sequence
-        )
         self._analysis = analysis.analyse(source)
+        try:
+            self._engine = EngineExpression(
+                source, self._functions, timeout_ms=timeout_ms, max_depth=max_depth, max_sequence=max_sequence
+            )
+        except MappingError as exc:
+            _locate(exc, self._analysis)
+            raise
         self._compiled: CompiledExpression | None = None
         if use_compiler and self._analysis.ast is not None:
             self._compiled = try_compile(
@@ -152,6 +156,18 @@ def compile(
     except MappingError as exc:
         if exc.expression is None:
             exc.expression = expr
-        if exc.position is None and exc.jsonata_code.startswith("S"):
-            exc.position = analysis.syntax_error_position(expr, exc.jsonata_code)
         raise
+
+
+def _locate(exc: MappingError, facts: analysis.Analysis) -> None:
+    """Add our parser's position (and code, when the engine gave none) to a syntax error."""
+    found = facts.error
+    if found is None:
+        return
+    if exc.jsonata_code == "D0000":
+        exc.jsonata_code = found.code
+        exc.code = f"mapping.{found.code}"
+        exc.message = str(found)
+        exc.args = (exc.message,)
+    if exc.jsonata_code == found.code:
+        exc.position = found.start

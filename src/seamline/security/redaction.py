@@ -32,7 +32,8 @@ _SENSITIVE_PARTS = (
     "api-key", "api_key", "apikey", "auth", "session", "cookie", "hmac",
 )  # fmt: skip
 _DSN = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):(?P<password>[^\s/?#]*)@")
-_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(?P<scheme>bearer|basic|token)(?P<sep>\s+)[A-Za-z0-9._~+/=-]{6,}")
+_SCHEME_CREDENTIAL = re.compile(r"(?i)\b(?P<scheme>bearer|basic)(?P<sep>\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})")
+_CREDENTIAL_LIKE = re.compile(r"[0-9._~+/=-]|.[A-Z]")  # prose words ("Basic authentication") have none
 _QUERY_CREDENTIAL = re.compile(
     r"(?i)(?P<key>[?&;](?:access_token|refresh_token|id_token|token|api_key|apikey|key|secret|"
     r"client_secret|password|passwd|sig|signature|code)=)[^&#\s]*"
@@ -120,6 +121,12 @@ def _secrets_pattern() -> re.Pattern[str] | None:
     return pattern
 
 
+def _scheme_credential(match: re.Match[str]) -> str:
+    if not _CREDENTIAL_LIKE.search(match["value"]):
+        return match[0]
+    return f"{match['scheme']}{match['sep']}{REDACTED}"
+
+
 def scrub_text(text: str) -> str:
     """``text`` without secret values, DSN passwords and inline credentials.
 
@@ -134,5 +141,5 @@ def scrub_text(text: str) -> str:
     if pattern is not None:
         text = pattern.sub(REDACTED, text)
     text = _DSN.sub(r"\g<head>:***@", text)
-    text = _SCHEME_CREDENTIAL.sub(lambda m: f"{m['scheme']}{m['sep']}{REDACTED}", text)
+    text = _SCHEME_CREDENTIAL.sub(_scheme_credential, text)
     return _QUERY_CREDENTIAL.sub(lambda m: f"{m['key']}{REDACTED}", text)

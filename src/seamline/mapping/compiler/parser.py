@@ -270,6 +270,7 @@ class _Parser:
         self.lexer = Tokenizer(source)
         self.node: Node = Node("(end)")
         self.id = "(end)"
+        self.prev_end = 0
 
     # token stream
     def advance(self, expected: str | None = None, infix: bool = False) -> Node:
@@ -282,6 +283,7 @@ class _Parser:
                 else f"Expected {expected!r}, got {found}"
             )
             raise ParseError(code, self.node.start, self.node.value, message)
+        self.prev_end = self.node.position
         token = self.lexer.next(infix)
         if token is None:
             end = len(self.source)
@@ -308,12 +310,14 @@ class _Parser:
 
     def expression(self, rbp: int) -> Node:
         t, tid = self.node, self.id
+        begin = t.start
         self.advance(None, True)
         left = self.nud(t, tid)
         while rbp < self.lbp():
             t, tid = self.node, self.id
             self.advance()
             left = self.led(t, tid, left)
+        left.span = (begin, self.prev_end)
         return left
 
     # prefix position
@@ -688,6 +692,8 @@ class _Processor:
             raise ParseError("S0207" if kind == "(end)" else "S0206", expr.start, expr.value)
         if expr.keepArray:
             result.keepArray = True
+        if expr.span is not None:
+            result.span = expr.span
         return result
 
 
