@@ -51,7 +51,8 @@ def status_command(state: str | None, json_out: bool) -> None:
             dead = conn.execute("SELECT flow, status, COUNT(*) FROM dlq GROUP BY flow, status").fetchall()
             retries = conn.execute("SELECT flow, COUNT(*), MIN(due_at) FROM retries GROUP BY flow").fetchall()
             cps = conn.execute("SELECT scope, updated_at FROM checkpoints ORDER BY scope").fetchall()
-            journal = conn.execute("SELECT flow, COUNT(*), MAX(ts) FROM journal GROUP BY flow").fetchall()
+            jconn = getattr(store, "_jconn", None) or conn
+            journal = jconn.execute("SELECT flow, COUNT(*), MAX(ts) FROM journal GROUP BY flow").fetchall()
             breakers = conn.execute(
                 "SELECT scope, value, updated_at FROM checkpoints WHERE scope LIKE 'breaker:%'"
             ).fetchall()

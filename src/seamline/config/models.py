@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seamline.config.types import Duration
 from seamline.resilience.retry import RetryPolicy
@@ -62,6 +62,12 @@ class FlowSettings(Strict):
         "hops", description="hops: a record per step; edges: source and sinks only; off: none."
     )
     drain_timeout: Duration = Field(30.0, description="On shutdown, how long in-flight work may finish.")
+
+    @field_validator("journal", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        # YAML 1.1 reads a bare `off` as false
+        return "off" if v is False else v
 
 
 class ComponentConfig(Strict):

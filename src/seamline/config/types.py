@@ -9,7 +9,7 @@ from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
 
 from seamline.security.secrets import Secret, resolve_refs
 
-__all__ = ["ByteSize", "Duration", "SecretStr", "parse_duration", "parse_size"]
+__all__ = ["ByteSize", "Duration", "MaybeSecret", "SecretStr", "parse_duration", "parse_size"]
 
 _DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DUR_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -69,4 +69,19 @@ SecretStr = Annotated[
     BeforeValidator(_to_secret),
     PlainSerializer(lambda s: str(s), return_type=str),
     WithJsonSchema({"type": "string", "description": "a value or a ${env:NAME} / ${file:PATH} reference"}),
+]
+
+
+def _maybe_secret(value: Any) -> Any:
+    if isinstance(value, str):
+        return resolve_refs(value)
+    return value
+
+
+#: a plain string, or a Secret when it holds ${env:...} / ${file:...} references
+MaybeSecret = Annotated[
+    Secret | str,
+    BeforeValidator(_maybe_secret),
+    PlainSerializer(lambda s: str(s), return_type=str),
+    WithJsonSchema({"type": "string", "description": "a value, may contain ${env:NAME} / ${file:PATH} references"}),
 ]

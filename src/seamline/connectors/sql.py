@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from seamline.config.models import SinkConfig
-from seamline.config.types import SecretStr
+from seamline.config.types import MaybeSecret
 from seamline.core.component import BuildContext, Sink
 from seamline.core.errors import FatalError, RetryableError
 from seamline.core.message import Message
@@ -27,7 +27,7 @@ __all__ = ["SqlSink", "SqlSinkConfig", "async_url"]
 class SqlSinkConfig(SinkConfig):
     """Write each message as a row."""
 
-    url: str | SecretStr = Field(
+    url: MaybeSecret = Field(
         ...,
         description="Database URL: `sqlite:///crm.db` (relative to the flow file), "
         "`postgresql://user@host/db`, `mysql://user@host/db`; may use ${env:NAME}.",

@@ -45,6 +45,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "seamline.steps.route",
     "seamline.steps.validate",
     "seamline.steps.python",
+    "seamline.testing.memory",
 )
 
 

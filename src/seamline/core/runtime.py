@@ -68,6 +68,12 @@ def _safe(v: Any) -> Any:
     return str(v)
 
 
+def _record(original: dict[str, Any] | Message | None, fallback: Message) -> dict[str, Any]:
+    if isinstance(original, dict):
+        return original
+    return (original or fallback).to_record()
+
+
 def _text(exc: BaseException) -> str:
     msg = getattr(exc, "message", None)
     return (msg if isinstance(msg, str) else str(exc)).strip() or type(exc).__name__
@@ -105,14 +111,16 @@ class FlowStats:
 class _Work:
     """One unit travelling through the pipeline: a source delivery or a due retry."""
 
-    __slots__ = ("attempt", "delivery", "first_at", "history", "message", "original", "pending", "resume", "rid")
+    __slots__ = (
+        "attempt", "delivery", "first_at", "history", "message", "original", "pending", "resume", "rid", "settled",
+    )
 
     def __init__(
         self,
         message: Message,
         *,
         delivery: Delivery | None = None,
-        original: dict[str, Any] | None = None,
+        original: dict[str, Any] | Message | None = None,
         resume: int = 0,
         pending: list[str] | None = None,
         attempt: int = 0,
@@ -129,6 +137,7 @@ class _Work:
         self.history = history or []
         self.first_at = first_at
         self.rid = rid
+        self.settled = False
 
 
 class _Unit:
@@ -247,7 +256,12 @@ class FlowRunner:
             if w.delivery is not None and w.delivery.error is not None:
                 w.resume = -1
         self.stats.received += len(work)
-        await self._queue.put(work)
+        try:
+            await self._queue.put(work)
+        except asyncio.CancelledError:
+            for d in deliveries:
+                await _call(d.nack, True)
+            raise
 
     async def _run_source(self) -> None:
         assert self.source is not None
@@ -277,6 +291,10 @@ class FlowRunner:
             try:
                 await self._process(seq, items)
             except asyncio.CancelledError:
+                for w in items:
+                    if w.delivery is not None and not w.settled:
+                        w.settled = True
+                        await _call(w.delivery.nack, True)
                 raise
             except Exception:
                 log.exception("flow %s: batch failed unexpectedly; giving it back", self.flow.name)
@@ -339,10 +357,13 @@ class FlowRunner:
 
         for w in items:
             m = w.message
+            last_digest: str | None = None
             if w.original is None:
-                w.original = m.to_record()
+                # the record of the original is made only if the message fails
+                w.original = m
                 if edges:
-                    journal.append((now, flow, m.id, m.correlation_id, "source", "received", 0, _digest(m), None))
+                    last_digest = _digest(m)
+                    journal.append((now, flow, m.id, m.correlation_id, "source", "received", 0, last_digest, None))
             elif edges:
                 journal.append((now, flow, m.id, m.correlation_id, "retry", f"attempt {w.attempt + 1}", 0, None,
                                 None))
@@ -370,7 +391,9 @@ class FlowRunner:
                     elif isinstance(r, Message):
                         out.append(r)
                         if hops:
-                            journal.append((now, flow, r.id, r.correlation_id, st.label, "ok", dur, _digest(r), None))
+                            if r is not cur or last_digest is None:
+                                last_digest = _digest(r)
+                            journal.append((now, flow, r.id, r.correlation_id, st.label, "ok", dur, last_digest, None))
                     else:
                         out.extend(r)
                         if hops:
@@ -407,9 +430,10 @@ class FlowRunner:
         for u in units:
             m = u.message
             delivered = [s for s in u.targets if s not in u.failed]
-            if edges:
+            if edges and delivered:
+                dg = _digest(m)
                 for s in delivered:
-                    journal.append((done_at, flow, m.id, m.correlation_id, s, "delivered", 0, _digest(m), None))
+                    journal.append((done_at, flow, m.id, m.correlation_id, s, "delivered", 0, dg, None))
             if not u.failed:
                 self.stats.delivered += 1
                 continue
@@ -437,6 +461,7 @@ class FlowRunner:
         acked = False
         for w in items:
             if w.delivery is not None:
+                w.settled = True
                 await _call(w.delivery.ack)
                 acked = True
             else:
@@ -474,7 +499,7 @@ class FlowRunner:
                 batch.retries.append(
                     RetryEntry(
                         rid=rid, flow=flow, msg_id=m.id, due_at=now + delay, attempt=attempts, resume=resume,
-                        pending_sinks=pending, message=m.to_record(), original=w.original or m.to_record(),
+                        pending_sinks=pending, message=m.to_record(), original=_record(w.original, m),
                         history=history, first_at=w.first_at or now,
                     )
                 )
@@ -492,7 +517,7 @@ class FlowRunner:
                 dlq_id=dlq_id, flow=flow, msg_id=m.id, correlation_id=m.correlation_id, step=where,
                 error_code=_code(exc), error_class="retryable" if classify(exc) else "fatal",
                 error_message=reason[:2000], error_chain=_error_chain(exc), attempts=attempts, history=history,
-                original=w.original or m.to_record(), current=m.to_record(), resume=resume,
+                original=_record(w.original, m), current=m.to_record(), resume=resume,
                 pending_sinks=pending, first_failed_at=(w.history[0]["at"] if w.history else now), dead_at=now,
             )
         )
@@ -594,7 +619,8 @@ class FlowRunner:
             if items:
                 leftovers.extend(items)
         for w in leftovers:
-            if w.delivery is not None:
+            if w.delivery is not None and not w.settled:
+                w.settled = True
                 await _call(w.delivery.nack, True)
         self._tasks.clear()
 

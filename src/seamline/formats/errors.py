@@ -56,6 +56,7 @@ CODES: MappingProxyType[str, str] = MappingProxyType(
         "format.csv.header": "the header row is missing, malformed or does not match the columns",
         "format.csv.field_count": "a row has a different number of fields than the header",
         "format.csv.quote": "a quoted field is malformed or never closed",
+        "format.csv.syntax": "a record is malformed in another way (for example a stray line break)",
         "format.csv.field_too_long": "a field is longer than max_field_chars",
         "format.csv.record_too_long": "a record is longer than max_record_bytes",
         "format.csv.encoding": "a line cannot be decoded with the dialect's encoding",

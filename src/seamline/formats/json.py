@@ -486,4 +486,3 @@ def write_ndjson(stream: IO[bytes], objs: Iterable[Any], *, sort_keys: bool = Fa
         stream.write(encode(obj, sort_keys=sort_keys) + b"\n")
         count += 1
     return count
-

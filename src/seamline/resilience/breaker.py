@@ -279,9 +279,7 @@ class CircuitBreaker:
             failures = sum(1 for _, good in self._calls if not good)
             observed = failures / len(self._calls)
             if observed >= rate:
-                self._transition(
-                    BreakerState.OPEN, f"failure_rate={observed:.2f} over {len(self._calls)} calls"
-                )
+                self._transition(BreakerState.OPEN, f"failure_rate={observed:.2f} over {len(self._calls)} calls")
 
     def record_success(self) -> None:
         """Report that an allowed call succeeded."""

@@ -86,7 +86,7 @@ class Bulkhead:
     @property
     def waiting(self) -> int:
         """Callers queued for a slot."""
-        return sum(1 for fut in self._waiters if not fut.done())
+        return len(self._waiters)
 
     @property
     def available(self) -> int:
@@ -147,9 +147,7 @@ class Bulkhead:
                 pass
 
     @asynccontextmanager
-    async def slot(
-        self, *, timeout: float | None = None, acquire_timeout: float | None = None
-    ) -> AsyncIterator[None]:
+    async def slot(self, *, timeout: float | None = None, acquire_timeout: float | None = None) -> AsyncIterator[None]:
         """Hold one slot for the body, cancelling it after ``timeout`` seconds.
 
         ``timeout``/``acquire_timeout`` default to the bulkhead's settings.
@@ -158,9 +156,7 @@ class Bulkhead:
         """
         call_timeout = _check_timeout(timeout, "timeout") if timeout is not None else self.call_timeout
         wait_timeout = (
-            _check_timeout(acquire_timeout, "acquire_timeout")
-            if acquire_timeout is not None
-            else self.acquire_timeout
+            _check_timeout(acquire_timeout, "acquire_timeout") if acquire_timeout is not None else self.acquire_timeout
         )
         await self._acquire(wait_timeout)
         try:

@@ -85,9 +85,7 @@ def get_header(headers: Headers | None, name: str) -> str | None:
 
 def _check_verdict(value: str, key: object) -> Verdict:
     if value not in _VERDICTS:
-        raise ValueError(
-            f"status override {key!r} -> {value!r} is invalid: use 'ok', 'retryable' or 'fatal'"
-        )
+        raise ValueError(f"status override {key!r} -> {value!r} is invalid: use 'ok', 'retryable' or 'fatal'")
     return cast(Verdict, value)
 
 
@@ -241,9 +239,7 @@ def _structured_ratelimit(value: str | None) -> tuple[int | None, int | None, in
         limit = params.get("limit")
         if remaining is None and reset is None and limit is None:
             continue
-        if best == (None, None, None) or (
-            remaining is not None and (best[1] is None or remaining < best[1])
-        ):
+        if best == (None, None, None) or (remaining is not None and (best[1] is None or remaining < best[1])):
             best = (limit, remaining, reset)
     return best
 
@@ -299,9 +295,7 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs: Iterable[tuple[str, str]] = parse_qsl(query, keep_blank_values=True)
-        query = urlencode(
-            [(k, "***" if _SENSITIVE_QUERY.search(k) else v) for k, v in pairs], safe="*"
-        )
+        query = urlencode([(k, "***" if _SENSITIVE_QUERY.search(k) else v) for k, v in pairs], safe="*")
     return _scrub(urlunsplit((parts.scheme, netloc, parts.path, query, "")))
 
 

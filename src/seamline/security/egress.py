@@ -23,7 +23,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from seamline.security.errors import EgressError
 
@@ -265,7 +265,10 @@ class EgressPolicy:
         ip = parse_ip(host)
         if ip is not None:
             self.check_ip(ip)
-            self._check_listed(str(ip), host.strip().lower().strip("[]"))
+            spellings = [str(ip), host.strip().lower().strip("[]")]
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+                spellings.append(str(ip.ipv4_mapped))
+            self._check_listed(*spellings)
             return str(ip)
         name = host.strip().lower().removesuffix(".")
         try:
@@ -275,11 +278,15 @@ class EgressPolicy:
         if not _HOSTNAME.fullmatch(name):
             raise EgressError(f"not a valid host name: {host[:100]!r}", code="egress.invalid")
         if name in _METADATA_NAMES:
-            raise EgressError(f"{name} is a cloud metadata endpoint", code="egress.blocked",
-                              details={"host": name, "category": "metadata"})  # fmt: skip
+            raise EgressError(
+                f"{name} is a cloud metadata endpoint",
+                code="egress.blocked",
+                details={"host": name, "category": "metadata"},
+            )
         if (name == "localhost" or name.endswith(".localhost")) and not self.allow_loopback:
-            raise EgressError(f"{name} is a loopback name", code="egress.blocked",
-                              details={"host": name, "category": "loopback"})  # fmt: skip
+            raise EgressError(
+                f"{name} is a loopback name", code="egress.blocked", details={"host": name, "category": "loopback"}
+            )
         self._check_listed(name)
         return name
 
@@ -287,8 +294,9 @@ class EgressPolicy:
         if self.allow_hosts is None:
             return
         if not any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in self.allow_hosts):
-            raise EgressError(f"host {names[0]!r} is not on the allow list", code="egress.not_allowed",
-                              details={"host": names[0]})  # fmt: skip
+            raise EgressError(
+                f"host {names[0]!r} is not on the allow list", code="egress.not_allowed", details={"host": names[0]}
+            )
 
     def check_url(self, url: str | URL) -> URL:
         """Check scheme and host of ``url`` (call it for every redirect you follow yourself)."""
@@ -315,7 +323,7 @@ class EgressPolicy:
         """An aiohttp connector whose DNS answers are filtered by this policy."""
         import aiohttp
 
-        return aiohttp.TCPConnector(resolver=self.resolver(), **kwargs)
+        return aiohttp.TCPConnector(resolver=cast("AbstractResolver", self.resolver()), **kwargs)
 
     def trace_config(self) -> aiohttp.TraceConfig:
         """Hooks that check the request URL and every redirect target before it is followed."""

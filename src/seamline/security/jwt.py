@@ -37,7 +37,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -51,6 +51,7 @@ from seamline.security.secrets import Secret
 if TYPE_CHECKING:
     import aiohttp
 
+    from seamline.core.clock import Clock
     from seamline.security.egress import EgressPolicy
 
 __all__ = [
@@ -67,12 +68,20 @@ log = logging.getLogger("seamline.security.jwt")
 
 #: the JWS algorithms this module can verify
 SUPPORTED_ALGORITHMS = (
-    "HS256", "HS384", "HS512",
-    "RS256", "RS384", "RS512",
-    "PS256", "PS384", "PS512",
-    "ES256", "ES384", "ES512",
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
     "EdDSA",
-)  # fmt: skip
+)
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
 _EC_CURVES: dict[str, tuple[type[ec.EllipticCurve], int, str]] = {
     "P-256": (ec.SECP256R1, 32, "ES256"),
@@ -85,8 +94,46 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
 _MAX_KID = 256
 _MIN_RSA_BITS = 2048
 _MAX_RSA_BITS = 16384
-_ROCA_PRIMES = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89,
-                97, 101, 103, 107, 109, 113, 127, 131, 137, 139, 149, 151, 157, 163, 167)  # fmt: skip
+_ROCA_PRIMES = (
+    3,
+    5,
+    7,
+    11,
+    13,
+    17,
+    19,
+    23,
+    29,
+    31,
+    37,
+    41,
+    43,
+    47,
+    53,
+    59,
+    61,
+    67,
+    71,
+    73,
+    79,
+    83,
+    89,
+    97,
+    101,
+    103,
+    107,
+    109,
+    113,
+    127,
+    131,
+    137,
+    139,
+    149,
+    151,
+    157,
+    163,
+    167,
+)
 _ROCA_SUBGROUPS = tuple(frozenset(pow(65537, k, p) for k in range(p)) for p in _ROCA_PRIMES)
 
 PublicKey = bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey
@@ -183,14 +230,26 @@ class KeySet:
         return cls(items, {k.kid: k for k in items if k.kid is not None})
 
     def select(self, kid: str | None) -> VerifyKey | None:
-        """The key for ``kid``: a plain dictionary lookup, or the only key of the set."""
-        if kid is not None:
-            found = self.by_kid.get(kid)
+        """The key for ``kid`` in this set alone (the same rules as for several sets)."""
+        return _select_key([self], kid)
+
+
+def _select_key(sets: Sequence[KeySet], kid: str | None) -> VerifyKey | None:
+    """The key for ``kid``: a plain dictionary lookup across ``sets``.
+
+    Without a match, the only key of all sets is used when it has no ``kid``
+    of its own (a single PEM key) or the token names none; otherwise there is
+    no key: the verifier never guesses between several.
+    """
+    if kid is not None:
+        for keyset in sets:
+            found = keyset.by_kid.get(kid)
             if found is not None:
                 return found
-            only = self.keys[0] if len(self.keys) == 1 else None
-            return only if only is not None and only.kid is None else None
-        return self.keys[0] if len(self.keys) == 1 else None
+    candidates = [key for keyset in sets for key in keyset.keys]
+    if len(candidates) == 1 and (kid is None or candidates[0].kid is None):
+        return candidates[0]
+    return None
 
 
 def _member(jwk: Mapping[str, Any], name: str) -> bytes:
@@ -499,7 +558,7 @@ def _signature_ok(key: VerifyKey, alg: str, message: bytes, signature: bytes) ->
 
 
 def _check_signature(parsed: _Parsed, keys: Sequence[KeySet]) -> VerifyKey:
-    key = next((k for ks in keys if (k := ks.select(parsed.kid)) is not None), None)
+    key = _select_key(keys, parsed.kid)
     if key is None:
         raise _err("auth.jwt.kid_unknown", "no key for the token's kid" if parsed.kid else "the token has no kid")
     if not key.accepts(parsed.alg):
@@ -539,12 +598,13 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _err("auth.jwt.claim_invalid", f"claim {name!r} must be a number of seconds")
-    try:
-        return float(value)
-    except OverflowError:  # an integer beyond float range: effectively +/- infinity
-        return math.inf if value > 0 else -math.inf
+    if isinstance(value, int):  # beyond float range it is effectively +/- infinity
+        return float(value) if abs(value) < 2**1000 else (math.inf if value > 0 else -math.inf)
+    if not math.isfinite(value):
+        raise _err("auth.jwt.claim_invalid", f"claim {name!r} must be a finite number")
+    return value
 
 
 def _strings(value: object, name: str, *, split: bool = False) -> set[str]:
@@ -604,7 +664,7 @@ class JwtVerifier:
         require_https: bool = True,
         egress: EgressPolicy | None = None,
         session: aiohttp.ClientSession | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | Clock = time.time,
     ) -> None:
         self.algorithms = _algorithms(algorithms)
         if keys is None and jwks_url is None:
@@ -632,7 +692,8 @@ class JwtVerifier:
         self.jwks_max_bytes = jwks_max_bytes
         self._egress = egress
         self._session = session
-        self._clock = clock
+        # a Clock (its .now) or a plain callable
+        self._clock = cast("Callable[[], float]", getattr(clock, "now", clock))
         self._jwks = _JwksCache()
         #: JWKS fetches made so far (for metrics and tests)
         self.jwks_fetches = 0
@@ -645,6 +706,8 @@ class JwtVerifier:
     def verify(self, token: str | bytes, *, now: float | None = None) -> dict[str, Any]:
         """Verify ``token`` with the static keys (and a JWKS copy already cached); return its claims."""
         parsed = _parse(token, self.algorithms, self.max_token_bytes)
+        if self.jwks_url is not None and self._jwks.keys is None and parsed.kid not in self._static.by_kid:
+            raise AuthUnavailableError("the JWKS has not been fetched yet; use verify_async")
         key = _check_signature(parsed, self._key_sets())
         return self._claims(parsed, key, now)
 
@@ -654,9 +717,7 @@ class JwtVerifier:
         if self.jwks_url is not None:
             if self._clock() - self._jwks.fetched_at > self.jwks_ttl:
                 await self._refresh()
-            if self._static.select(parsed.kid) is None and (
-                self._jwks.keys is None or self._jwks.keys.select(parsed.kid) is None
-            ):
+            if _select_key(self._key_sets(), parsed.kid) is None:
                 await self._refresh()
             if self._jwks.keys is None and self._static.select(parsed.kid) is None:
                 raise AuthUnavailableError("the JWKS has not been fetched yet; retry shortly")

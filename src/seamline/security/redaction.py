@@ -28,9 +28,20 @@ _SENSITIVE_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key", "api-key", "apikey"}
 )
 _SENSITIVE_PARTS = (
-    "token", "secret", "signature", "password", "passwd", "credential",
-    "api-key", "api_key", "apikey", "auth", "session", "cookie", "hmac",
-)  # fmt: skip
+    "token",
+    "secret",
+    "signature",
+    "password",
+    "passwd",
+    "credential",
+    "api-key",
+    "api_key",
+    "apikey",
+    "auth",
+    "session",
+    "cookie",
+    "hmac",
+)
 _DSN = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/?#@\s]*):(?P<password>[^\s/?#]*)@")
 _SCHEME_CREDENTIAL = re.compile(r"(?i)\b(?P<scheme>bearer|basic)(?P<sep>\s+)(?P<value>[A-Za-z0-9._~+/=-]{8,})")
 _CREDENTIAL_LIKE = re.compile(r"[0-9._~+/=-]|.[A-Z]")  # prose words ("Basic authentication") have none

@@ -74,7 +74,8 @@ class _Headers:
     def __init__(self, headers: object) -> None:
         self._values: dict[str, list[object]] = {}
         try:
-            items: Iterable[Any] = headers.items() if hasattr(headers, "items") else headers  # type: ignore[union-attr,assignment]
+            source: Any = headers
+            items: Iterable[Any] = source.items() if hasattr(source, "items") else source
             for pair in items:
                 name, value = pair
                 key = _as_text(name)
@@ -223,6 +224,17 @@ def _b64_key(text: str, what: str) -> bytes:
     return raw
 
 
+def _ed25519_ok(key: Ed25519PublicKey, message: bytes, signature: bytes) -> bool:
+    """Strict Ed25519 verification (RFC 8032: 64-byte signatures, canonical S)."""
+    if len(signature) != 64:
+        return False
+    try:
+        key.verify(signature, message)
+    except InvalidSignature:
+        return False
+    return True
+
+
 def _sw_keys(secret: object) -> _SwKeys:
     value = _secret_value(secret)
     if isinstance(value, bytes):
@@ -284,11 +296,7 @@ def _verify_standard(secret: object, headers: _Headers, body: bytes, now: float,
         elif version == "v1" and expected is not None:
             if hmac.compare_digest(sig, expected):
                 return msg_id
-        elif keys.public_key is not None and len(sig) == 64:
-            try:
-                keys.public_key.verify(sig, content)
-            except InvalidSignature:
-                continue
+        elif keys.public_key is not None and _ed25519_ok(keys.public_key, content, sig):
             return msg_id
     if malformed:
         raise _fail("malformed", "header 'webhook-signature' holds an entry that is not 'version,base64'")
@@ -302,7 +310,7 @@ def _verify_standard(secret: object, headers: _Headers, body: bytes, now: float,
 def _verify_stripe(secret: object, headers: _Headers, body: bytes, now: float, tolerance: float) -> None:
     key = _hmac_key(secret)
     header = headers.get("stripe-signature")
-    if header is None:
+    if not header:
         raise _fail("missing", "header 'Stripe-Signature' is missing")
     timestamp: str | None = None
     v1: list[str] = []
@@ -400,7 +408,7 @@ class HmacScheme:
     def _verify(self, secret: object, headers: _Headers, body: bytes, now: float, tolerance: float) -> str | None:
         key = _hmac_key(secret)
         header = headers.get(self.header)
-        if header is None:
+        if not header:
             raise _fail("missing", f"header {self.header!r} is missing")
         uses = set(self._parts[1::2])
         delivery = _delivery_id(headers, self.id_header, required="id" in uses) if self.id_header else None
@@ -412,9 +420,7 @@ class HmacScheme:
             _check_timestamp(raw, now, tolerance)
             timestamp = raw
         values = {"body": body, "timestamp": timestamp.encode("ascii"), "id": (delivery or "").encode("ascii")}
-        content = b"".join(
-            values[part] if i % 2 else part.encode("utf-8") for i, part in enumerate(self._parts)
-        )
+        content = b"".join(values[part] if i % 2 else part.encode("utf-8") for i, part in enumerate(self._parts))
         expected = hmac.digest(key, content, self.algorithm)
         if self.separator:
             entries = _split(header, self.separator, limit=MAX_SIGNATURES)

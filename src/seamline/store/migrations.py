@@ -1,4 +1,7 @@
-"""Versioned schema migrations. Append new versions; never edit a released one."""
+"""Versioned schema migrations. Append new versions; never edit a released one.
+
+The journal has a database file of its own (see ``sqlite.JOURNAL_SCHEMA``).
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,6 @@ __all__ = ["SQLITE_MIGRATIONS"]
 SQLITE_MIGRATIONS: list[list[str]] = [
     # 1: the initial schema
     [
-        """CREATE TABLE journal (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            ts REAL NOT NULL, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT NOT NULL,
-            step TEXT NOT NULL, outcome TEXT NOT NULL, duration_us INTEGER NOT NULL,
-            digest TEXT, detail TEXT)""",
-        "CREATE INDEX journal_msg ON journal(msg_id)",
-        "CREATE INDEX journal_corr ON journal(correlation_id)",
         """CREATE TABLE retries (
             rid TEXT PRIMARY KEY, flow TEXT NOT NULL, msg_id TEXT NOT NULL, due_at REAL NOT NULL,
             attempt INTEGER NOT NULL, resume INTEGER NOT NULL, pending_sinks BLOB, message BLOB NOT NULL,

@@ -24,6 +24,20 @@ from seamline.store.migrations import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
 
+JOURNAL_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS journal (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts REAL NOT NULL, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT NOT NULL,
+        step TEXT NOT NULL, outcome TEXT NOT NULL, duration_us INTEGER NOT NULL,
+        digest TEXT, detail TEXT)""",
+    "CREATE INDEX IF NOT EXISTS journal_msg ON journal(msg_id)",
+    "CREATE INDEX IF NOT EXISTS journal_corr ON journal(correlation_id)",
+)
+_JOURNAL_INSERT = (
+    "INSERT INTO journal(ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail)"
+    " VALUES (?,?,?,?,?,?,?,?,?)"
+)
+
 T = TypeVar("T")
 
 
@@ -48,6 +62,13 @@ class SqliteStore:
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        # the journal lives in a database file of its own, written by its own thread, so that
+        # observability never sits on the delivery path (see docs/adr/0001-runtime-and-store.md)
+        self.journal_path = self.path if self.path == ":memory:" else str(Path(self.path).with_suffix(".journal.db"))
+        self._jconn: sqlite3.Connection | None = None
+        self._jpool: ThreadPoolExecutor | None = None
+        self._jpending: list[asyncio.Future[None]] = []
+        self.journal_backlog = 8
 
     # -- plumbing -------------------------------------------------------------
     def open_sync(self) -> None:
@@ -62,8 +83,21 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
         self._migrate()
+        if self.path == ":memory:":
+            self._jconn = conn
+        else:
+            j = sqlite3.connect(self.journal_path, isolation_level=None, check_same_thread=False, timeout=30.0)
+            j.execute("PRAGMA journal_mode=WAL")
+            j.execute("PRAGMA synchronous=NORMAL")
+            j.execute("PRAGMA busy_timeout=30000")
+            self._jconn = j
+        for stmt in JOURNAL_SCHEMA:
+            self._jconn.execute(stmt)
 
     def close_sync(self) -> None:
+        if self._jconn is not None and self._jconn is not self._conn:
+            self._jconn.close()
+        self._jconn = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -74,6 +108,10 @@ class SqliteStore:
         await self._run(self.open_sync)
 
     async def close(self) -> None:
+        await self.flush_journal()
+        if self._jpool is not None:
+            self._jpool.shutdown(wait=True)
+            self._jpool = None
         if self._pool is not None:
             await self._run(self.close_sync)
             self._pool.shutdown(wait=True)
@@ -131,14 +169,46 @@ class SqliteStore:
         return int(row[0]) if row else 0
 
     # -- hot path ---------------------------------------------------------------
+    def write_journal_sync(self, rows: list[Any]) -> None:
+        c = self._jconn if self._jconn is not None else self.conn
+        lock = self._lock if c is self._conn else threading.Lock()
+        with lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany(_JOURNAL_INSERT, rows)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+
+    async def write_journal(self, rows: list[Any]) -> None:
+        """Queue journal rows; written in order by the journal thread (bounded backlog)."""
+        if not rows:
+            return
+        if self.path == ":memory:":
+            await self._run(self.write_journal_sync, rows)
+            return
+        if self._jpool is None:
+            self._jpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seamline-journal")
+        loop = asyncio.get_running_loop()
+        self._jpending = [f for f in self._jpending if not f.done()]
+        while len(self._jpending) >= self.journal_backlog:
+            await asyncio.wait(self._jpending[:1])
+            self._jpending = [f for f in self._jpending if not f.done()]
+        self._jpending.append(loop.run_in_executor(self._jpool, self.write_journal_sync, rows))
+
+    async def flush_journal(self) -> None:
+        pending, self._jpending = self._jpending, []
+        for f in pending:
+            try:
+                await f
+            except Exception:  # pragma: no cover - reported, never blocks delivery
+                import logging
+
+                logging.getLogger("seamline.store").exception("journal write failed")
+
     def commit_sync(self, b: Batch) -> None:
         def tx(c: sqlite3.Connection) -> None:
-            if b.journal:
-                c.executemany(
-                    "INSERT INTO journal(ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail)"
-                    " VALUES (?,?,?,?,?,?,?,?,?)",
-                    b.journal,
-                )
             if b.retries_done:
                 c.executemany("DELETE FROM retries WHERE rid=?", [(r,) for r in b.retries_done])
             if b.retries:
@@ -188,6 +258,9 @@ class SqliteStore:
         self._tx(tx)
 
     async def commit(self, batch: Batch) -> None:
+        if batch.journal:
+            rows, batch.journal = batch.journal, []
+            await self.write_journal(rows)
         if not batch.empty():
             await self._run(self.commit_sync, batch)
 
@@ -494,7 +567,8 @@ class SqliteStore:
 
     # -- journal and audit ------------------------------------------------------------------
     def trace_sync(self, any_id: str) -> list[JournalEntry]:
-        rows = self.conn.execute(
+        c = self._jconn if self._jconn is not None else self.conn
+        rows = c.execute(
             "SELECT seq, ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail FROM journal"
             " WHERE msg_id=? OR correlation_id=? ORDER BY seq",
             (any_id, any_id),
@@ -502,6 +576,7 @@ class SqliteStore:
         return [JournalEntry(*r) for r in rows]
 
     async def trace(self, any_id: str) -> list[JournalEntry]:
+        await self.flush_journal()
         return await self._run(self.trace_sync, any_id)
 
     @staticmethod

@@ -297,7 +297,10 @@ class Times(Behaviour):
 
 
 class Every(Behaviour):
-    """``behaviour`` for every ``n``-th request (the n-th, 2n-th, ...), ``otherwise`` for the rest."""
+    """``behaviour`` for every ``n``-th request (the n-th, 2n-th, ...), ``otherwise`` for the rest.
+
+    It is never used up, so script it as a default (or last in a queue).
+    """
 
     def __init__(self, n: int, behaviour: Behaviour, otherwise: Behaviour | None = None) -> None:
         if n < 1:
@@ -381,8 +384,7 @@ def behaviour_from_dict(data: Any) -> Behaviour:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"behaviour {kind!r} is invalid: {exc}") from None
     raise ValueError(
-        f"unknown behaviour type {kind!r}; use respond, latency, hang, reset, half_written, "
-        "sequence, times or every"
+        f"unknown behaviour type {kind!r}; use respond, latency, hang, reset, half_written, sequence, times or every"
     )
 
 

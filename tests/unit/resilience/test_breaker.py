@@ -55,9 +55,7 @@ class TestConsecutiveFailures:
         assert breaker.state is CLOSED
         fail(breaker, 1)
         assert breaker.state is OPEN
-        assert [(e.from_state, e.to_state, e.reason) for e in events] == [
-            (CLOSED, OPEN, "consecutive_failures=5")
-        ]
+        assert [(e.from_state, e.to_state, e.reason) for e in events] == [(CLOSED, OPEN, "consecutive_failures=5")]
         assert events[0].breaker == "api"
         assert events[0].at == clock.now()
 

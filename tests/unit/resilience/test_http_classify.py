@@ -56,7 +56,7 @@ class TestClassifyStatus:
         assert classify_status(403, {"Retry-After": "garbage"}) == "fatal"
 
     def test_overrides_by_code_and_class(self) -> None:
-        overrides = {409: "ok", "404": "retryable", "5xx": "fatal", 503: "retryable"}
+        overrides: dict[int | str, str] = {409: "ok", "404": "retryable", "5xx": "fatal", 503: "retryable"}
         assert classify_status(409, overrides=overrides) == "ok"
         assert classify_status(404, overrides=overrides) == "retryable"
         assert classify_status(500, overrides=overrides) == "fatal"
@@ -160,7 +160,7 @@ class TestErrorForResponse:
         assert err.code == "http.status.503"
         assert err.retry_after == 7
         assert "POST https://erp.example.com/orders answered HTTP 503 Service Unavailable" in err.message
-        assert 'maintenance' in err.message
+        assert "maintenance" in err.message
         assert err.details["status"] == 503
 
     def test_429_uses_the_quota_reset_when_no_retry_after(self) -> None:

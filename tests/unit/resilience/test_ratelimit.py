@@ -259,9 +259,7 @@ class TestAdaptive:
 
 class TestRegistry:
     def test_per_endpoint_buckets(self, clock: ManualClock) -> None:
-        registry = RateLimiterRegistry(
-            default_rate="100/s", limits={"https://slow.example.com": "1/s"}, clock=clock
-        )
+        registry = RateLimiterRegistry(default_rate="100/s", limits={"https://slow.example.com": "1/s"}, clock=clock)
         slow = registry.get("https://slow.example.com/api/v2?x=1")
         assert slow.rate == 1
         assert registry.get("https://slow.example.com:443") is slow

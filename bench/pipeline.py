@@ -1,0 +1,152 @@
+"""Benchmark: file (NDJSON orders) -> map -> file, through seamline and by hand.
+
+Both sides read the same input, parse it, apply the same mapping and write
+NDJSON; the script checks that both outputs are equal, then prints msgs/s
+for each and the ratio. With ``--rss N`` it also runs N messages through
+seamline in a child process and reports its peak RSS.
+
+    python bench/pipeline.py [--n 200000] [--rss 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+
+EXPR = (
+    "{'order_id': id, 'customer': {'id': customer.id, 'name': customer.name}, "
+    "'status': $uppercase(status), 'currency': currency, "
+    "'total': $sum(lines.(qty * price)), 'items': $count(lines), "
+    "'skus': lines.sku}"
+)
+
+
+def hand_map(o: dict) -> dict:  # the hand-written equivalent of EXPR
+    lines = o["lines"]
+    return {
+        "order_id": o["id"],
+        "customer": {"id": o["customer"]["id"], "name": o["customer"]["name"]},
+        "status": o["status"].upper(),
+        "currency": o["currency"],
+        "total": sum(li["qty"] * li["price"] for li in lines),
+        "items": len(lines),
+        "skus": [li["sku"] for li in lines] if len(lines) != 1 else lines[0]["sku"],
+    }
+
+
+def make_orders(path: Path, n: int) -> None:
+    rnd = random.Random(42)
+    with path.open("wb") as f:
+        for i in range(n):
+            lines = [
+                {"sku": f"SKU-{rnd.randint(1000, 9999)}", "qty": rnd.randint(1, 5), "price": rnd.randint(100, 99999) / 100,
+                 "description": "Widget " + "x" * rnd.randint(5, 30)}
+                for _ in range(rnd.randint(1, 5))
+            ]
+            o = {
+                "id": f"SO-{i}", "status": rnd.choice(["new", "paid", "shipped"]), "currency": "EUR",
+                "created_at": "2026-03-27T10:00:00Z",
+                "customer": {"id": f"C{rnd.randint(1, 5000):05d}", "name": "Customer " + str(rnd.randint(1, 5000)),
+                             "email": f"c{i}@example.com"},
+                "lines": lines,
+            }
+            f.write(orjson.dumps(o) + b"\n")
+
+
+def run_hand(src: Path, dst: Path) -> float:
+    t0 = time.perf_counter()
+    with src.open("rb") as fin, dst.open("wb") as fout:
+        buf = []
+        for line in fin:
+            buf.append(orjson.dumps(hand_map(orjson.loads(line))) + b"\n")
+            if len(buf) >= 500:
+                fout.write(b"".join(buf))
+                buf.clear()
+        fout.write(b"".join(buf))
+    return time.perf_counter() - t0
+
+
+FLOW = """
+flow: bench
+source: {{file: {{path: {src}, format: ndjson, id_field: id}}}}
+steps:
+  - map: {{expression: "{expr}"}}
+sinks:
+  - file: {{path: {dst}, fsync: false}}
+settings: {{batch_size: 1000, concurrency: 2, queue: 4, journal: {journal}}}
+"""
+
+
+def flow_file(tmp: Path, src: Path, dst: Path) -> Path:
+    f = tmp / "bench.yaml"
+    journal = os.environ.get("BENCH_JOURNAL", "hops")
+    f.write_text(FLOW.format(src=src, dst=dst, expr=EXPR.replace('"', '\\"'), journal=journal))
+    return f
+
+
+async def _run_engine(flow_path: Path, state: Path) -> None:
+    from seamline.config.loader import load_flows
+    from seamline.core.engine import Engine
+    from seamline.store import open_store
+
+    flows = load_flows(flow_path)
+    await Engine(flows, open_store(str(state))).run(until_idle=True, idle_horizon=0, install_signals=False)
+
+
+def run_seamline(tmp: Path, src: Path, dst: Path) -> float:
+    f = flow_file(tmp, src, dst)
+    t0 = time.perf_counter()
+    asyncio.run(_run_engine(f, tmp / f"state-{time.time_ns()}.db"))
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=200_000)
+    ap.add_argument("--rss", type=int, default=0, help="also measure peak RSS at this many messages")
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        tmp = Path(a.child[0])
+        run_seamline(tmp, Path(a.child[1]), tmp / "rss-out.ndjson")
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        src = tmp / "orders.ndjson"
+        make_orders(src, a.n)
+        size = src.stat().st_size
+        print(f"input: {a.n} orders, {size / a.n:.0f} bytes each on average")
+        # warm-up, then alternate to share the machine's noise fairly
+        hand_t, eng_t = [], []
+        for i in range(3):
+            hand_t.append(run_hand(src, tmp / f"hand-{i}.ndjson"))
+            eng_t.append(run_seamline(tmp, src, tmp / f"engine-{i}.ndjson"))
+        hand_out = (tmp / "hand-0.ndjson").read_bytes().splitlines()
+        eng_out = (tmp / "engine-0.ndjson").read_bytes().splitlines()
+        assert len(hand_out) == len(eng_out) == a.n, (len(hand_out), len(eng_out))
+        assert [orjson.loads(x) for x in hand_out[:1000]] == [orjson.loads(x) for x in eng_out[:1000]]
+        h, e = min(hand_t), min(eng_t)
+        print(f"hand-written loop : {a.n / h:>10,.0f} msgs/s")
+        print(f"seamline pipeline : {a.n / e:>10,.0f} msgs/s  (journal, checkpoints and DLQ on)")
+        print(f"ratio             : {h / e:.2f}x (goal >= 0.5x)")
+        if a.rss:
+            big = tmp / "big.ndjson"
+            make_orders(big, a.rss)
+            out = subprocess.run([sys.executable, __file__, "--child", str(tmp), str(big)], capture_output=True,
+                                 text=True, check=True)
+            print(f"peak RSS at {a.rss:,} messages: {out.stdout.strip()} MB (goal < 200 MB)")
+
+
+if __name__ == "__main__":
+    main()

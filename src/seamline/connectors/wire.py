@@ -1,0 +1,224 @@
+"""Message metadata on the wire: message id, correlation id and W3C ``traceparent``.
+
+Every broker connector carries three envelope fields in the broker's own
+metadata (Kafka record headers, AMQP properties and headers, NATS headers,
+...) and reads them back on the way in, so one transaction can be followed
+across systems:
+
+=================  ====================  =====================================
+envelope field     header written        also accepted when reading
+=================  ====================  =====================================
+``id``             ``message-id``        ``message_id``, ``x-message-id``
+``correlation_id`` ``correlation-id``    ``correlation_id``, ``x-correlation-id``
+traceparent        ``traceparent``       (W3C Trace Context, lower case)
+``content_type``   ``content-type``      ``content_type``
+=================  ====================  =====================================
+
+Connectors with a native field use it instead of the header where one exists
+(AMQP ``message_id``/``correlation_id``/``content_type`` properties, NATS
+``Nats-Msg-Id``). Header names are matched case-insensitively on the way in.
+
+A message that arrives without a valid ``traceparent`` gets a fresh one
+(``00-<32 hex trace id>-<16 hex span id>-01``), kept in
+``message.headers["traceparent"]`` so every later hop carries the same trace.
+
+Headers whose names start with a transport prefix (``kafka.``, ``amqp.``,
+``nats.``, ``file.``, ...) describe where a message was read from (offset,
+delivery tag, stream sequence); they are not copied to the next broker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+import orjson
+
+from seamline.core.errors import FatalError
+from seamline.core.message import Message
+
+__all__ = [
+    "CONTENT_TYPE_HEADER",
+    "CORRELATION_HEADER",
+    "MESSAGE_ID_HEADER",
+    "TRACEPARENT",
+    "TRANSPORT_PREFIXES",
+    "decode_message",
+    "ensure_traceparent",
+    "incoming",
+    "is_valid_traceparent",
+    "new_traceparent",
+    "outgoing_headers",
+    "safe_url",
+]
+
+MESSAGE_ID_HEADER = "message-id"
+CORRELATION_HEADER = "correlation-id"
+TRACEPARENT = "traceparent"
+CONTENT_TYPE_HEADER = "content-type"
+
+_ID_ALIASES = frozenset({"message-id", "message_id", "x-message-id", "messageid"})
+_CORR_ALIASES = frozenset({"correlation-id", "correlation_id", "x-correlation-id", "correlationid"})
+_CT_ALIASES = frozenset({"content-type", "content_type"})
+
+#: header prefixes that describe the transport a message was read from; never forwarded
+TRANSPORT_PREFIXES: tuple[str, ...] = (
+    "kafka.",
+    "amqp.",
+    "rabbitmq.",
+    "nats.",
+    "mqtt.",
+    "redis.",
+    "sqs.",
+    "s3.",
+    "file.",
+    "sql.",
+    "http.",
+    "webhook.",
+)
+
+_TP = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def new_traceparent() -> str:
+    """A fresh W3C trace context: version 00, random trace and span ids, sampled."""
+    trace = os.urandom(16).hex()
+    span = os.urandom(8).hex()
+    return f"00-{trace}-{span}-01"
+
+
+def is_valid_traceparent(value: str | None) -> bool:
+    """True for a well-formed ``traceparent`` (not version ff, ids not all zero)."""
+    if not value:
+        return False
+    m = _TP.match(value.strip())
+    if m is None:
+        return False
+    version, trace, span, _flags = m.groups()
+    return version != "ff" and trace != "0" * 32 and span != "0" * 16
+
+
+def ensure_traceparent(message: Message) -> str:
+    """The message's ``traceparent``; a new one is generated and stored when missing or invalid."""
+    tp = message.headers.get(TRACEPARENT)
+    if tp is not None and is_valid_traceparent(tp):
+        return tp
+    tp = new_traceparent()
+    message.headers[TRACEPARENT] = tp
+    return tp
+
+
+def outgoing_headers(
+    message: Message,
+    *,
+    message_id: bool = True,
+    correlation_id: bool = True,
+    content_type: bool = True,
+    exclude: Iterable[str] = (),
+) -> dict[str, str]:
+    """The headers to write for ``message``: its own headers (transport headers dropped),
+    ``traceparent`` and, unless the connector carries them natively, id, correlation id
+    and content type."""
+    ensure_traceparent(message)
+    skip = {e.lower() for e in exclude}
+    out: dict[str, str] = {}
+    for k, v in message.headers.items():
+        lk = k.lower()
+        if lk.startswith(TRANSPORT_PREFIXES) or lk in skip:
+            continue
+        if lk in _ID_ALIASES or lk in _CORR_ALIASES or lk in _CT_ALIASES:
+            continue
+        out[k] = v
+    if message_id:
+        out[MESSAGE_ID_HEADER] = message.id
+    if correlation_id:
+        out[CORRELATION_HEADER] = message.correlation_id
+    if content_type:
+        out[CONTENT_TYPE_HEADER] = message.content_type
+    return out
+
+
+def incoming(
+    headers: Mapping[str, str],
+    *,
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    content_type: str | None = None,
+) -> tuple[str | None, str | None, str | None, dict[str, str]]:
+    """Split wire headers into ``(id, correlation_id, content_type, headers)``.
+
+    Native values passed in win over headers. The id, correlation id and
+    content type headers are removed from the returned headers; a missing or
+    invalid ``traceparent`` is replaced by a fresh one.
+    """
+    rest: dict[str, str] = {}
+    for k, v in headers.items():
+        lk = k.lower()
+        if lk in _ID_ALIASES:
+            message_id = message_id or v
+        elif lk in _CORR_ALIASES:
+            correlation_id = correlation_id or v
+        elif lk in _CT_ALIASES:
+            content_type = content_type or v
+        elif lk == TRACEPARENT:
+            if is_valid_traceparent(v):
+                rest[TRACEPARENT] = v.strip()
+        else:
+            rest[k] = v
+    if TRACEPARENT not in rest:
+        rest[TRACEPARENT] = new_traceparent()
+    return message_id or None, correlation_id or None, content_type or None, rest
+
+
+_JSON_TYPES = ("application/json", "application/x-ndjson")
+
+
+def decode_message(
+    raw: bytes,
+    wire_headers: Mapping[str, str],
+    *,
+    default_id: str,
+    default_content_type: str,
+    transport: Mapping[str, str],
+    message_id: str | None = None,
+    correlation_id: str | None = None,
+    content_type: str | None = None,
+    max_bytes: int | None = None,
+    connector: str = "broker",
+) -> tuple[Message, BaseException | None]:
+    """Build the message for one received record; the error is set when it cannot be decoded.
+
+    JSON bodies are parsed here, so a record that is not JSON goes to the
+    dead-letter queue at once with ``format.json.syntax`` (its text kept in
+    ``{"$raw": ...}``) instead of failing later in a step.
+    """
+    mid, corr, ctype, headers = incoming(
+        wire_headers, message_id=message_id, correlation_id=correlation_id, content_type=content_type
+    )
+    headers.update(transport)
+    ctype = (ctype or default_content_type).split(";")[0].strip().lower() or default_content_type
+    mid = mid or default_id
+    err: BaseException | None = None
+    if max_bytes is not None and len(raw) > max_bytes:
+        err = FatalError(
+            f"message {mid} is {len(raw)} bytes (limit {max_bytes})", code=f"{connector}.message_too_large"
+        )
+        return Message({"$size": len(raw)}, id=mid, correlation_id=corr, headers=headers), err
+    if ctype in _JSON_TYPES:
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            err = FatalError(f"message {mid}: invalid JSON: {exc}", code="format.json.syntax")
+            text = raw[:4096].decode("utf-8", "replace")
+            return Message({"$raw": text}, id=mid, correlation_id=corr, headers=headers), err
+        return Message(body, raw=raw, id=mid, correlation_id=corr, headers=headers, content_type=ctype), None
+    return Message(raw, raw=raw, id=mid, correlation_id=corr, headers=headers, content_type=ctype), None
+
+
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
+
+
+def safe_url(url: str) -> str:
+    """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (for logs and errors)."""
+    return _URL_PASSWORD.sub(r"\1***@", url)

@@ -1,0 +1,140 @@
+"""Flow files load into the model; every problem names file:line:col, step and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from seamline.config.loader import load_flows
+from seamline.core.errors import ConfigError
+from tests.helpers import cli
+
+GOOD = """\
+flow: orders
+source:
+  file: {path: in.ndjson}
+steps:
+  - filter: {condition: "total > 0", label: positive}
+  - map:
+      label: to-canonical
+      expression: "{'id': id}"
+sinks:
+  - file: {path: out.ndjson, label: erp}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "flow.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def issues(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        load_flows(write(tmp_path, text))
+    return [i.render() for i in exc.value.issues]
+
+
+def test_valid_flow_loads_into_the_model(tmp_path: Path) -> None:
+    (flow,) = load_flows(write(tmp_path, GOOD))
+    assert flow.name == "orders"
+    assert [s.label for s in flow.steps] == ["positive", "to-canonical"]
+    assert [s.name for s in flow.steps] == ["filter", "map"]
+    assert flow.sink_labels() == ["erp"]
+    assert flow.base_dir == tmp_path.resolve()
+    assert flow.on_error.retry.max_attempts == 5
+    assert flow.steps[1].line == 6
+
+
+def test_misspelt_field_names_file_line_column_step_and_hint(tmp_path: Path) -> None:
+    text = GOOD.replace("      expression:", "      expresion:")
+    (msg,) = issues(tmp_path, text)
+    assert msg.endswith(
+        "flow.yaml:8:7: step 'to-canonical' (map): unknown field 'expresion' (did you mean 'expression'?)"
+    )
+
+
+def test_unknown_step_type_is_suggested(tmp_path: Path) -> None:
+    (msg,) = issues(tmp_path, GOOD.replace("  - filter:", "  - filtr:"))
+    assert ":5:5: " in msg and "unknown step type 'filtr'" in msg and "did you mean 'filter'" in msg
+
+
+def test_wrong_value_type_names_the_field(tmp_path: Path) -> None:
+    text = GOOD + "settings: {batch_size: lots}\n"
+    (msg,) = issues(tmp_path, text)
+    assert ":11:" in msg and "batch_size" in msg
+
+
+def test_missing_required_field_and_sinks(tmp_path: Path) -> None:
+    text = "flow: x\nsource:\n  file: {format: csv}\n"
+    msgs = issues(tmp_path, text)
+    assert any("missing required field 'path'" in m for m in msgs)
+    assert any("missing 'sinks'" in m for m in msgs)
+
+
+def test_invalid_yaml_reports_position(tmp_path: Path) -> None:
+    (msg,) = issues(tmp_path, "flow: x\nsource: [unclosed\n")
+    assert "invalid YAML" in msg and "flow.yaml:" in msg
+
+
+def test_duplicate_keys_are_rejected(tmp_path: Path) -> None:
+    (msg,) = issues(tmp_path, GOOD + "flow: again\n")
+    assert "duplicate key 'flow'" in msg and ":11:1" in msg
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    (msg,) = issues(tmp_path, GOOD + "sink: []\n")
+    assert "unknown key 'sink'" in msg and "did you mean 'sinks'" in msg
+
+
+def test_duplicate_labels_and_flow_names_across_files(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD, "b.yaml")
+    with pytest.raises(ConfigError) as exc:
+        load_flows(tmp_path)
+    assert "used by more than one flow" in str(exc.value)
+    text = GOOD.replace("label: positive", "label: erp")
+    (msg,) = issues(tmp_path / "a.yaml", text) if False else issues(tmp_path, text)
+    assert "labels must be unique" in msg
+
+
+def test_unlabelled_steps_get_unique_labels(tmp_path: Path) -> None:
+    text = GOOD.replace("label: positive", "").replace("{condition: \"total > 0\", }", "{condition: \"true\"}")
+    text = text.replace("  - map:\n      label: to-canonical\n", "  - map:\n")
+    text = text.replace("sinks:", "  - map: {expression: '$'}\nsinks:")
+    (flow,) = load_flows(write(tmp_path, text))
+    assert [s.label for s in flow.steps] == ["filter", "map", "map-2"]
+
+
+def test_a_folder_loads_every_flow(tmp_path: Path) -> None:
+    write(tmp_path, GOOD, "a.yaml")
+    write(tmp_path, GOOD.replace("flow: orders", "flow: other"), "b.yml")
+    assert sorted(f.name for f in load_flows(tmp_path)) == ["orders", "other"]
+
+
+def test_secret_references_resolve_and_never_print(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRM_DSN", "sqlite:///secret-pw.db")
+    text = GOOD.replace("  - file: {path: out.ndjson, label: erp}",
+                        "  - sql: {url: '${env:CRM_DSN}', table: t, label: crm}")
+    (flow,) = load_flows(write(tmp_path, text))
+    cfg = flow.sinks[0].config
+    assert "secret-pw" not in repr(cfg) and "secret-pw" not in str(cfg.url)
+    assert cfg.url.reveal() == "sqlite:///secret-pw.db"
+
+
+def test_validate_command_exit_codes(tmp_path: Path) -> None:
+    good = write(tmp_path, GOOD, "good.yaml")
+    r = cli("validate", str(good))
+    assert r.returncode == 0, r.stderr
+    bad = write(tmp_path, GOOD.replace("      expression:", "      expresion:"), "bad.yaml")
+    r = cli("validate", str(bad))
+    assert r.returncode == 2
+    assert "bad.yaml:8:7: step 'to-canonical' (map): unknown field 'expresion'" in r.stderr
+
+
+def test_validate_catches_bad_expressions(tmp_path: Path) -> None:
+    bad = write(tmp_path, GOOD.replace("expression: \"{'id': id}\"", "expression: \"{'id': \""), "bad.yaml")
+    r = cli("validate", str(bad))
+    assert r.returncode == 2
+    assert "bad.yaml:" in r.stderr and "to-canonical" in r.stderr and "expression" in r.stderr

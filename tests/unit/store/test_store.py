@@ -1,0 +1,178 @@
+"""The store contract. Parametrized over implementations: add PostgreSQL to STORES when it exists."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from seamline.core.message import Message
+from seamline.store import Batch, DeadLetter, DlqFilter, RetryEntry, Store, open_store
+
+
+def _sqlite(tmp: Path) -> Store:
+    return open_store(str(tmp / "state.db"))
+
+
+STORES: dict[str, Callable[[Path], Store]] = {"sqlite": _sqlite}
+
+
+@pytest.fixture(params=sorted(STORES))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    s = STORES[request.param](tmp_path)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def dead(i: int, flow: str = "f", step: str = "map", code: str = "mapping.T2001", cls: str = "fatal") -> DeadLetter:
+    m = Message({"n": i}, id=f"m{i}")
+    return DeadLetter(
+        dlq_id=f"d{i}", flow=flow, msg_id=m.id, correlation_id=m.id, step=step, error_code=code, error_class=cls,
+        error_message="boom", error_chain=[{"type": "X", "message": "boom"}], attempts=1,
+        history=[{"at": 1.0, "attempt": 1}], original=m.to_record(), current=m.to_record(), resume=1,
+        pending_sinks=None, first_failed_at=1.0, dead_at=100.0 + i,
+    )
+
+
+def retry(i: int, due: float, flow: str = "f") -> RetryEntry:
+    m = Message({"n": i}, id=f"m{i}")
+    return RetryEntry(rid=f"r{i}", flow=flow, msg_id=m.id, due_at=due, attempt=1, resume=2, pending_sinks=["s1"],
+                      message=m.to_record(), original=m.to_record(), history=[{"at": 0.0}], first_at=0.0)
+
+
+async def test_schema_is_versioned(store: Store) -> None:
+    assert getattr(store, "schema_version")() >= 1  # noqa: B009
+
+
+async def test_checkpoints_round_trip(store: Store) -> None:
+    assert await store.get_checkpoint("file:x") is None
+    await store.put_checkpoint("file:x", {"offset": 42, "fingerprint": "ab"})
+    assert await store.get_checkpoint("file:x") == {"offset": 42, "fingerprint": "ab"}
+    await store.put_checkpoint("file:x", {"offset": 43})
+    assert await store.get_checkpoint("file:x") == {"offset": 43}
+
+
+async def test_batch_commit_is_one_transaction(store: Store) -> None:
+    b = Batch(
+        journal=[(1.0, "f", "m1", "c1", "source", "received", 0, "d", None)],
+        dead=[dead(1)],
+        retries=[retry(2, due=50.0)],
+        checkpoints={"cp": 7},
+    )
+    await store.commit(b)
+    assert [d.msg_id for d in await store.list_dead(DlqFilter())] == ["m1"]
+    assert await store.count_retries("f") == 1
+    assert await store.get_checkpoint("cp") == 7
+    assert [e.outcome for e in await store.trace("c1")] == ["received"]
+    # a failing batch changes nothing
+    bad = Batch(dead=[dead(3)], retries=[retry(4, 1.0)], checkpoints={"cp": 8})
+    bad.dead.append(dead(3))  # duplicate primary key
+    with pytest.raises(Exception):  # noqa: B017 - the driver's integrity error
+        await store.commit(bad)
+    assert await store.get_checkpoint("cp") == 7
+    assert await store.count_retries() == 1
+
+
+async def test_retries_are_leased_and_released(store: Store) -> None:
+    await store.commit(Batch(retries=[retry(1, 10.0), retry(2, 20.0), retry(3, 30.0, flow="other")]))
+    assert await store.next_retry_at(["f"]) == 10.0
+    assert await store.due_retries(["f"], now=5.0, limit=10, lease=60) == []
+    due = await store.due_retries(["f"], now=25.0, limit=10, lease=60)
+    assert [r.rid for r in due] == ["r1", "r2"]
+    assert due[0].message["id"] == "m1" and due[0].pending_sinks == ["s1"] and due[0].resume == 2
+    # leased: not handed out twice
+    assert await store.due_retries(["f"], now=26.0, limit=10, lease=60) == []
+    # a restart forgets leases
+    await getattr(store, "release_leases")(["f"])  # noqa: B009
+    assert len(await store.due_retries(["f"], now=26.0, limit=10, lease=60)) == 2
+    await store.commit(Batch(retries_done=["r1", "r2"]))
+    assert await store.count_retries("f") == 0
+    assert await store.count_retries() == 1
+
+
+async def test_dead_letters_filter(store: Store) -> None:
+    await store.commit(Batch(dead=[dead(1), dead(2, step="crm", code="sql.rejected"), dead(3, flow="g"),
+                                   dead(4, cls="retryable", code="timeout")]))
+    assert len(await store.list_dead(DlqFilter())) == 4
+    assert [d.msg_id for d in await store.list_dead(DlqFilter(flow="g"))] == ["m3"]
+    assert [d.msg_id for d in await store.list_dead(DlqFilter(step="crm"))] == ["m2"]
+    assert [d.msg_id for d in await store.list_dead(DlqFilter(error_class="retryable"))] == ["m4"]
+    assert [d.msg_id for d in await store.list_dead(DlqFilter(since=102.5))] == ["m3", "m4"]
+    assert [d.msg_id for d in await store.list_dead(DlqFilter(until=101.5))] == ["m1"]
+    got = await store.get_dead("d2")
+    assert got is not None and got.error_code == "sql.rejected" and got.history == [{"at": 1.0, "attempt": 1}]
+    assert (await store.get_dead("m3")) is not None  # by message id too
+
+
+async def test_replay_and_purge_are_audited(store: Store) -> None:
+    await store.commit(Batch(dead=[dead(1), dead(2)]))
+    n = await store.replay_dead(["d1"], now=500.0, from_step=False, actor="ana")
+    assert n == 1
+    d1 = await store.get_dead("d1")
+    assert d1 is not None and d1.status == "replayed" and d1.replays == 1
+    (r,) = await store.due_retries(["f"], now=500.0, limit=10, lease=60)
+    assert r.resume == 0 and r.pending_sinks is None and r.origin == "replay" and r.attempt == 0
+    assert Message.from_record(r.message).body == {"n": 1}
+    # replaying again is a no-op: it is no longer dead
+    assert await store.replay_dead(["d1"], now=501.0, from_step=True, actor="ana") == 0
+    assert await store.purge_dead(["d2"], actor="bo") == 1
+    assert await store.get_dead("d2") is None
+    log = await store.audit_log()
+    assert [(e["action"], e["actor"], e["detail"]["dlq_id"]) for e in log] == [
+        ("dlq.purge", "bo", "d2"), ("dlq.replay", "ana", "d1")]
+
+
+async def test_replay_from_the_failing_step_keeps_its_place(store: Store) -> None:
+    await store.commit(Batch(dead=[dead(1)]))
+    await store.replay_dead(["d1"], now=1.0, from_step=True, actor="x")
+    (r,) = await store.due_retries(["f"], now=1.0, limit=10, lease=60)
+    assert r.resume == 1
+
+
+async def test_idempotency_keys_expire(store: Store) -> None:
+    await store.remember("dedupe:f", [("k1", 100.0), ("k2", 200.0)])
+    assert await store.seen("dedupe:f", ["k1", "k2", "k3"], now=50.0) == {"k1", "k2"}
+    assert await store.seen("dedupe:f", ["k1", "k2"], now=150.0) == {"k2"}
+    assert await store.seen("other", ["k1"], now=50.0) == set()
+
+
+async def test_inbox_store_and_forward(store: Store) -> None:
+    recs = [Message({"i": i}, id=f"w{i}").to_record() for i in range(3)]
+    await store.inbox_put("hook", recs)
+    taken = await store.inbox_take("hook", limit=2, now=10.0, lease=30.0)
+    assert [r["id"] for _s, r in taken] == ["w0", "w1"]
+    assert [r["id"] for _s, r in await store.inbox_take("hook", limit=5, now=11.0, lease=30.0)] == ["w2"]
+    await store.inbox_done([taken[0][0]])
+    await store.inbox_release([taken[1][0]])
+    again = await store.inbox_take("hook", limit=5, now=12.0, lease=30.0)
+    assert [r["id"] for _s, r in again] == ["w1"]
+
+
+async def test_journal_trace_in_order_by_message_or_correlation(store: Store) -> None:
+    rows: list[Any] = [
+        (1.0, "f", "m1", "order-4711", "source", "received", 0, "aa", None),
+        (2.0, "f", "m1", "order-4711", "map", "ok", 12, "bb", None),
+        (3.0, "g", "m2", "order-4711", "crm", "delivered", 0, "bb", None),
+    ]
+    await store.commit(Batch(journal=rows))
+    assert [e.step for e in await store.trace("order-4711")] == ["source", "map", "crm"]
+    assert [e.step for e in await store.trace("m1")] == ["source", "map"]
+
+
+async def test_state_survives_reopen(tmp_path: Path) -> None:
+    s = _sqlite(tmp_path)
+    await s.open()
+    await s.commit(Batch(retries=[retry(1, time.time() + 7200)], dead=[dead(1)], checkpoints={"c": 1}))
+    await s.close()
+    s2 = _sqlite(tmp_path)
+    await s2.open()
+    try:
+        assert await s2.count_retries() == 1
+        assert await s2.get_checkpoint("c") == 1
+        assert len(await s2.list_dead(DlqFilter())) == 1
+    finally:
+        await s2.close()
