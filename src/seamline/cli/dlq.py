@@ -254,13 +254,16 @@ def dlq_purge(
     state: StateOpt = None, flow: FlowOpt = None, step: StepOpt = None, error_class: ClassOpt = None,
     error_code: CodeOpt = None, since: SinceOpt = None, until: UntilOpt = None,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    include_replayed: Annotated[
+        bool, typer.Option("--include-replayed", help="Also delete the records of replayed entries.")
+    ] = False,
 ) -> None:
     """Delete dead letters for good (asks first; written to the audit log)."""
     ids = ids or []
     filtered = any(x is not None for x in (flow, step, error_class, error_code, since, until))
     if not ids and not all_ and not filtered:
         fail("name dead-letter ids, or use --all / a filter such as --flow", EXIT_CONFIG)
-    flt = _filter(flow, step, error_class, error_code, since, until, status=None)
+    flt = _filter(flow, step, error_class, error_code, since, until, status=None if include_replayed else "dead")
 
     async def pick(store: Any) -> list[str]:
         try:

@@ -70,7 +70,8 @@ def _table(model: type[BaseModel], seen: set[type[BaseModel]], nested: list[type
     for name, f in model.model_fields.items():
         key = f.alias or name
         desc = (f.description or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| `{key}` | {_type_name(f.annotation).replace('|', '\\|')} | {_default(f)} | {desc} |")
+        typ = _type_name(f.annotation).replace("|", "\\|")
+        lines.append(f"| `{key}` | {typ} | {_default(f)} | {desc} |")
         for m in _models_in(f.annotation):
             if m not in seen:
                 seen.add(m)

@@ -35,6 +35,7 @@ import logging
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -346,7 +347,10 @@ def _jwk_key(jwk: Mapping[str, Any]) -> VerifyKey:
         x = _member(jwk, "x")
         if len(x) != 32:
             raise _Invalid("an Ed25519 key is 32 bytes")
-        return VerifyKey("OKP", Ed25519PublicKey.from_public_bytes(x), kid, alg, "Ed25519")
+        try:
+            return VerifyKey("OKP", Ed25519PublicKey.from_public_bytes(x), kid, alg, "Ed25519")
+        except ValueError:
+            raise _Invalid("not a valid Ed25519 public key") from None
     raise _Invalid("'kty' must be oct, RSA, EC or OKP")
 
 
@@ -450,8 +454,8 @@ def load_keys(source: object, *, strict: bool = True) -> KeySet:
             log.warning("%s dropped: symmetric keys are never taken from a fetched key set", where)
             continue
         keys.append(key)
-    kids = [k.kid for k in keys if k.kid is not None]
-    duplicates = {kid for kid in kids if kids.count(kid) > 1}
+    counts = Counter(k.kid for k in keys if k.kid is not None)
+    duplicates = {kid for kid, n in counts.items() if n > 1}
     if duplicates:
         if strict:
             raise _err("auth.jwk.invalid", f"duplicate kid {sorted(duplicates)[0]!r} makes the key set ambiguous")

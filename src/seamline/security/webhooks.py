@@ -81,9 +81,7 @@ class _Headers:
                 key = _as_text(name)
                 if isinstance(key, str):
                     self._values.setdefault(key.lower(), []).append(_as_text(value))
-        except SignatureError:
-            raise
-        except Exception:
+        except Exception:  # whatever the object is, it is not usable headers
             raise _fail("malformed", "headers must be a mapping of header names to values") from None
 
     def get(self, name: str) -> str | None:
@@ -243,7 +241,10 @@ def _sw_keys(secret: object) -> _SwKeys:
         raw = _b64_key(value[5:], "whpk_ public key")
         if len(raw) != 32:
             raise _fail("secret_invalid", "a whpk_ public key must hold 32 bytes")
-        return _SwKeys(public_key=Ed25519PublicKey.from_public_bytes(raw))
+        try:
+            return _SwKeys(public_key=Ed25519PublicKey.from_public_bytes(raw))
+        except ValueError:
+            raise _fail("secret_invalid", "the whpk_ public key is not an Ed25519 key") from None
     if value.startswith("whsk_"):
         raw = _b64_key(value[5:], "whsk_ secret key")
         if len(raw) not in (32, 64):
