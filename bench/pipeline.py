@@ -49,7 +49,8 @@ def make_orders(path: Path, n: int) -> None:
     with path.open("wb") as f:
         for i in range(n):
             lines = [
-                {"sku": f"SKU-{rnd.randint(1000, 9999)}", "qty": rnd.randint(1, 5), "price": rnd.randint(100, 99999) / 100,
+                {"sku": f"SKU-{rnd.randint(1000, 9999)}", "qty": rnd.randint(1, 5),
+                 "price": rnd.randint(100, 99999) / 100,
                  "description": "Widget " + "x" * rnd.randint(5, 30)}
                 for _ in range(rnd.randint(1, 5))
             ]

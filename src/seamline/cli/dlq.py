@@ -285,10 +285,7 @@ def _set_path(obj: Any, path: str, value: Any) -> Any:
     parts = path.split(".")
     cur = obj
     for p in parts[:-1]:
-        if isinstance(cur, list):
-            cur = cur[int(p)]
-        else:
-            cur = cur.setdefault(p, {})
+        cur = cur[int(p)] if isinstance(cur, list) else cur.setdefault(p, {})
     last = parts[-1]
     if isinstance(cur, list):
         cur[int(last)] = value

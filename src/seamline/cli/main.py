@@ -178,7 +178,7 @@ def docs_mapping(
 
 @app.command("map")
 def map_cmd(
-    input: Annotated[Path, typer.Option("--input", "-i", help="Input document.")],  # noqa: A002
+    input: Annotated[Path, typer.Option("--input", "-i", help="Input document.")],
     expr: Annotated[str | None, typer.Option("--expr", "-e", help="A JSONata expression.")] = None,
     mapping: Annotated[Path | None, typer.Option("--mapping", "-m", help="A file holding the expression.")] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Input format: json, xml or csv.")] = "json",

@@ -68,7 +68,7 @@ class Engine:
         drain_timeout: float | None = None,
     ) -> EngineResult:
         loop = asyncio.get_running_loop()
-        installed: list[int] = []
+        installed: list[signal.Signals] = []
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -119,4 +119,4 @@ def _tune_gc() -> tuple[int, int, int]:
     gc.collect()
     gc.freeze()
     gc.set_threshold(100_000, 50, 100)
-    return before  # type: ignore[return-value]
+    return before

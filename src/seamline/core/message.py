@@ -47,7 +47,7 @@ class Message:
         body: Any = _UNSET,
         *,
         raw: bytes | None = None,
-        id: str | None = None,  # noqa: A002 - the envelope's field name
+        id: str | None = None,
         correlation_id: str | None = None,
         headers: Mapping[str, str] | None = None,
         content_type: str = "application/json",

@@ -80,9 +80,8 @@ def register(
     def deco(factory: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
         key = (role, name)
         existing = _REGISTRY.get(key)
-        if existing is not None and existing.factory is not factory:
-            if existing.factory.__qualname__ != factory.__qualname__:
-                raise ValueError(f"{role} {name!r} is already registered")
+        if existing is not None and existing.factory.__qualname__ != factory.__qualname__:
+            raise ValueError(f"{role} {name!r} is already registered")
         _REGISTRY[key] = ComponentSpec(role, name, config, factory, summary, description, examples)
         return factory
 

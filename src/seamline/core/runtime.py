@@ -16,7 +16,6 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -441,7 +440,8 @@ class FlowRunner:
             fatal = {s: e for s, e in u.failed.items() if s not in retryable}
             if edges:
                 for s, e in u.failed.items():
-                    journal.append((done_at, flow, m.id, m.correlation_id, s, "failed", 0, None, f"{_code(e)}: {_text(e)}"))
+                    detail = f"{_code(e)}: {_text(e)}"
+                    journal.append((done_at, flow, m.id, m.correlation_id, s, "failed", 0, None, detail))
             if retryable:
                 s0, e0 = next(iter(retryable.items()))
                 self._fail(batch, u.work, m, nsteps, s0, e0, done_at, pending=list(retryable), policy_sink=s0)
@@ -580,9 +580,8 @@ class FlowRunner:
                 continue
             nxt = await self.store.next_retry_at([self.flow.name])
             now = self.clock.now()
-            if nxt is None or nxt > now + horizon:
-                if not self.busy():
-                    return
+            if (nxt is None or nxt > now + horizon) and not self.busy():
+                return
             await asyncio.sleep(min(0.05, self.retry_poll))
 
     async def stop(self, timeout: float | None = None) -> None:
@@ -615,9 +614,9 @@ class FlowRunner:
             leftovers.extend(items)
         self._inflight.clear()
         while not self._queue.empty():
-            items = self._queue.get_nowait()
-            if items:
-                leftovers.extend(items)
+            queued = self._queue.get_nowait()
+            if queued:
+                leftovers.extend(queued)
         for w in leftovers:
             if w.delivery is not None and not w.settled:
                 w.settled = True

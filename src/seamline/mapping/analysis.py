@@ -70,7 +70,7 @@ class _Walker:
             return self._variable(first.value, ctx, scope)
         return ctx
 
-    def walk(self, node: Any, ctx: Prefix, scope: dict[str, Prefix]) -> None:  # noqa: C901
+    def walk(self, node: Any, ctx: Prefix, scope: dict[str, Prefix]) -> None:
         if not isinstance(node, Node):
             return
         kind = node.type

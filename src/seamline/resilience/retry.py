@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-__all__ = ["RetryPolicy", "DEFAULT_RETRY"]
+__all__ = ["DEFAULT_RETRY", "RetryPolicy"]
 
 
 @dataclass(frozen=True)

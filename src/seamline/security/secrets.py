@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Secret", "SecretRefError", "resolve_refs", "known_secret_values"]
+__all__ = ["Secret", "SecretRefError", "known_secret_values", "resolve_refs"]
 
 _MASK = "**********"
 # every revealed-once value, so redaction can scrub it from any text

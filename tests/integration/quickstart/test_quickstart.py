@@ -10,7 +10,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from tests.helpers import ROOT, cli, read_ndjson
 
 QS = ROOT / "examples" / "quickstart"
@@ -28,7 +27,8 @@ def qs(tmp_path: Path) -> Path:
 
 def crm_rows(qs: Path) -> list[tuple[str, ...]]:
     with sqlite3.connect(qs / "out" / "crm.db") as db:
-        return db.execute("SELECT order_id, account_id, status, ordered_at, total FROM orders ORDER BY order_id").fetchall()
+        q = "SELECT order_id, account_id, status, ordered_at, total FROM orders ORDER BY order_id"
+        return db.execute(q).fetchall()
 
 
 def test_quickstart_end_to_end(qs: Path) -> None:

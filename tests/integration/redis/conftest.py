@@ -4,7 +4,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-
 from tests.integration.services import require
 
 

@@ -8,14 +8,14 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from tests.integration.services import tcp_proxy
+from tests.integration.services.crash import sigkill_mid_stream
+from tests.integration.services.flows import COLLECTED, make_flow, running
 
 from seamline.connectors.redis import RedisSink, RedisSinkConfig, RedisSource, RedisSourceConfig
 from seamline.core.component import BuildContext, Delivery
 from seamline.core.flow import sink, source, step
 from seamline.core.message import Message
-from tests.integration.services import tcp_proxy
-from tests.integration.services.crash import sigkill_mid_stream
-from tests.integration.services.flows import COLLECTED, make_flow, running
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

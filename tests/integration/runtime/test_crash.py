@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-
 from tests.helpers import cli, read_ndjson, write_ndjson
 
 N = 20_000

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from tests.integration.services import engine_env
 from tests.integration.services.flows import dead_ids_sync
 

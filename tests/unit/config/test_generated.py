@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
 import jsonschema_rs
+import orjson
+from tests.helpers import ROOT, cli
 
 from seamline.config.jsonschema import flow_schema, flow_schema_text
 from seamline.config.refdocs import render_reference
 from seamline.core.registry import all_specs
-from tests.helpers import ROOT, cli
 
 REGENERATE = "run `make docs` and commit the result"
 

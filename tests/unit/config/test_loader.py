@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.helpers import cli
 
 from seamline.config.loader import load_flows
 from seamline.core.errors import ConfigError
-from tests.helpers import cli
 
 GOOD = """\
 flow: orders

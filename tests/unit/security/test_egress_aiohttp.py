@@ -51,8 +51,7 @@ async def server() -> AsyncIterator[Server]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    sockets = site._server.sockets  # type: ignore[union-attr]
-    state.port = sockets[0].getsockname()[1]
+    state.port = runner.addresses[0][1]
     try:
         yield state
     finally:

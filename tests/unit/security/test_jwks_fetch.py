@@ -78,7 +78,7 @@ async def idp(shared_keys: dict[str, rsa.RSAPrivateKey]) -> AsyncIterator[Idp]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    state.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    state.port = runner.addresses[0][1]
     try:
         yield state
     finally:

@@ -64,7 +64,7 @@ _MESSAGES = {
 class Node:
     """A syntax-tree node. Absent attributes read as ``None``."""
 
-    def __init__(self, type: str, value: Any = None, start: int = 0, position: int = 0, **attrs: Any) -> None:  # noqa: A002
+    def __init__(self, type: str, value: Any = None, start: int = 0, position: int = 0, **attrs: Any) -> None:
         self.type = type
         self.value = value
         self.start = start
@@ -98,7 +98,7 @@ _TWO_CHAR = ("..", ":=", "!=", ">=", "<=", "**", "~>", "?:", "??")
 class Token:
     __slots__ = ("position", "start", "type", "value")
 
-    def __init__(self, type: str, value: Any, start: int, position: int) -> None:  # noqa: A002
+    def __init__(self, type: str, value: Any, start: int, position: int) -> None:
         self.type = type
         self.value = value
         self.start = start
@@ -540,7 +540,7 @@ class _Processor:
     def __init__(self) -> None:
         self.parents = 0
 
-    def process(self, expr: Node) -> Node:  # noqa: C901 - mirrors the reference switch
+    def process(self, expr: Node) -> Node:
         result: Node
         kind = expr.type
         if kind == "binary":
