@@ -599,8 +599,17 @@ class FlowRunner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await retry_task
         workers = self._tasks[:-1]
+        # batches not yet started go back to the source now, oldest first, so that
+        # nothing later in the stream is confirmed ahead of them
+        while not self._queue.empty():
+            queued = self._queue.get_nowait()
+            self._queue.task_done()
+            for w in queued or ():
+                if w.delivery is not None and not w.settled:
+                    w.settled = True
+                    await _call(w.delivery.nack, True)
         for _ in workers:
-            await self._put_sentinel()
+            await self._queue.put(None)
         if workers:
             _done, pending = await asyncio.wait(workers, timeout=timeout)
             for t in pending:
@@ -622,19 +631,6 @@ class FlowRunner:
                 w.settled = True
                 await _call(w.delivery.nack, True)
         self._tasks.clear()
-
-    async def _put_sentinel(self) -> None:
-        try:
-            self._queue.put_nowait(None)
-        except asyncio.QueueFull:
-            # make room: the oldest queued batch goes back to its source
-            items = self._queue.get_nowait()
-            self._queue.task_done()
-            if items:
-                for w in items:
-                    if w.delivery is not None:
-                        await _call(w.delivery.nack, True)
-            self._queue.put_nowait(None)
 
 
 async def _call(fn: Any, *args: Any) -> None:

@@ -53,23 +53,36 @@ class Expression:
         self.limits = (timeout_ms, max_depth, max_sequence)
         self._functions = dict(functions)
         self._analysis = analysis.analyse(source)
+        self._compiled: CompiledExpression | None = None
+        self._engine: EngineExpression | None = None
         try:
             self._engine = EngineExpression(
                 source, self._functions, timeout_ms=timeout_ms, max_depth=max_depth, max_sequence=max_sequence
             )
         except MappingError as exc:
-            _locate(exc, self._analysis)
-            raise
-        self._compiled: CompiledExpression | None = None
-        if use_compiler and self._analysis.ast is not None:
-            self._compiled = try_compile(
-                self._analysis.ast,
-                source,
-                self._functions,
-                timeout_ms=timeout_ms,
-                max_depth=max_depth,
-                max_sequence=max_sequence,
-            )
+            # The Rust engine cannot hold a string with an unpaired UTF-16 surrogate; Python can,
+            # so such an expression is still valid when the compiler handles it.
+            if not ("unpaired surrogate" in exc.message and self._analysis.ast is not None):
+                _locate(exc, self._analysis)
+                raise
+            self._compiled = self._compile(use_compiler=True)
+            if self._compiled is None:
+                raise
+            return
+        self._compiled = self._compile(use_compiler)
+
+    def _compile(self, use_compiler: bool) -> CompiledExpression | None:
+        if not use_compiler or self._analysis.ast is None:
+            return None
+        timeout_ms, max_depth, max_sequence = self.limits
+        return try_compile(
+            self._analysis.ast,
+            self.source,
+            self._functions,
+            timeout_ms=timeout_ms,
+            max_depth=max_depth,
+            max_sequence=max_sequence,
+        )
 
     def __repr__(self) -> str:
         return f"Expression({self.source!r})"
@@ -95,12 +108,22 @@ class Expression:
         if compiled is not None and (not bindings or not compiled.needs_engine_for(bindings)):
             result = compiled.evaluate(data, bindings)
         else:
-            result = self._engine.evaluate(data, bindings)
+            result = self._engine_for().evaluate(data, bindings)
         return undefined if result is _UNDEFINED else result
+
+    def _engine_for(self) -> EngineExpression:
+        if self._engine is None:
+            raise MappingError(
+                "this expression contains text the full engine cannot represent (an unpaired surrogate), "
+                "so function bindings cannot be used with it",
+                jsonata_code="D3140",
+                expression=self.source,
+            )
+        return self._engine
 
     def evaluate_engine(self, data: Any, bindings: Mapping[str, Any] | None = None) -> Any:
         """Evaluate on the full engine only (returns :data:`UNDEFINED` for undefined); for tests."""
-        return self._engine.evaluate(data, bindings)
+        return self._engine_for().evaluate(data, bindings)
 
     def referenced_paths(self) -> list[str]:
         """Source field paths the expression reads, e.g. ``["order.customer.id", "order.lines.qty"]``."""

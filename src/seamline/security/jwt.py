@@ -69,18 +69,7 @@ log = logging.getLogger("seamline.security.jwt")
 
 #: the JWS algorithms this module can verify
 SUPPORTED_ALGORITHMS = (
-    "HS256",
-    "HS384",
-    "HS512",
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "ES256",
-    "ES384",
-    "ES512",
+    *(f"{family}{bits}" for family in ("HS", "RS", "PS", "ES") for bits in (256, 384, 512)),
     "EdDSA",
 )
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {"256": hashes.SHA256, "384": hashes.SHA384, "512": hashes.SHA512}
@@ -95,46 +84,8 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
 _MAX_KID = 256
 _MIN_RSA_BITS = 2048
 _MAX_RSA_BITS = 16384
-_ROCA_PRIMES = (
-    3,
-    5,
-    7,
-    11,
-    13,
-    17,
-    19,
-    23,
-    29,
-    31,
-    37,
-    41,
-    43,
-    47,
-    53,
-    59,
-    61,
-    67,
-    71,
-    73,
-    79,
-    83,
-    89,
-    97,
-    101,
-    103,
-    107,
-    109,
-    113,
-    127,
-    131,
-    137,
-    139,
-    149,
-    151,
-    157,
-    163,
-    167,
-)
+# the small primes of the ROCA fingerprint (3..167): a ROCA modulus is a power of 65537 modulo each
+_ROCA_PRIMES = tuple(p for p in range(3, 168) if all(p % d for d in range(2, int(p**0.5) + 1)))
 _ROCA_SUBGROUPS = tuple(frozenset(pow(65537, k, p) for k in range(p)) for p in _ROCA_PRIMES)
 
 PublicKey = bytes | rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey
@@ -144,7 +95,7 @@ def _err(code: str, message: str) -> AuthError:
     return AuthError(message, code=code)
 
 
-def b64url_decode(text: str) -> bytes | None:
+def _b64url_decode(text: str) -> bytes | None:
     """Strict, canonical base64url without padding (RFC 7515 section 2); ``None`` if invalid."""
     if len(text) % 4 == 1 or not _B64URL.fullmatch(text):
         return None
@@ -255,7 +206,7 @@ def _select_key(sets: Sequence[KeySet], kid: str | None) -> VerifyKey | None:
 
 def _member(jwk: Mapping[str, Any], name: str) -> bytes:
     value = jwk.get(name)
-    raw = b64url_decode(value) if isinstance(value, str) else None
+    raw = _b64url_decode(value) if isinstance(value, str) else None
     if raw is None:
         raise _Invalid(f"member {name!r} is missing or not base64url")
     return raw
@@ -506,7 +457,7 @@ def _parse(token: object, algorithms: frozenset[str], max_bytes: int) -> _Parsed
         kind = "encrypted tokens (JWE) are not accepted" if len(parts) == 5 else "a JWS has three parts"
         raise _err("auth.jwt.malformed", f"the token is not a compact JWS: {kind}")
     h64, p64, s64 = parts
-    raw_header = b64url_decode(h64)
+    raw_header = _b64url_decode(h64)
     if raw_header is None:
         raise _err("auth.jwt.malformed", "the token header is not base64url")
     header = _json_object(raw_header, "header")
@@ -522,8 +473,8 @@ def _parse(token: object, algorithms: frozenset[str], max_bytes: int) -> _Parsed
     kid = header.get("kid")
     if kid is not None and (not isinstance(kid, str) or len(kid) > _MAX_KID):
         raise _err("auth.jwt.malformed", "'kid' must be a string of at most 256 characters")
-    payload = b64url_decode(p64)
-    signature = b64url_decode(s64)
+    payload = _b64url_decode(p64)
+    signature = _b64url_decode(s64)
     if payload is None or signature is None:
         raise _err("auth.jwt.malformed", "the token payload or signature is not base64url")
     return _Parsed(header, alg, kid, f"{h64}.{p64}".encode("ascii"), payload, signature)

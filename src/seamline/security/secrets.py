@@ -65,6 +65,12 @@ class Secret:
     def __len__(self) -> int:
         return len(self._value)
 
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
+
+        return core_schema.is_instance_schema(cls)
+
 
 def known_secret_values() -> frozenset[str]:
     """Every secret value created in this process (for output scrubbing)."""

@@ -355,10 +355,10 @@ class EngineProcess:
         self.proc.send_signal(signal.SIGTERM)
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as exc:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError(f"seamline run did not stop within {timeout}s after SIGTERM:\n{self.tail()}")
+            raise AssertionError(f"seamline run did not stop within {timeout}s after SIGTERM:\n{self.tail()}") from exc
 
     def cleanup(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

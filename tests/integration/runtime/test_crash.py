@@ -109,3 +109,62 @@ def test_sigkill_mid_stream_loses_nothing(tmp_path: Path) -> None:
     # every delivered record went through the whole pipeline
     sample = read_ndjson(out)[:: N // 50]
     assert all(rec["seen"] is True and rec["amount_cents"] == round(rec["amount"] * 100) for rec in sample)
+
+
+SLOW_FLOW = """
+flow: drain-test
+source:
+  file: {path: in.ndjson, format: ndjson, id_field: id}
+steps:
+  - python: {function: "slow:step"}
+sinks:
+  - file: {path: out.ndjson}
+settings: {batch_size: 20, queue: 3, concurrency: 2, drain_timeout: 3s}
+"""
+
+SLOW = '''
+import asyncio
+
+async def step(body):
+    await asyncio.sleep(0.005)
+    return body
+'''
+
+
+def test_sigterm_drains_in_flight_work_and_loses_nothing(tmp_path: Path) -> None:
+    (tmp_path / "flow.yaml").write_text(SLOW_FLOW)
+    (tmp_path / "slow.py").write_text(SLOW)
+    n = 2000
+    write_ndjson(tmp_path / "in.ndjson", [{"id": i} for i in range(n)])
+    state = tmp_path / "state.db"
+    out = tmp_path / "out.ndjson"
+    log = (tmp_path / "engine.log").open("wb")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "seamline.cli", "run", "flow.yaml", "--until-idle", "--state", str(state), "-q"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (out.exists() and len(out.read_bytes().splitlines()) >= 100):
+            time.sleep(0.01)
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        stopped_after = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    assert rc == 0, (tmp_path / "engine.log").read_text()
+    assert stopped_after < 3 + 5, "the drain timeout bounds the shutdown"
+    first = Counter(r["id"] for r in read_ndjson(out))
+    assert 0 < len(first) < n
+    assert all(c == 1 for c in first.values()), "a graceful stop drains: no duplicates"
+    r = cli("run", "flow.yaml", "--until-idle", "--state", str(state), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    final = Counter(r["id"] for r in read_ndjson(out))
+    assert set(final) == set(range(n))
+    assert all(c == 1 for c in final.values()), "after a graceful stop nothing is delivered twice"

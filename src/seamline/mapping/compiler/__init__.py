@@ -1,23 +1,82 @@
-"""Translate the common subset of JSONata into one Python function per expression."""
+"""Translate the common subset of JSONata into one Python function per expression.
+
+:func:`try_compile` returns a :class:`CompiledExpression`, or ``None`` when
+the expression uses something outside the subset (the caller then uses the
+full engine). See ``docs/adr/0002-mapping-compiler.md`` for the design.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["CompiledExpression", "try_compile"]
+from seamline.mapping.compiler.codegen import HostFunction, NotCompilable, generate
+from seamline.mapping.compiler.parser import Node
+from seamline.mapping.compiler.runtime import State
+from seamline.mapping.compiler.values import JError, plain
+from seamline.mapping.errors import LIMIT_CODE, MappingError
+from seamline.mapping.functions import max_positional
+
+__all__ = ["CompiledExpression", "NotCompilable", "try_compile"]
 
 
 class CompiledExpression:
-    def evaluate(self, data: Any, bindings: Mapping[str, Any] | None) -> Any:
-        raise NotImplementedError
+    """An expression translated to Python; evaluate it with the same limits as the engine."""
+
+    __slots__ = ("_called", "_fn", "max_sequence", "python_source", "source", "timeout_ms")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        python_source: str,
+        source: str,
+        called: set[str],
+        *,
+        timeout_ms: int,
+        max_sequence: int,
+    ) -> None:
+        self._fn = fn
+        self._called = frozenset(called)
+        #: the generated Python, for debugging
+        self.python_source = python_source
+        self.source = source
+        self.timeout_ms = timeout_ms
+        self.max_sequence = max_sequence
 
     def needs_engine_for(self, bindings: Mapping[str, Any]) -> bool:
-        return True
+        """Bindings that are functions, or shadow a function the expression calls, need the engine."""
+        for key, value in bindings.items():
+            if callable(value) or key.lstrip("$") in self._called:
+                return True
+        return False
+
+    def evaluate(self, data: Any, bindings: Mapping[str, Any] | None) -> Any:
+        """Evaluate; returns :data:`~seamline.mapping.UNDEFINED` for an undefined result."""
+        if bindings and any(key.startswith("$") for key in bindings):
+            bindings = {key.lstrip("$"): value for key, value in bindings.items()}
+        state = State(self.timeout_ms, self.max_sequence)
+        try:
+            result = self._fn(data, bindings or _EMPTY, state)
+        except JError as exc:
+            details = dict(exc.details)
+            if exc.code == "D2015":
+                details["limit"] = "sequence"
+            raise MappingError(exc.message, jsonata_code=exc.code, expression=self.source, details=details) from None
+        except RecursionError:
+            raise MappingError(
+                "Stack overflow: the data or expression is nested too deeply",
+                jsonata_code=LIMIT_CODE,
+                expression=self.source,
+                details={"limit": "depth"},
+            ) from None
+        return plain(result)
+
+
+_EMPTY: dict[str, Any] = {}
 
 
 def try_compile(
-    ast: Any,
+    ast: Node,
     source: str,
     functions: Mapping[str, Callable[..., Any]],
     *,
@@ -25,4 +84,12 @@ def try_compile(
     max_depth: int,
     max_sequence: int,
 ) -> CompiledExpression | None:
-    return None
+    """Compile ``ast`` to Python, or return ``None`` if it is outside the supported subset."""
+    hosts = {name: HostFunction(name, fn, max_positional(fn)) for name, fn in functions.items()}
+    try:
+        fn, python_source, called = generate(ast, hosts)
+    except (NotCompilable, RecursionError):
+        return None
+    return CompiledExpression(
+        fn, python_source, source, called, timeout_ms=timeout_ms, max_sequence=max_sequence
+    )

@@ -279,7 +279,7 @@ def _pad(state: rt.State, text: Any, width: Any, char: Any = U) -> Any:
 
 
 def _contains(state: rt.State, text: Any, token: Any) -> Any:
-    if text is U:
+    if text is U or token is U:
         return U
     if token.__class__ is not str:
         raise JError("T0410", "Argument 2 of function contains does not match function signature", index=2)

@@ -1,0 +1,598 @@
+"""The ``kafka`` connector (confluent-kafka / librdkafka): consumer-group source and idempotent sink.
+
+Source
+    Joins a consumer group and reads its topics. Offsets are committed per
+    partition, in order, and only up to the last message that was delivered
+    or dead-lettered: a message still in flight holds back the commit of its
+    partition, so a crash or a rebalance re-reads it (at-least-once) and never
+    skips it. ``nack(requeue)`` rewinds the partition to its first
+    unacknowledged offset. The record key is kept in ``headers["kafka.key"]``
+    (``kafka.key.b64`` when it is not UTF-8) next to ``kafka.topic``,
+    ``kafka.partition``, ``kafka.offset`` and ``kafka.timestamp``.
+
+Sink
+    An idempotent producer (``enable.idempotence``, ``acks=all``): broker-side
+    retries never duplicate or reorder. ``write`` returns once the broker
+    confirmed every message of the batch; failed messages are reported one by
+    one (timeouts and broker outages retryable, oversized or refused records
+    fatal). The key comes from a body field or a header (by default the
+    ``kafka.key`` a Kafka source put there, so keys survive Kafka → Kafka);
+    the default partitioner is Java-compatible (murmur2), so a key maps to the
+    same partition as with Java clients.
+
+Both sides carry ``message-id``, ``correlation-id``, ``traceparent`` and
+``content-type`` as record headers (``seamline.connectors.wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import functools
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from seamline.config.models import SinkConfig, SourceConfig
+from seamline.config.types import ByteSize, Duration, SecretStr
+from seamline.connectors.offsets import OffsetTracker
+from seamline.connectors.wire import decode_message, outgoing_headers
+from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
+from seamline.core.errors import FatalError, RetryableError, SeamlineError
+from seamline.core.message import Message
+from seamline.core.registry import register
+
+__all__ = ["KafkaSink", "KafkaSinkConfig", "KafkaSource", "KafkaSourceConfig"]
+
+log = logging.getLogger("seamline.connectors.kafka")
+
+_RDKAFKA_LOG = logging.getLogger("seamline.connectors.kafka.librdkafka")
+
+KEY_HEADER = "kafka.key"
+
+
+class KafkaConnection(BaseModel):
+    """How to reach the Kafka cluster."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
+
+    bootstrap_servers: str = Field(
+        ..., description="Brokers to bootstrap from, `host:port[,host:port...]`; may use ${env:NAME}."
+    )
+    security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = Field(
+        "plaintext", description="Transport security (librdkafka `security.protocol`)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="SASL mechanism when the protocol is `sasl_*`."
+    )
+    username: str | None = Field(None, description="SASL user name.")
+    password: SecretStr | None = Field(None, description="SASL password (a secret; use ${env:NAME} or ${file:PATH}).")
+    ssl_ca_location: str | None = Field(None, description="CA certificate file to verify the brokers.")
+    client_id: str = Field("seamline", description="Client id shown in broker logs and quotas.")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Further librdkafka properties (e.g. `fetch.max.bytes`); they override the settings above.",
+    )
+
+    def rdkafka(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.username is not None:
+            conf["sasl.username"] = self.username
+        if self.password is not None:
+            conf["sasl.password"] = self.password.reveal()
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        return conf
+
+
+class KafkaSourceConfig(SourceConfig, KafkaConnection):
+    """Consume topics as a member of a consumer group."""
+
+    topics: list[str] = Field(..., min_length=1, description="Topics to read (a name or a list of names).")
+    group: str = Field(..., min_length=1, description="Consumer group id; offsets are committed for this group.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a group without committed offsets starts: the oldest or only new records."
+    )
+    session_timeout: Duration = Field(45.0, description="Consumer session timeout (`session.timeout.ms`).")
+    heartbeat_interval: Duration = Field(3.0, description="Group heartbeat interval (`heartbeat.interval.ms`).")
+    max_poll_interval: Duration = Field(
+        300.0, description="Longest pause between polls before the group evicts this member."
+    )
+    batch_wait: Duration = Field(0.1, description="How long to wait for a batch to fill before handing it on.")
+    content_type: str = Field(
+        "application/json",
+        description="Content type of records without a `content-type` header; JSON records are parsed on "
+        "arrival and invalid JSON goes to the dead-letter queue.",
+    )
+    max_message_bytes: ByteSize = Field(
+        10 * 1024 * 1024, description="Larger records go to the dead-letter queue (e.g. 10MiB)."
+    )
+
+    @field_validator("topics", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class KafkaSinkConfig(SinkConfig, KafkaConnection):
+    """Produce each message as a record."""
+
+    topic: str = Field(..., min_length=1, description="Topic to write to.")
+    key_field: str | None = Field(
+        None, description="Dotted body path of the record key (e.g. `customer.id`); wins over `key_header`."
+    )
+    key_header: str | None = Field(
+        KEY_HEADER, description="Header holding the record key; by default the key a Kafka source read."
+    )
+    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="Compression of record batches."
+    )
+    linger: Duration = Field(0.005, description="How long the producer waits to fill a record batch (`linger.ms`).")
+    delivery_timeout: Duration = Field(
+        30.0, description="How long a record may take to be confirmed before it fails as retryable."
+    )
+    partitioner: Literal["murmur2_random", "murmur2", "consistent_random", "consistent", "fnv1a_random"] = Field(
+        "murmur2_random", description="Key → partition hash; murmur2 matches Java clients."
+    )
+    max_message_bytes: ByteSize = Field(
+        1_000_000, description="Largest record; larger messages are dead-lettered (`message.max.bytes`)."
+    )
+
+
+# -- errors --------------------------------------------------------------------------------------------------------
+
+_FATAL_NAMES = {
+    "MSG_SIZE_TOO_LARGE": "kafka.message_too_large",
+    "_MSG_SIZE_TOO_LARGE": "kafka.message_too_large",
+    "RECORD_LIST_TOO_LARGE": "kafka.message_too_large",
+    "INVALID_RECORD": "kafka.rejected",
+    "CORRUPT_MESSAGE": "kafka.rejected",
+    "INVALID_REQUIRED_ACKS": "kafka.config",
+    "INVALID_CONFIG": "kafka.config",
+    "_INVALID_ARG": "kafka.config",
+    "POLICY_VIOLATION": "kafka.rejected",
+    "TOPIC_AUTHORIZATION_FAILED": "kafka.unauthorized",
+    "CLUSTER_AUTHORIZATION_FAILED": "kafka.unauthorized",
+    "TRANSACTIONAL_ID_AUTHORIZATION_FAILED": "kafka.unauthorized",
+    "SASL_AUTHENTICATION_FAILED": "kafka.unauthorized",
+    "_AUTHENTICATION": "kafka.unauthorized",
+    "INVALID_TOPIC_EXCEPTION": "kafka.config",
+}
+
+
+def _error(err: Any, what: str) -> SeamlineError:
+    """A KafkaError (or KafkaException) → a classified seamline error."""
+    if hasattr(err, "args") and err.args and hasattr(err.args[0], "code"):
+        err = err.args[0]  # KafkaException wraps a KafkaError
+    name = err.name() if hasattr(err, "name") else type(err).__name__
+    text = err.str() if hasattr(err, "str") else str(err)
+    msg = f"{what}: {name}: {text}"
+    if name in _FATAL_NAMES:
+        return FatalError(msg, code=_FATAL_NAMES[name], details={"kafka_error": name})
+    if name in ("_MSG_TIMED_OUT", "REQUEST_TIMED_OUT", "_TIMED_OUT"):
+        return RetryableError(msg, code="kafka.timeout", details={"kafka_error": name})
+    if name in ("_UNKNOWN_TOPIC", "UNKNOWN_TOPIC_OR_PART"):
+        return RetryableError(msg, code="kafka.unknown_topic", details={"kafka_error": name})
+    return RetryableError(msg, code="kafka.unavailable", details={"kafka_error": name})
+
+
+def _get(body: Any, path: str) -> Any:
+    cur = body
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+# -- source ----------------------------------------------------------------------------------------------------------
+
+
+class KafkaSource(Source):
+    def __init__(self, cfg: KafkaSourceConfig, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.batch_size = ctx.batch_size
+        self._consumer: Any = None
+        # every consumer call runs on this one thread (librdkafka callbacks included)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-src-{ctx.flow}")
+        self._lock = threading.Lock()
+        self._parts: dict[tuple[str, int], OffsetTracker] = {}
+        self._rewind: dict[tuple[str, int], tuple[OffsetTracker, int]] = {}
+        # after a rewind, the offset the partition must start again from
+        self._starts: dict[tuple[str, int], int] = {}
+        self._closed = False
+
+    def _conf(self) -> dict[str, Any]:
+        c = self.cfg
+        conf = c.rdkafka()
+        conf.update(
+            {
+                "group.id": c.group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": c.auto_offset_reset,
+                "isolation.level": "read_committed",
+                "session.timeout.ms": int(c.session_timeout * 1000),
+                "heartbeat.interval.ms": int(c.heartbeat_interval * 1000),
+                "max.poll.interval.ms": int(c.max_poll_interval * 1000),
+                "on_commit": self._on_commit,
+                "error_cb": self._on_error,
+                "logger": _RDKAFKA_LOG,
+            }
+        )
+        conf.update(c.options)
+        return conf
+
+    async def open(self) -> None:
+        from confluent_kafka import Consumer, KafkaException
+
+        try:
+            self._consumer = await self._call(Consumer, self._conf())
+        except KafkaException as exc:
+            raise _error(exc, "cannot create the Kafka consumer") from exc
+        await self._call(
+            self._consumer.subscribe,
+            list(self.cfg.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+
+    # librdkafka callbacks (on the consumer thread) ------------------------------------------------------
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            log.error("kafka consumer (group %s): fatal error: %s", self.cfg.group, err)
+        else:
+            log.warning("kafka consumer (group %s): %s", self.cfg.group, err)
+
+    def _on_commit(self, err: Any, partitions: Any) -> None:
+        if err is not None:
+            log.warning("kafka: committing offsets of group %s failed (a later commit covers it): %s",
+                        self.cfg.group, err)
+
+    def _on_assign(self, consumer: Any, partitions: Any) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._parts.pop((tp.topic, tp.partition), None)
+                self._rewind.pop((tp.topic, tp.partition), None)
+                self._starts.pop((tp.topic, tp.partition), None)
+        log.info("kafka: group %s assigned %s", self.cfg.group, [(p.topic, p.partition) for p in partitions])
+
+    def _on_revoke(self, consumer: Any, partitions: Any) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        keys = {(tp.topic, tp.partition) for tp in partitions}
+        with self._lock:
+            offsets = [
+                TopicPartition(t, p, tr.committed) for (t, p), tr in self._parts.items() if (t, p) in keys and tr.dirty
+            ]
+            for k in keys:
+                self._parts.pop(k, None)
+                self._rewind.pop(k, None)
+                self._starts.pop(k, None)
+        if offsets:
+            try:
+                consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as exc:
+                log.warning("kafka: commit on revoke failed (in-flight messages will be read again): %s", exc)
+
+    def _on_lost(self, consumer: Any, partitions: Any) -> None:
+        with self._lock:
+            for tp in partitions:
+                self._parts.pop((tp.topic, tp.partition), None)
+                self._rewind.pop((tp.topic, tp.partition), None)
+                self._starts.pop((tp.topic, tp.partition), None)
+
+    # acks ----------------------------------------------------------------------------------------------------
+    def _nack(self, key: tuple[str, int], tracker: OffsetTracker, requeue: bool) -> None:
+        """Rewind the partition to its first unacknowledged offset (everything after it is read again)."""
+        with self._lock:
+            if self._parts.get(key) is tracker:
+                self._rewind[key] = (tracker, tracker.committed)
+
+    async def commit_acks(self) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        if self._consumer is None or self._closed:
+            return
+        with self._lock:
+            offsets = []
+            for (t, p), tr in self._parts.items():
+                if tr.dirty:
+                    tr.dirty = False
+                    offsets.append(TopicPartition(t, p, tr.committed))
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=True)
+            except KafkaException as exc:
+                # nothing committed: the next commit (or a restart) covers it
+                log.warning("kafka: commit failed: %s", exc)
+
+    # reading -----------------------------------------------------------------------------------------------
+    def _poll(self) -> list[Delivery]:
+        """One consume call (on the consumer thread): apply rewinds, build deliveries."""
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        consumer = self._consumer
+        with self._lock:
+            rewinds = list(self._rewind.items())
+            self._rewind.clear()
+        for (t, p), (tracker, offset) in rewinds:
+            with self._lock:
+                if self._parts.get((t, p)) is not tracker:
+                    continue
+                self._parts.pop((t, p), None)
+                self._starts[(t, p)] = offset
+            try:
+                consumer.seek(TopicPartition(t, p, offset))
+            except KafkaException as exc:
+                log.warning("kafka: rewinding %s[%d] to %d failed: %s", t, p, offset, exc)
+        msgs = consumer.consume(self.batch_size, self.cfg.batch_wait)
+        out: list[Delivery] = []
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("kafka: consuming from group %s: %s", self.cfg.group, err)
+                continue
+            d = self._delivery(m)
+            if d is not None:
+                out.append(d)
+        return out
+
+    def _delivery(self, m: Any) -> Delivery | None:
+        topic, part, offset = m.topic(), m.partition(), m.offset()
+        key = (topic, part)
+        with self._lock:
+            tracker = self._parts.get(key)
+            if tracker is None:
+                start = self._starts.pop(key, None)
+                if start is not None and offset != start:
+                    # fetched before the rewind took effect: it comes again from the rewound position
+                    self._starts[key] = start
+                    return None
+                tracker = self._parts[key] = OffsetTracker(offset)
+        ticket = tracker.track(offset + 1)
+        transport = {"kafka.topic": topic, "kafka.partition": str(part), "kafka.offset": str(offset)}
+        k = m.key()
+        if k is not None:
+            try:
+                transport[KEY_HEADER] = k.decode("utf-8")
+            except UnicodeDecodeError:
+                transport[KEY_HEADER + ".b64"] = base64.b64encode(k).decode("ascii")
+        ts_type, ts = m.timestamp()
+        if ts_type:
+            transport["kafka.timestamp"] = str(ts)
+        wire: dict[str, str] = {}
+        for hk, hv in m.headers() or ():
+            wire[hk] = "" if hv is None else hv.decode("utf-8", "replace")
+        msg, error = decode_message(
+            m.value() or b"",
+            wire,
+            default_id=f"{topic}-{part}-{offset}",
+            default_content_type=self.cfg.content_type,
+            transport=transport,
+            max_bytes=self.cfg.max_message_bytes,
+            connector="kafka",
+        )
+        return Delivery(msg, functools.partial(tracker.ack, ticket), functools.partial(self._nack, key, tracker), error)
+
+    async def run(self, emit: Emit) -> None:
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                batch = await self._call(self._poll)
+            except KafkaException as exc:
+                raise _error(exc, f"kafka consumer of group {self.cfg.group} failed") from exc
+            if batch:
+                await emit(batch)
+
+    async def close(self) -> None:
+        if self._consumer is None or self._closed:
+            self._pool.shutdown(wait=False)
+            return
+        self._closed = True
+        from confluent_kafka import KafkaException, TopicPartition
+
+        with self._lock:
+            offsets = [TopicPartition(t, p, tr.committed) for (t, p), tr in self._parts.items() if tr.dirty]
+            self._parts.clear()
+        consumer = self._consumer
+
+        def _finish() -> None:
+            if offsets:
+                try:
+                    consumer.commit(offsets=offsets, asynchronous=False)
+                except KafkaException as exc:
+                    log.warning("kafka: final commit failed (in-flight messages will be read again): %s", exc)
+            consumer.close()
+
+        try:
+            await self._call(_finish)
+        finally:
+            self._consumer = None
+            self._pool.shutdown(wait=True)
+
+
+# -- sink --------------------------------------------------------------------------------------------------------------
+
+
+class KafkaSink(Sink):
+    def __init__(self, cfg: KafkaSinkConfig, ctx: BuildContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self._producer: Any = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-sink-{ctx.flow}")
+        self._lock = asyncio.Lock()
+        self._broken = False
+
+    def _conf(self) -> dict[str, Any]:
+        c = self.cfg
+        conf = c.rdkafka()
+        conf.update(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "compression.type": c.compression,
+                "linger.ms": max(0, int(c.linger * 1000)),
+                "message.timeout.ms": max(1, int(c.delivery_timeout * 1000)),
+                "partitioner": c.partitioner,
+                "message.max.bytes": c.max_message_bytes,
+                "error_cb": self._on_error,
+                "logger": _RDKAFKA_LOG,
+            }
+        )
+        conf.update(c.options)
+        return conf
+
+    def _on_error(self, err: Any) -> None:
+        if err.fatal():
+            self._broken = True
+            log.error("kafka producer: fatal error (the producer is recreated): %s", err)
+        else:
+            log.warning("kafka producer: %s", err)
+
+    async def open(self) -> None:
+        from confluent_kafka import KafkaException, Producer
+
+        try:
+            self._producer = Producer(self._conf())
+        except KafkaException as exc:
+            raise _error(exc, "cannot create the Kafka producer") from exc
+
+    def _key(self, m: Message) -> bytes | None:
+        c = self.cfg
+        k: Any = None
+        if c.key_field:
+            k = _get(m.body, c.key_field)
+        elif c.key_header:
+            k = m.headers.get(c.key_header)
+            if k is None and c.key_header == KEY_HEADER and KEY_HEADER + ".b64" in m.headers:
+                return base64.b64decode(m.headers[KEY_HEADER + ".b64"])
+        if k is None:
+            return None
+        return k if isinstance(k, bytes) else str(k).encode("utf-8")
+
+    async def _renew(self) -> None:
+        from confluent_kafka import Producer
+
+        old = self._producer
+        self._producer = Producer(self._conf())
+        self._broken = False
+        if old is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, old.flush, 1.0)
+
+    async def write(self, batch: Sequence[Message]) -> None:
+        from confluent_kafka import KafkaException
+
+        async with self._lock:
+            if self._broken:
+                await self._renew()
+            producer = self._producer
+            loop = asyncio.get_running_loop()
+            n = len(batch)
+            results: list[Any] = [None] * n
+            reported = [False] * n
+
+            def report(i: int, err: Any, _msg: Any) -> None:
+                results[i] = err
+                reported[i] = True
+
+            topic = self.cfg.topic
+            for i, m in enumerate(batch):
+                try:
+                    headers = [(k, v.encode("utf-8")) for k, v in outgoing_headers(m).items()]
+                    key = self._key(m)
+                    value = m.raw
+                except Exception as exc:
+                    results[i] = FatalError(f"cannot encode message {m.id}: {exc}", code="kafka.encode")
+                    reported[i] = True
+                    continue
+                while True:
+                    try:
+                        producer.produce(topic, value=value, key=key, headers=headers,
+                                         on_delivery=functools.partial(report, i))
+                        break
+                    except BufferError:
+                        # the local queue is full: serve delivery reports, then try again
+                        await loop.run_in_executor(self._pool, producer.poll, 0.05)
+                    except KafkaException as exc:
+                        results[i] = exc
+                        reported[i] = True
+                        break
+            # every record gets a report within message.timeout.ms; wait a little longer than that
+            left = await loop.run_in_executor(self._pool, producer.flush, self.cfg.delivery_timeout + 5.0)
+            errors: dict[int, BaseException] = {}
+            for i in range(n):
+                if not reported[i]:
+                    errors[i] = RetryableError(
+                        f"no delivery report for message {batch[i].id} ({left} record(s) still queued)",
+                        code="kafka.timeout",
+                    )
+                    continue
+                err = results[i]
+                if err is None:
+                    continue
+                if isinstance(err, SeamlineError):
+                    errors[i] = err
+                else:
+                    if hasattr(err, "fatal") and err.fatal():
+                        self._broken = True
+                    errors[i] = _error(err, f"writing message {batch[i].id} to {topic}")
+            if errors:
+                raise BatchError(errors)
+
+    async def close(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._pool, producer.flush, 10.0)
+        self._pool.shutdown(wait=True)
+
+
+@register(
+    "source",
+    "kafka",
+    config=KafkaSourceConfig,
+    summary="Consume Kafka topics in a consumer group; offsets committed in order, only past delivered messages.",
+    examples=(
+        "kafka: {bootstrap_servers: 'localhost:9092', topics: [orders], group: orders-to-erp}",
+        "kafka: {bootstrap_servers: '${env:KAFKA}', topics: orders, group: g, security_protocol: sasl_ssl, "
+        "sasl_mechanism: SCRAM-SHA-512, username: svc, password: '${env:KAFKA_PASSWORD}'}",
+    ),
+)
+def _kafka_source(cfg: KafkaSourceConfig, ctx: BuildContext) -> KafkaSource:
+    return KafkaSource(cfg, ctx)
+
+
+@register(
+    "sink",
+    "kafka",
+    config=KafkaSinkConfig,
+    summary="Produce to a Kafka topic with an idempotent producer; keys, headers and compression kept.",
+    examples=(
+        "kafka: {bootstrap_servers: 'localhost:9092', topic: orders.canonical, key_field: order_id}",
+        "kafka: {bootstrap_servers: 'localhost:9092', topic: audit, compression: zstd}",
+    ),
+)
+def _kafka_sink(cfg: KafkaSinkConfig, ctx: BuildContext) -> KafkaSink:
+    return KafkaSink(cfg, ctx)

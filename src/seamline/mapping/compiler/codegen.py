@@ -1,0 +1,593 @@
+"""Generate one Python function from a JSONata syntax tree.
+
+The generated function has the signature ``(D, B, R)``: the input document,
+the variable bindings and the evaluation :class:`~.runtime.State`. Each
+JSONata node becomes straight-line Python that assigns a temporary;
+predicates, path steps and inline lambdas become nested functions. The
+common case -- a path of field names over objects -- is inlined as dict
+look-ups, with the general sequence semantics as the fallback branch.
+
+Anything outside the supported subset raises :class:`NotCompilable` and the
+expression is evaluated by the full engine instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from seamline.mapping.compiler import runtime as rt
+from seamline.mapping.compiler.builtins import BUILTINS, Builtin
+from seamline.mapping.compiler.builtins import call as call_builtin
+from seamline.mapping.compiler.parser import Node
+from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
+from seamline.mapping.values import UNDEFINED
+
+__all__ = ["HostFunction", "NotCompilable", "generate"]
+
+#: builtins whose function-typed parameters may receive an inline lambda (by argument index)
+_LAMBDA_SLOTS = {"map": {1}, "filter": {1}, "each": {1}, "sift": {1}, "single": {1}, "sort": {1}}
+_NAME_SAFE = re.compile(r"[^0-9A-Za-z_]")
+
+
+class NotCompilable(Exception):
+    """The expression uses something the compiler does not translate."""
+
+
+class HostFunction:
+    """A Python function callable from the expression (integration or user function)."""
+
+    __slots__ = ("fn", "limit", "name")
+
+    def __init__(self, name: str, fn: Callable[..., Any], limit: int | None) -> None:
+        self.name = name
+        self.fn = fn
+        self.limit = limit
+
+    def __call__(self, *args: Any) -> Any:
+        from seamline.mapping.engine import call_host_function
+
+        values = tuple(None if a is UNDEFINED else plain(a) for a in args)
+        if self.limit is not None and len(values) > self.limit:
+            values = values[: self.limit]
+        return call_host_function(self.name, self.fn, values)
+
+
+class _Scope:
+    """A JSONata frame (root, block or lambda) and the Python def level it lives in."""
+
+    def __init__(self, parent: _Scope | None, level: int) -> None:
+        self.parent = parent
+        self.level = level
+        self.vars: dict[str, str] = {}
+
+    def resolve(self, name: str) -> str | None:
+        scope: _Scope | None = self
+        while scope is not None:
+            if name in scope.vars:
+                return scope.vars[name]
+            scope = scope.parent
+        return None
+
+
+def _binds(node: Any, out: list[str]) -> None:
+    """Names bound with := in this frame (not inside nested blocks or lambdas)."""
+    if isinstance(node, Node):
+        if node.type in ("block", "lambda"):
+            return
+        if node.type == "bind":
+            if node.lhs.value not in out:
+                out.append(node.lhs.value)
+        for value in node.__dict__.values():
+            _binds(value, out)
+    elif isinstance(node, list | tuple):
+        for item in node:
+            _binds(item, out)
+    elif isinstance(node, dict):
+        for item in node.values():
+            _binds(item, out)
+
+
+def _literal(node: Node) -> bool:
+    """A literal with nothing attached (no predicate, grouping or keep-array flag)."""
+    return (
+        node.type in ("string", "number", "value")
+        and node.predicate is None
+        and node.group is None
+        and not node.keepArray
+    )
+
+
+def _may_be_seq(node: Node) -> bool:
+    """Whether a node's (collapsed) value can still be a sequence."""
+    kind = node.type
+    if kind in ("string", "number", "value"):
+        return False
+    if kind == "binary" and node.value != "..":
+        return False
+    if kind == "unary":
+        return node.value == "[" and bool(node.consarray) or node.predicate is not None
+    return True
+
+
+def _constant(code: str) -> bool:
+    """Whether generated code is a literal constant (never undefined)."""
+    return code[:1] in ("'", '"', "-") or code[:1].isdigit() or code in ("True", "False", "None")
+
+
+class _Gen:
+    def __init__(self, hosts: Mapping[str, HostFunction]) -> None:
+        self.hosts = hosts
+        self.lines: list[str] = []
+        self.indent = 1
+        self.level = 0
+        self.counter = itertools.count(1)
+        self.consts: dict[str, Any] = {}
+        self.called: set[str] = set()
+
+    # --- emission helpers -------------------------------------------------------------
+    def line(self, text: str) -> None:
+        self.lines.append("    " * self.indent + text)
+
+    @staticmethod
+    def defined(code: str) -> str:
+        return "True" if _constant(code) else f"{code} is not U"
+
+    def tmp(self, prefix: str = "t") -> str:
+        return f"{prefix}{next(self.counter)}"
+
+    def const(self, value: Any, prefix: str) -> str:
+        for name, existing in self.consts.items():
+            if existing is value and name.startswith(prefix):
+                return name
+        name = f"{prefix}{next(self.counter)}"
+        self.consts[name] = value
+        return name
+
+    @contextmanager
+    def block(self) -> Iterator[None]:
+        self.indent += 1
+        try:
+            yield
+        finally:
+            self.indent -= 1
+
+    @contextmanager
+    def function(self, name: str, params: str) -> Iterator[None]:
+        self.line(f"def {name}({params}):")
+        self.indent += 1
+        self.level += 1
+        try:
+            yield
+        finally:
+            self.indent -= 1
+            self.level -= 1
+
+    def frame(self, parent: _Scope, nodes: list[Any]) -> _Scope:
+        """Open a frame: allocate its := variables, initialised from the enclosing frames."""
+        scope = _Scope(parent, self.level)
+        names: list[str] = []
+        _binds(nodes, names)
+        for name in names:
+            py = f"v{next(self.counter)}_{_NAME_SAFE.sub('_', name)}"
+            self.line(f"{py} = {self.var_ref(name, parent)}")
+            scope.vars[name] = py
+        return scope
+
+    def var_ref(self, name: str, scope: _Scope) -> str:
+        found = scope.resolve(name)
+        if found is not None:
+            return found
+        return f"B.get({name!r}, U)"
+
+    # --- nodes ------------------------------------------------------------------------
+    def expr(self, node: Node, ctx: str, scope: _Scope) -> str:
+        kind = node.type
+        method = getattr(self, f"n_{kind}", None)
+        if method is None:
+            raise NotCompilable(kind)
+        value: str = method(node, ctx, scope)
+        return self.post(node, value, ctx, scope)
+
+    def post(self, node: Node, value: str, ctx: str, scope: _Scope) -> str:
+        """What the reference does on leaving ``evaluate``: predicates, grouping, collapse."""
+        seq = _may_be_seq(node)
+        if node.predicate:
+            value = self.filters(node.predicate, value, scope)
+            seq = True
+        if node.type != "path" and node.group is not None:
+            value = self.group(node.group.lhs, value, scope)
+            seq = False
+        if seq or node.keepArray:
+            out = self.tmp()
+            if node.keepArray:
+                self.line(f"if {value}.__class__ is Seq: {value}.keep = True")
+            self.line(f"{out} = collapse({value})")
+            return out
+        return value
+
+    def filters(self, stages: list[Node], value: str, scope: _Scope) -> str:
+        for stage in stages:
+            if stage.type != "filter":
+                raise NotCompilable("index binding")
+            predicate = stage.expr
+            out = self.tmp()
+            if predicate.type == "number":
+                self.line(f"{out} = filter_index({value}, {predicate.value!r})")
+            else:
+                fn = self.tmp("p")
+                with self.function(fn, "c"):
+                    result = self.expr(predicate, "c", scope)
+                    self.line(f"return {result}")
+                self.line(f"{out} = filter_pred(R, {value}, {fn})")
+            value = out
+        return value
+
+    def n_string(self, node: Node, ctx: str, scope: _Scope) -> str:
+        return repr(node.value)
+
+    def n_number(self, node: Node, ctx: str, scope: _Scope) -> str:
+        return repr(node.value)
+
+    def n_value(self, node: Node, ctx: str, scope: _Scope) -> str:
+        return repr(node.value)
+
+    def n_variable(self, node: Node, ctx: str, scope: _Scope) -> str:
+        name = node.value
+        if name == "":
+            return "D" if ctx == "C" else f"unwrap({ctx})"
+        if name == "$":
+            return "D"
+        if name in BUILTINS or name in self.hosts:
+            if scope.resolve(name) is None:
+                raise NotCompilable("function as a value")
+        return self.var_ref(name, scope)
+
+    def n_bind(self, node: Node, ctx: str, scope: _Scope) -> str:
+        name = node.lhs.value
+        target = scope.vars.get(name)
+        if target is None or scope.level != self.level:
+            raise NotCompilable("binding outside its frame")
+        if node.rhs.type == "lambda":
+            raise NotCompilable("function bound to a variable")
+        value = self.expr(node.rhs, ctx, scope)
+        self.line(f"{target} = {value}")
+        return target
+
+    def n_block(self, node: Node, ctx: str, scope: _Scope) -> str:
+        inner = self.frame(scope, node.expressions)
+        result = "U"
+        for item in node.expressions:
+            result = self.expr(item, ctx, inner)
+        out = self.tmp()
+        self.line(f"{out} = {result}")
+        return out
+
+    def n_condition(self, node: Node, ctx: str, scope: _Scope) -> str:
+        out = self.tmp()
+        if node.elvis or node.coalesce:
+            left = self.expr(node.then, ctx, scope)
+            test = f"truthy({left})" if node.elvis else ("True" if _constant(left) else f"{left} is not U")
+            self.line(f"if {test}:")
+            with self.block():
+                self.line(f"{out} = {left}")
+            self.line("else:")
+            with self.block():
+                self.line(f"{out} = {self.expr(node.else_, ctx, scope)}")
+            return out
+        condition = self.expr(node.condition, ctx, scope)
+        self.line(f"if truthy({condition}):")
+        with self.block():
+            self.line(f"{out} = {self.expr(node.then, ctx, scope)}")
+        self.line("else:")
+        with self.block():
+            if node.else_ is not None:
+                self.line(f"{out} = {self.expr(node.else_, ctx, scope)}")
+            else:
+                self.line(f"{out} = U")
+        return out
+
+    _OPS = {
+        "+": "add", "-": "sub", "*": "mul", "/": "div", "%": "mod", "=": "eq", "!=": "ne",
+        "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "&": "concat", "in": "in_",
+    }  # fmt: skip
+
+    def n_binary(self, node: Node, ctx: str, scope: _Scope) -> str:
+        op = node.value
+        if op in ("and", "or"):
+            out = self.tmp()
+            left = self.expr(node.lhs, ctx, scope)
+            self.line(f"{out} = truthy({left})")
+            self.line(f"if {'' if op == 'and' else 'not '}{out}:")
+            with self.block():
+                right = self.expr(node.rhs, ctx, scope)
+                self.line(f"{out} = truthy({right})")
+            return out
+        left = self.expr(node.lhs, ctx, scope)
+        right = self.expr(node.rhs, ctx, scope)
+        out = self.tmp()
+        if op == "..":
+            self.line(f"{out} = range_(R, {left}, {right})")
+        elif op in self._OPS:
+            self.line(f"{out} = {self._OPS[op]}({left}, {right})")
+        else:
+            raise NotCompilable(op)
+        return out
+
+    def n_unary(self, node: Node, ctx: str, scope: _Scope) -> str:
+        out = self.tmp()
+        if node.value == "-":
+            value = self.expr(node.expression, ctx, scope)
+            self.line(f"{out} = neg({value})")
+        elif node.value == "[":
+            self.line(f"{out} = []")
+            for item in node.expressions:
+                if _literal(item):
+                    self.line(f"{out}.append({item.value!r})")
+                    continue
+                value = self.expr(item, ctx, scope)
+                if item.type == "unary" and item.value == "[":
+                    self.line(f"if {self.defined(value)}: {out}.append({value})")
+                else:
+                    self.line(f"if {self.defined(value)}: append_into({out}, {value})")
+            if node.consarray:
+                self.line(f"{out} = Cons({out})")
+        elif node.value == "{":
+            return self.object(node.lhs, ctx, scope)
+        else:
+            raise NotCompilable(node.value)
+        return out
+
+    def object(self, pairs: list[tuple[Node, Node]], ctx: str, scope: _Scope) -> str:
+        out = self.tmp()
+        keys = [key.value for key, _ in pairs if key.type == "string" and key.predicate is None]
+        literal = len(keys) == len(pairs) and len(set(keys)) == len(keys)
+        if literal:
+            self.line(f"if isinstance({ctx}, list):")
+            with self.block():
+                self.line(f"{out} = {self.group(pairs, ctx, scope)}")
+            self.line("else:")
+            with self.block():
+                self.line(f"{out} = {{}}")
+                for key, value_node in pairs:
+                    if _literal(value_node):
+                        self.line(f"{out}[{key.value!r}] = {value_node.value!r}")
+                        continue
+                    value = self.expr(value_node, ctx, scope)
+                    stored = f"plain({value})" if _may_be_seq(value_node) else value
+                    self.line(f"if {self.defined(value)}: {out}[{key.value!r}] = {stored}")
+            return out
+        self.line(f"{out} = {self.group(pairs, ctx, scope)}")
+        return out
+
+    def group(self, pairs: list[tuple[Node, Node]], ctx: str, scope: _Scope) -> str:
+        """Code for the generic object constructor over ``ctx`` (which may be a sequence)."""
+        parts = []
+        for key, value in pairs:
+            if key.type == "string" and key.predicate is None:
+                key_code = repr(key.value)
+            else:
+                key_code = self.tmp("k")
+                with self.function(key_code, "c"):
+                    self.line(f"return {self.expr(key, 'c', scope)}")
+            value_fn = self.tmp("g")
+            with self.function(value_fn, "c"):
+                self.line(f"return {self.expr(value, 'c', scope)}")
+            parts.append(f"({key_code}, {value_fn})")
+        out = self.tmp()
+        self.line(f"{out} = group(R, {ctx}, ({', '.join(parts)},))")
+        return out
+
+    # --- paths ------------------------------------------------------------------------
+    def n_path(self, node: Node, ctx: str, scope: _Scope) -> str:
+        steps = node.steps
+        for step in steps:
+            if step.tuple or step.focus or step.index or step.type in ("sort", "parent", "wildcard", "descendant"):
+                raise NotCompilable(f"path step {step.type}")
+        names_only = all(
+            s.type == "name" and not s.stages and not s.keepArray and s.group is None for s in steps[1:]
+        )
+        first = steps[0]
+        plain_first = (first.type == "name" and not first.stages and not first.keepArray and first.group is None) or (
+            first.type == "variable" and not first.predicate and not first.stages and not first.keepArray
+            and first.group is None and len(steps) > 1
+        )  # fmt: skip
+        if names_only and plain_first and not node.keepSingletonArray and node.group is None:
+            return self.fast_path(node, ctx, scope)
+        return self.general_path(node, ctx, scope)
+
+    def fast_path(self, node: Node, ctx: str, scope: _Scope) -> str:
+        steps = node.steps
+        first = steps[0]
+        if first.type == "variable":
+            base = self.tmp("b")
+            self.line(f"{base} = {self.n_variable(first, ctx, scope)}")
+            names = [s.value for s in steps[1:]]
+            slow_input = f"single_step({base}, False)"
+        else:
+            base = ctx
+            names = [s.value for s in steps]
+            slow_input = f"to_seq({base})"
+        out = self.tmp()
+        tests = [f"{base}.__class__ is dict"]
+        current = base
+        for name in names[:-1]:
+            tests.append(f"({out} := {current}.get({name!r}, U)).__class__ is dict")
+            current = out
+        names_const = self.const(tuple(names), "N")
+        self.line(f"if {' and '.join(tests)}:")
+        with self.block():
+            self.line(f"{out} = {current}.get({names[-1]!r}, U)")
+        self.line("else:")
+        with self.block():
+            self.line(f"{out} = collapse(names_path({slow_input}, {names_const}, R))")
+        return out
+
+    def general_path(self, node: Node, ctx: str, scope: _Scope) -> str:
+        steps = node.steps
+        seq = self.tmp("s")
+        first = steps[0]
+        start = 0
+        if first.type == "variable":
+            value = self.expr(first, ctx, scope)
+            value = self.stages(first, value, scope)
+            self.line(f"{seq} = single_step({value}, {len(steps) == 1})")
+            start = 1
+        elif first.consarray:
+            input_seq = self.tmp("i")
+            self.line(f"{input_seq} = to_seq({ctx})")
+            value = self.expr(first, input_seq, scope)
+            self.line(f"{seq} = {value}")
+            start = 1
+        else:
+            self.line(f"{seq} = to_seq({ctx})")
+        opened = 0
+        for index in range(start, len(steps)):
+            step = steps[index]
+            last = index == len(steps) - 1
+            if index > 0:
+                self.line(f"if {seq}:")
+                self.indent += 1
+                opened += 1
+            if step.type == "name" and not step.stages:
+                self.line(f"{seq} = name_step({seq}, {step.value!r}, {last}, R)")
+                continue
+            fn = self.tmp("f")
+            with self.function(fn, "c"):
+                if step.type == "name":
+                    value = self.tmp()
+                    self.line(f"{value} = c.get({step.value!r}, U) if c.__class__ is dict else collapse(lookup(c, {step.value!r}))")
+                else:
+                    value = self.expr(step, "c", scope)
+                value = self.stages(step, value, scope)
+                self.line(f"return {value}")
+            self.line(f"{seq} = map_step(R, {seq}, {fn}, {last})")
+        self.indent -= opened
+        if node.keepSingletonArray:
+            self.line(f"if {seq}.__class__ is Cons: {seq} = seq1({seq})")
+            self.line(f"if {seq}.__class__ is Seq: {seq}.keep = True")
+        if node.group is not None:
+            return self.group(node.group.lhs, seq, scope)
+        return seq
+
+    def stages(self, step: Node, value: str, scope: _Scope) -> str:
+        if not step.stages:
+            return value
+        return self.filters(step.stages, value, scope)
+
+    # --- functions --------------------------------------------------------------------
+    def n_function(self, node: Node, ctx: str, scope: _Scope) -> str:
+        return self.call(node, ctx, scope, None)
+
+    def n_apply(self, node: Node, ctx: str, scope: _Scope) -> str:
+        if node.rhs.type != "function":
+            raise NotCompilable("~> to a function value")
+        left = self.expr(node.lhs, ctx, scope)
+        return self.post(node.rhs, self.call(node.rhs, ctx, scope, left), ctx, scope)
+
+    def call(self, node: Node, ctx: str, scope: _Scope, first: str | None) -> str:
+        proc = node.procedure
+        if proc.type != "variable" or proc.predicate or proc.stages:
+            raise NotCompilable("call of an expression")
+        name = proc.value
+        if scope.resolve(name) is not None:
+            raise NotCompilable("call of a variable")
+        self.called.add(name)
+        args: list[str] = [] if first is None else [first]
+        offset = len(args)
+        builtin: Builtin | None = BUILTINS.get(name) if name not in self.hosts else None
+        for index, arg in enumerate(node.arguments):
+            if arg.type == "lambda":
+                if builtin is None or index + offset not in _LAMBDA_SLOTS.get(name, ()):
+                    raise NotCompilable("lambda argument")
+                args.append(self.lambda_(arg, ctx, scope))
+            elif arg.type == "regex":
+                raise NotCompilable("regex")
+            else:
+                args.append(self.expr(arg, ctx, scope))
+        out = self.tmp()
+        if name in self.hosts:
+            host = self.const(self.hosts[name], "H")
+            self.line(f"{out} = {host}({', '.join(args)})")
+            return out
+        if builtin is None:
+            raise NotCompilable(f"function ${name}")
+        if not builtin.min_args <= len(args) <= builtin.max_args:
+            raise NotCompilable("argument count")
+        ref = self.const(builtin, "F")
+        self.line(f"{out} = call_builtin({ref}, R, {ctx}, [{', '.join(args)}])")
+        return out
+
+    def lambda_(self, node: Node, ctx: str, scope: _Scope) -> str:
+        if node.signature is not None:
+            raise NotCompilable("lambda signature")
+        fn = self.tmp("l")
+        inner = _Scope(scope, self.level + 1)
+        params = []
+        for arg in node.arguments:
+            py = f"a{next(self.counter)}_{_NAME_SAFE.sub('_', arg.value)}"
+            inner.vars[arg.value] = py
+            params.append(f"{py}=U")
+        with self.function(fn, ", ".join(params)):
+            frame = self.frame(inner, [node.body])
+            frame.level = self.level
+            result = self.expr(node.body, ctx, frame)
+            self.line(f"return {result}")
+        out = self.tmp()
+        self.line(f"{out} = Lambda({fn}, {len(node.arguments)})")
+        return out
+
+
+_GLOBALS: dict[str, Any] = {
+    "U": UNDEFINED,
+    "Seq": Seq,
+    "Cons": Cons,
+    "Lambda": Lambda,
+    "collapse": collapse,
+    "plain": plain,
+    "call_builtin": call_builtin,
+    **{name: getattr(rt, name) for name in rt.__all__},
+}
+_GLOBALS["range_"] = rt.range_
+_GLOBALS["in_"] = rt.in_
+
+
+def generate(tree: Node, hosts: Mapping[str, HostFunction]) -> tuple[Callable[..., Any], str, set[str]]:
+    """Translate ``tree``; returns (function, its Python source, names of the functions it calls).
+
+    Raises:
+        NotCompilable: the tree uses something outside the supported subset.
+    """
+    if tree.uses_parent:
+        raise NotCompilable("parent operator")
+    gen = _Gen(hosts)
+    root = _Scope(None, 0)
+    gen.line("C = wrap(D)")
+    scope = gen.frame(root, [tree])
+    scope.level = 0
+    result = gen.expr(tree, "C", scope)
+    gen.line(f"return {result}")
+    source = "def __jsonata(D, B, R):\n" + "\n".join(gen.lines) + "\n"
+    namespace: dict[str, Any] = dict(_GLOBALS)
+    namespace.update(gen.consts)
+    namespace["wrap"] = _wrap
+    try:
+        code = compile(source, "<jsonata>", "exec")
+    except (SyntaxError, RecursionError, MemoryError) as exc:
+        raise NotCompilable(f"generated code does not compile: {exc}") from None
+    exec(code, namespace)
+    return namespace["__jsonata"], source, gen.called
+
+
+def _wrap(data: Any) -> Any:
+    if data.__class__ is list:
+        wrapper = Seq()
+        wrapper.append(data)
+        wrapper.outer = True
+        return wrapper
+    return data
+
+
