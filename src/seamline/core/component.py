@@ -75,6 +75,11 @@ class BuildContext:
     clock: Clock = SYSTEM_CLOCK
     label: str = ""
     batch_size: int = 500
+    #: per-endpoint circuit breakers and rate limiters shared by every flow of the engine
+    #: (``seamline.resilience.BreakerRegistry`` / ``RateLimiterRegistry``); sinks that call an
+    #: endpoint per message use them directly and set ``Sink.guards_itself = True``
+    breakers: Any = None
+    limiters: Any = None
     logger: logging.Logger = field(default_factory=lambda: logging.getLogger("seamline"))
 
     def resolve_path(self, path: str | Path) -> Path:
@@ -133,6 +138,11 @@ class Sink:
     """
 
     atomic_batches: ClassVar[bool] = False
+    #: True when the sink applies breaker and rate limit per request itself (e.g. HTTP);
+    #: otherwise the runtime applies them around each ``write``
+    guards_itself: ClassVar[bool] = False
+    #: breaker/rate-limit key, e.g. ``https://api.example.com:443``; default: flow/label
+    endpoint: str | None = None
     label: str = ""
     kind: str = ""
 

@@ -78,14 +78,15 @@ def parse_schema(schema: AvroSchema | Mapping[str, Any] | Sequence[Any] | str) -
     """
     if isinstance(schema, AvroSchema):
         return schema
-    if isinstance(schema, str) and schema.lstrip()[:1] in ("{", "[", '"'):
+    raw: Any = schema
+    if isinstance(raw, str) and raw.lstrip()[:1] in ("{", "[", '"'):
         try:
-            schema = _json.decode(schema)
+            raw = _json.decode(raw)
         except JsonError as exc:
             raise AvroError(f"Avro schema is not valid JSON: {exc.message}", code="format.avro.schema") from None
     try:
-        parsed = _schema.parse_schema(schema)
-        canonical = _schema.to_parsing_canonical_form(schema)
+        parsed = _schema.parse_schema(raw)
+        canonical = _schema.to_parsing_canonical_form(raw)
         fingerprint = bytes.fromhex(_schema.fingerprint(canonical, "CRC-64-AVRO"))
     except Exception as exc:  # fastavro raises many types for a bad schema
         reason = _describe(exc)

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import jsonschema_rs
@@ -121,7 +121,7 @@ class JsonSchema:
                 raise SchemaError(
                     f"JSON Schema is not valid JSON: {exc.message}", code="format.schema.bad_schema"
                 ) from None
-        self.schema = schema
+        self.schema: Any = cast(Any, schema)
         known = dict(resources or {})
         refused: list[str] = []
 
@@ -132,7 +132,9 @@ class JsonSchema:
             raise ValueError(f"fetching {uri} is not allowed")
 
         try:
-            self._validator = jsonschema_rs.validator_for(schema, retriever=retrieve, validate_formats=validate_formats)
+            self._validator = jsonschema_rs.validator_for(
+                self.schema, retriever=retrieve, validate_formats=validate_formats
+            )
         except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError, TypeError) as exc:
             if refused:
                 raise SchemaError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import psutil
@@ -35,6 +35,6 @@ def _bounded(max_rss: int = MAX_RSS_GROWTH, max_seconds: float = MAX_SECONDS) ->
 
 
 @pytest.fixture
-def bounded() -> Callable[..., object]:
+def bounded() -> Callable[..., AbstractContextManager[None]]:
     """``with bounded(): ...`` fails when the block is slow or grows RSS a lot."""
     return _bounded

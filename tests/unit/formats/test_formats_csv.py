@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import IO, Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,10 +22,10 @@ ORDERS = (
     b'1,"M\xc3\xbcller, A",1.50,yes,2024-01-02,2024-01-02T10:00:00+00:00\r\n'
     b'2,"two\r\nlines",2,false,,\r\n'
 )
-TYPES = {"id": "int", "price": Decimal, "paid": "bool", "day": "date", "at": "datetime"}
+TYPES: dict[str, Any] = {"id": "int", "price": Decimal, "paid": "bool", "day": "date", "at": "datetime"}
 
 
-def rows(data: bytes, **kwargs: Any) -> list[sc.CsvRow]:
+def rows(data: bytes | IO[bytes], **kwargs: Any) -> list[sc.CsvRow]:
     return list(sc.CsvReader(data, **kwargs))
 
 
@@ -47,7 +47,7 @@ def test_reads_typed_rows_with_positions() -> None:
             "price": Decimal("1.50"),
             "paid": True,
             "day": date(2024, 1, 2),
-            "at": datetime(2024, 1, 2, 10, tzinfo=timezone.utc),
+            "at": datetime(2024, 1, 2, 10, tzinfo=UTC),
         },
         {"id": 2, "name": "two\r\nlines", "price": Decimal("2"), "paid": False, "day": None, "at": None},
     ]
@@ -170,11 +170,11 @@ def test_malformed_rows_are_reported_and_reading_goes_on() -> None:
     assert result[2].error is not None and result[2].error.details["fields"] == 3
 
 
-def test_over_long_fields_and_records(bounded: Callable[..., object]) -> None:
+def test_over_long_fields_and_records(bounded: Callable[..., Any]) -> None:
     data = b"a,b\n" + b"1," + b"x" * 500 + b"\n" + b"2,ok\n"
     assert errors(data, max_field_chars=100) == [(2, "format.csv.field_too_long")]
     huge_line = b"1," + b"y" * 3_000_000 + b"\n"
-    with bounded():  # type: ignore[operator]
+    with bounded():
         result = rows(b"a,b\n" + huge_line + b"2,ok\n", max_record_bytes=10_000)
     assert [(r.line, r.error.code if r.error else r.values) for r in result] == [
         (2, "format.csv.record_too_long"),
@@ -189,9 +189,9 @@ def test_the_csv_modules_own_field_limit_is_a_row_error() -> None:
     assert errors(data, max_record_bytes=1_000_000) == [(2, "format.csv.field_too_long")]
 
 
-def test_unclosed_quote_in_a_long_file_stays_linear(bounded: Callable[..., object]) -> None:
+def test_unclosed_quote_in_a_long_file_stays_linear(bounded: Callable[..., Any]) -> None:
     body = b"".join(b'%d,"open\n' % i for i in range(20_000))
-    with bounded():  # type: ignore[operator]
+    with bounded():
         result = rows(b"a,b\n" + body, max_record_bytes=4096)
     assert all(r.error is not None for r in result)
     assert sum(r.end_line - r.line + 1 for r in result) == 20_000
@@ -200,7 +200,7 @@ def test_unclosed_quote_in_a_long_file_stays_linear(bounded: Callable[..., objec
 @pytest.mark.parametrize(
     ("kind", "good", "bad"),
     [
-        ("int", [("-12", -12), ("+3", 3), ("", None)], ["1.0", "1_000", " 1", "١", "9" * 5000]),
+        ("int", [("-12", -12), ("+3", 3), ("", None)], ["1.0", "1_000", " 1", "١", "9" * 5000]),  # noqa: RUF001
         ("float", [("1.5e3", 1500.0), (".5", 0.5), ("-2", -2.0)], ["nan", "inf", "1e999", "1,5", "0x10"]),
         ("decimal", [("10.50", Decimal("10.50")), ("-1e2", Decimal("-1e2"))], ["NaN", "Infinity", "1_0", "€1"]),
         ("bool", [("TRUE", True), ("n", False), ("0", False), ("Yes", True)], ["maybe", "2"]),
@@ -266,15 +266,11 @@ def test_resume_needs_a_seekable_stream() -> None:
 def test_writer_neutralises_formula_injection_by_default() -> None:
     out = sc.encode(
         [
-            {"a": "=HYPERLINK(\"http://x\")", "b": "+1", "c": "-2", "d": "@SUM(A1)"},
+            {"a": '=HYPERLINK("http://x")', "b": "+1", "c": "-2", "d": "@SUM(A1)"},
             {"a": "\tx", "b": "\rcr", "c": -5, "d": "safe = text"},
         ]
     )
-    assert out == (
-        b"a,b,c,d\r\n"
-        b"\"'=HYPERLINK(\"\"http://x\"\")\",'+1,'-2,'@SUM(A1)\r\n"
-        b"'\tx,\"'\rcr\",-5,safe = text\r\n"
-    )
+    assert out == (b'a,b,c,d\r\n"\'=HYPERLINK(""http://x"")",\'+1,\'-2,\'@SUM(A1)\r\n\'\tx,"\'\rcr",-5,safe = text\r\n')
     raw = sc.encode([{"a": "=1+2"}], neutralize_formulas=False)
     assert raw == b"a\r\n=1+2\r\n"
     assert sc.neutralize("=x") == "'=x" and sc.neutralize("x=") == "x="
@@ -283,12 +279,21 @@ def test_writer_neutralises_formula_injection_by_default() -> None:
 def test_writer_formats_values_and_streams() -> None:
     stream = io.BytesIO()
     writer = sc.CsvWriter(stream, fieldnames=["n", "d", "b", "none", "dt"])
-    assert writer.writerows(
-        [
-            {"n": Decimal("1.10"), "d": date(2024, 1, 2), "b": True, "none": None, "dt": datetime(2024, 1, 2, 3, 4)},
-            {"n": 2.5},
-        ]
-    ) == 2
+    assert (
+        writer.writerows(
+            [
+                {
+                    "n": Decimal("1.10"),
+                    "d": date(2024, 1, 2),
+                    "b": True,
+                    "none": None,
+                    "dt": datetime(2024, 1, 2, 3, 4),
+                },
+                {"n": 2.5},
+            ]
+        )
+        == 2
+    )
     assert stream.getvalue() == b"n,d,b,none,dt\r\n1.10,2024-01-02,true,,2024-01-02T03:04:00\r\n2.5,,,,\r\n"
     assert writer.rows_written == 2
 
@@ -320,7 +325,7 @@ def test_writer_errors(rows_: list[Any], kwargs: dict[str, Any]) -> None:
     assert info.value.code == "format.csv.encode"
 
 
-cells = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=10)
+cells = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=10)
 
 
 @FAST

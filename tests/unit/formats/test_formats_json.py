@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json as stdjson
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -47,7 +49,7 @@ def test_integers_beyond_64_bits_stay_exact() -> None:
     assert sj.decode(b"[18446744073709551616]") == [18446744073709551616]
     assert sj.decode(b"-9223372036854775809") == -9223372036854775809
     big = int("9" * 4300)
-    assert sj.decode(("[%d]" % big).encode()) == [big]
+    assert sj.decode(f"[{big}]".encode()) == [big]
     assert isinstance(sj.decode(b'{"n": 123456789012345678901234567890}')["n"], int)
 
 
@@ -146,14 +148,14 @@ def test_deep_nesting_with_big_number_takes_the_strict_path_safely() -> None:
     assert code_of(doc) in {"format.json.depth", "format.json.number_range"}
 
 
-def test_hundred_thousand_levels_are_refused_quickly_in_bounded_memory(bounded: object) -> None:
+def test_hundred_thousand_levels_are_refused_quickly_in_bounded_memory(bounded: Callable[..., Any]) -> None:
     for doc in (b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000, b"[" * 100_000):
-        with bounded():  # type: ignore[operator]
+        with bounded():
             assert code_of(doc) == "format.json.depth"
 
 
-def test_oversized_input_is_refused_before_parsing(bounded: object) -> None:
-    with bounded():  # type: ignore[operator]
+def test_oversized_input_is_refused_before_parsing(bounded: Callable[..., Any]) -> None:
+    with bounded():
         assert code_of(b"[" + b"1," * 600_000 + b"1]", max_bytes=1_000_000) == "format.json.too_large"
     assert code_of("x" * 2_000, max_bytes=1_000) == "format.json.too_large"
     assert code_of("ä" * 600, max_bytes=1_000) == "format.json.too_large"  # counted in UTF-8 bytes
@@ -176,9 +178,11 @@ json_values = st.recursive(
     | st.booleans()
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=12),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(alphabet="ab:[{\\\"é", max_size=4), children, max_size=5),
+    | st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=12),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(alphabet='ab:[{\\"é', max_size=4), children, max_size=5)
+    ),
     max_leaves=30,
 )
 
@@ -279,10 +283,10 @@ def test_iter_ndjson_yields_line_numbers_offsets_and_errors() -> None:
     assert (line, offset, value) == (3, 10, [1, 2])
 
 
-def test_iter_ndjson_skips_over_long_lines_without_buffering(bounded: object) -> None:
+def test_iter_ndjson_skips_over_long_lines_without_buffering(bounded: Callable[..., Any]) -> None:
     huge = b'{"pad": "' + b"x" * 5_000_000 + b'"}\n'
     data = b"[1]\n" + huge + b"[2]\n"
-    with bounded():  # type: ignore[operator]
+    with bounded():
         items = list(sj.iter_ndjson(io.BytesIO(data), max_line_bytes=1000))
     assert [i.line for i in items] == [1, 2, 3]
     assert items[1].error is not None and items[1].error.code == "format.json.too_large"

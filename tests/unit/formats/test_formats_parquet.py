@@ -47,7 +47,7 @@ def test_corrupt_files(cut: int) -> None:
     sink = io.BytesIO()
     sp.write_batches(sink, batches(2, 50))
     data = sink.getvalue()
-    damaged = b"nope" if cut == 0 else data[:cut] if cut > 0 else data[:cut]
+    damaged = b"nope" if cut == 0 else data[:cut]
     with pytest.raises(ParquetError) as info:
         list(sp.iter_rows(damaged))
     assert info.value.code == "format.parquet.corrupt"

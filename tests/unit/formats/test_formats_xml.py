@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -46,11 +47,11 @@ def test_corpus_is_fully_covered(defused: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(CORPUS))
-def test_corpus_document(defused: Path, name: str, bounded: Callable[..., object]) -> None:
+def test_corpus_document(defused: Path, name: str, bounded: Callable[..., Any]) -> None:
     data = (defused / name).read_bytes()
     sx.decode(b"<warm-up/>")
     expected = CORPUS[name]
-    with bounded():  # type: ignore[operator]
+    with bounded():
         if expected is None:
             assert sx.decode(data)
         else:
@@ -80,7 +81,7 @@ def test_external_file_entity_never_reads_the_file(defused: Path, tmp_path: Path
 
 
 def test_hardened_parser_expands_nothing_even_if_the_prolog_check_is_bypassed(
-    defused: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounded: Callable[..., object]
+    defused: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bounded: Callable[..., Any]
 ) -> None:
     """Defence in depth: the libxml2 settings alone keep every hostile document harmless."""
     from seamline.formats import _xmlsafe
@@ -88,17 +89,16 @@ def test_hardened_parser_expands_nothing_even_if_the_prolog_check_is_bypassed(
     monkeypatch.setattr(_xmlsafe, "reject_doctype", lambda raw: None)
     secret = tmp_path / "secret.xml"
     secret.write_text("<secret>TOP-SECRET-MARKER</secret>")
-    external_file = (defused / "external_file.xml").read_text().replace(
-        "file:///PATH/TO/xmltestdata/simple.xml", secret.as_uri()
+    external_file = (
+        (defused / "external_file.xml").read_text().replace("file:///PATH/TO/xmltestdata/simple.xml", secret.as_uri())
     )
     documents = [(defused / n).read_bytes() for n, c in CORPUS.items() if c] + [external_file.encode()]
     for data in documents:
-        with bounded():  # type: ignore[operator]
-            with pytest.raises(XmlError) as info:
-                tree = sx.parse_document(data)
-                assert b"TOP-SECRET-MARKER" not in etree.tostring(tree)
-                assert b"1234567890" * 3 not in etree.tostring(tree)
-                raise AssertionError("unreachable: the DOCTYPE must be refused after parsing")
+        with bounded(), pytest.raises(XmlError) as info:
+            tree = sx.parse_document(data)
+            assert b"TOP-SECRET-MARKER" not in etree.tostring(tree)
+            assert b"1234567890" * 3 not in etree.tostring(tree)
+            raise AssertionError("unreachable: the DOCTYPE must be refused after parsing")
         assert info.value.code in {"format.xml.dtd_forbidden", "format.xml.syntax"}
 
 
@@ -106,7 +106,10 @@ def test_hardened_parser_expands_nothing_even_if_the_prolog_check_is_bypassed(
     ("doc", "code"),
     [
         (b'<?xml version="1.0"?>\n<!-- c -->\n<?pi x?>\n<!DOCTYPE r>\n<r/>', "format.xml.dtd_forbidden"),
-        (b'<!DOCTYPE r [<!ENTITY % p SYSTEM "http://example.invalid/p.dtd"> %p;]><r/>', "format.xml.external_forbidden"),
+        (
+            b'<!DOCTYPE r [<!ENTITY % p SYSTEM "http://example.invalid/p.dtd"> %p;]><r/>',
+            "format.xml.external_forbidden",
+        ),
         (b'<!DOCTYPE r [<!ENTITY % p "x">]><r/>', "format.xml.entity_forbidden"),
         (b'<!DOCTYPE r PUBLIC "-//X//Y" "r.dtd"><r/>', "format.xml.external_forbidden"),
         (b"\xef\xbb\xbf<!DOCTYPE r><r/>", "format.xml.dtd_forbidden"),
@@ -123,9 +126,7 @@ def test_other_hostile_or_broken_documents(doc: bytes, code: str) -> None:
 
 
 def test_doctype_text_in_content_is_just_text() -> None:
-    assert sx.decode(b"<a><![CDATA[<!DOCTYPE x [<!ENTITY y 'z'>]>]]></a>") == {
-        "a": "<!DOCTYPE x [<!ENTITY y 'z'>]>"
-    }
+    assert sx.decode(b"<a><![CDATA[<!DOCTYPE x [<!ENTITY y 'z'>]>]]></a>") == {"a": "<!DOCTYPE x [<!ENTITY y 'z'>]>"}
     assert sx.decode(b"<!-- <!DOCTYPE x> --><a>&amp;&lt;</a>") == {"a": "&<"}
 
 
@@ -138,8 +139,8 @@ def test_xinclude_is_not_processed(tmp_path: Path) -> None:
     assert result["r"]["xi:include"] == {"@href": target.as_uri()}
 
 
-def test_size_and_depth_limits(bounded: Callable[..., object]) -> None:
-    with bounded():  # type: ignore[operator]
+def test_size_and_depth_limits(bounded: Callable[..., Any]) -> None:
+    with bounded():
         assert code_of(b"<a>" + b"x" * 2_000_000 + b"</a>", max_bytes=1_000_000) == "format.xml.too_large"
     assert code_of("<a>" + "ä" * 600 + "</a>", max_bytes=1_000) == "format.xml.too_large"
     doc = b"<a>" * 10 + b"</a>" * 10
@@ -239,7 +240,9 @@ def test_namespaces_map_uris_to_chosen_prefixes() -> None:
 
 def test_unmapped_namespaces_use_clark_notation() -> None:
     value = sx.decode(SOAP, namespaces={"urn:orders": ""})
-    body = value["{http://schemas.xmlsoap.org/soap/envelope/}Envelope"]["{http://schemas.xmlsoap.org/soap/envelope/}Body"]
+    body = value["{http://schemas.xmlsoap.org/soap/envelope/}Envelope"][
+        "{http://schemas.xmlsoap.org/soap/envelope/}Body"
+    ]
     assert body["Order"]["Line"] == ["1", "2"]
     assert body["Order"]["@{urn:orders}id"] == "7"
     assert sx.decode(sx.encode(value, namespaces={"urn:orders": ""}), namespaces={"urn:orders": ""}) == value
