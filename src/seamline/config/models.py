@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -84,8 +84,44 @@ class StepConfig(ComponentConfig):
     label: str | None = Field(None, description="Name of this step in errors, the journal and tests.")
 
 
+class BreakerSettings(Strict):
+    """A circuit breaker in front of the endpoint: while open, messages wait (no attempt is spent)."""
+
+    failure_threshold: int | None = Field(5, ge=1, description="Open after this many consecutive failures.")
+    failure_rate: float | None = Field(
+        None, gt=0, le=1, description="Open when this share of calls in the window failed (e.g. 0.5)."
+    )
+    window: Duration = Field(60.0, description="Sliding window of the failure rate.")
+    min_calls: int = Field(10, ge=1, description="Calls in the window before the rate counts.")
+    cool_down: Duration = Field(30.0, description="How long it stays open before one probe is let through.")
+
+    def config(self) -> Any:
+        from seamline.resilience.breaker import BreakerConfig
+
+        return BreakerConfig(
+            failure_threshold=self.failure_threshold,
+            failure_rate=self.failure_rate,
+            window=self.window,
+            min_calls=self.min_calls,
+            cool_down=self.cool_down,
+        )
+
+
+class RateLimitSettings(Strict):
+    """A token bucket for the endpoint; it also slows down on 429 / Retry-After / rate-limit headers."""
+
+    rate: str = Field(..., description="Sustained rate, e.g. `100/s`, `600/min`.")
+    burst: int | None = Field(None, ge=1, description="Tokens that may be spent at once (default: one second's worth).")
+
+
 class SinkConfig(ComponentConfig):
-    """Base of sink configs: a label and an optional retry policy of its own."""
+    """Base of sink configs: a label, a retry policy of its own, and isolation from a slow endpoint."""
 
     label: str | None = Field(None, description="Name of this sink (route targets, journal, errors).")
     retry: RetryConfig | None = Field(None, description="Retry policy of this sink (default: the flow's).")
+    timeout: Duration | None = Field(
+        60.0, description="A write that takes longer fails (retryable), so a hung endpoint stalls nothing else."
+    )
+    concurrency: int | None = Field(None, ge=1, le=1024, description="Writes in flight at once (bulkhead).")
+    breaker: BreakerSettings | None = Field(None, description="Circuit breaker for this sink's endpoint.")
+    rate_limit: RateLimitSettings | None = Field(None, description="Rate limit for this sink's endpoint.")

@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -51,7 +52,33 @@ __all__ = ["KafkaSink", "KafkaSinkConfig", "KafkaSource", "KafkaSourceConfig"]
 
 log = logging.getLogger("seamline.connectors.kafka")
 
-_RDKAFKA_LOG = logging.getLogger("seamline.connectors.kafka.librdkafka")
+
+
+class _LibLog:
+    """librdkafka's own log lines, one level down: its errors are also reported through
+    ``error_cb`` (logged as warnings, at most once per error kind every 30 s)."""
+
+    _log = logging.getLogger("seamline.connectors.kafka.librdkafka")
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        self._log.log(logging.WARNING if level >= logging.CRITICAL else logging.DEBUG, fmt, *args)
+
+
+_RDKAFKA_LOG = _LibLog()
+
+
+class _Quiet:
+    """Logs a repeated broker error once per ``every`` seconds per kind."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+
+    def __call__(self, kind: str, level: int, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) >= self.every:
+            self._last[kind] = now
+            log.log(level, msg, *args)
 
 KEY_HEADER = "kafka.key"
 
@@ -213,6 +240,7 @@ class KafkaSource(Source):
         # after a rewind, the offset the partition must start again from
         self._starts: dict[tuple[str, int], int] = {}
         self._closed = False
+        self._quiet = _Quiet()
 
     def _conf(self) -> dict[str, Any]:
         c = self.cfg
@@ -258,7 +286,7 @@ class KafkaSource(Source):
         if err.fatal():
             log.error("kafka consumer (group %s): fatal error: %s", self.cfg.group, err)
         else:
-            log.warning("kafka consumer (group %s): %s", self.cfg.group, err)
+            self._quiet(err.name(), logging.WARNING, "kafka consumer (group %s): %s", self.cfg.group, err.str())
 
     def _on_commit(self, err: Any, partitions: Any) -> None:
         if err is not None:
@@ -351,7 +379,8 @@ class KafkaSource(Source):
                     continue
                 if err.fatal():
                     raise KafkaException(err)
-                log.warning("kafka: consuming from group %s: %s", self.cfg.group, err)
+                self._quiet(err.name(), logging.WARNING, "kafka: consuming for group %s: %s", self.cfg.group,
+                            err.str())
                 continue
             d = self._delivery(m)
             if d is not None:
@@ -444,6 +473,7 @@ class KafkaSink(Sink):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"kafka-sink-{ctx.flow}")
         self._lock = asyncio.Lock()
         self._broken = False
+        self._quiet = _Quiet()
 
     def _conf(self) -> dict[str, Any]:
         c = self.cfg
@@ -469,7 +499,7 @@ class KafkaSink(Sink):
             self._broken = True
             log.error("kafka producer: fatal error (the producer is recreated): %s", err)
         else:
-            log.warning("kafka producer: %s", err)
+            self._quiet(err.name(), logging.WARNING, "kafka producer (topic %s): %s", self.cfg.topic, err.str())
 
     async def open(self) -> None:
         from confluent_kafka import KafkaException, Producer

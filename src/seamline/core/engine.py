@@ -14,7 +14,7 @@ from typing import Any
 from seamline.core.clock import SYSTEM_CLOCK, Clock
 from seamline.core.flow import Flow
 from seamline.core.runtime import FlowRunner, FlowStats
-from seamline.store.base import Store
+from seamline.store.base import Batch, Store
 
 __all__ = ["Engine", "EngineResult"]
 
@@ -48,6 +48,12 @@ class Engine:
         self.clock = clock
         self.retry_poll = retry_poll
         self.runners: list[FlowRunner] = []
+        from seamline.resilience.breaker import BreakerRegistry
+        from seamline.resilience.ratelimit import RateLimiterRegistry
+
+        self.breakers = BreakerRegistry(clock=clock, listeners=[self._breaker_changed])
+        self.limiters = RateLimiterRegistry(clock=clock)
+        self._background: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._interrupted = False
 
@@ -55,6 +61,26 @@ class Engine:
         """Ask the engine to stop (what SIGTERM and SIGINT do)."""
         self._interrupted = True
         self._stop.set()
+
+    def _breaker_changed(self, t: Any) -> None:
+        """Journal every breaker transition and keep its state for ``seamline status``."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._record_breaker(t))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _record_breaker(self, t: Any) -> None:
+        name = f"breaker:{t.breaker}"
+        row = (t.at, "-", name, name, str(t.breaker), f"breaker-{t.to_state}", 0, None,
+               f"{t.from_state} -> {t.to_state}: {t.reason}")
+        try:
+            await self.store.commit(Batch(journal=[row]))
+            await self.store.put_checkpoint(name, self.breakers.get(t.breaker).snapshot())
+        except Exception:  # observability must never break delivery
+            log.exception("recording breaker state failed")
 
     async def _all_idle(self, horizon: float) -> None:
         await asyncio.gather(*(r.wait_idle(horizon) for r in self.runners))
@@ -79,7 +105,14 @@ class Engine:
         gc_before = _tune_gc()
         try:
             for fl in self.flows:
-                runner = FlowRunner(fl, self.store, clock=self.clock, retry_poll=self.retry_poll)
+                runner = FlowRunner(
+                    fl,
+                    self.store,
+                    clock=self.clock,
+                    retry_poll=self.retry_poll,
+                    breakers=self.breakers,
+                    limiters=self.limiters,
+                )
                 self.runners.append(runner)
                 await runner.open()
             for r in self.runners:
@@ -95,6 +128,8 @@ class Engine:
             for r in self.runners:
                 await r.stop(drain_timeout)
         finally:
+            if self._background:
+                await asyncio.gather(*self._background, return_exceptions=True)
             for r in self.runners:
                 await r.close()
                 result.stats[r.flow.name] = r.stats

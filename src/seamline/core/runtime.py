@@ -25,6 +25,7 @@ from seamline.core.errors import SeamlineError, classify
 from seamline.core.flow import ComponentRef, Flow
 from seamline.core.message import Message
 from seamline.core.registry import get_spec
+from seamline.core.sinkguard import SinkGuard
 from seamline.resilience.retry import RetryPolicy
 from seamline.store.base import Batch, DeadLetter, RetryEntry, Store
 
@@ -162,8 +163,12 @@ class FlowRunner:
         clock: Clock = SYSTEM_CLOCK,
         retry_poll: float = 1.0,
         retry_lease: float = 300.0,
+        breakers: Any = None,
+        limiters: Any = None,
     ) -> None:
         self.flow = flow
+        self.breakers = breakers
+        self.limiters = limiters
         self.store = store
         self.clock = clock
         self.retry_poll = retry_poll
@@ -174,6 +179,7 @@ class FlowRunner:
         self.source: Source | None = None
         self.steps: list[Step] = []
         self.sinks: dict[str, Sink] = {}
+        self.guards: dict[str, SinkGuard] = {}
         self.sink_policies: dict[str, RetryPolicy] = {}
         self._queue: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=self.settings.queue)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -199,6 +205,8 @@ class FlowRunner:
             clock=self.clock,
             label=ref.label,
             batch_size=self.settings.batch_size,
+            breakers=self.breakers,
+            limiters=self.limiters,
         )
 
     def _build(self, ref: ComponentRef) -> Any:
@@ -215,7 +223,11 @@ class FlowRunner:
         self.source = self._build(self.flow.source)
         self.steps = [self._build(r) for r in self.flow.steps]
         for ref in self.flow.sinks:
-            self.sinks[ref.label] = self._build(ref)
+            sk = self._build(ref)
+            self.sinks[ref.label] = sk
+            self.guards[ref.label] = SinkGuard(
+                sk, ref.config, flow=self.flow.name, breakers=self.breakers, limiters=self.limiters
+            )
             retry = getattr(ref.config, "retry", None)
             self.sink_policies[ref.label] = retry.policy() if retry is not None else self.policy
             self._sink_turn[ref.label] = 0
@@ -546,8 +558,9 @@ class FlowRunner:
 
     async def _write_batch(self, sink: Sink, label: str, units: list[_Unit]) -> None:
         msgs = [u.message for u in units]
+        guard = self.guards[label]
         try:
-            await sink.write(msgs)
+            await guard.write(msgs)
         except BatchError as be:
             for i, e in be.errors.items():
                 units[i].failed[label] = e
@@ -557,7 +570,7 @@ class FlowRunner:
             if sink.atomic_batches and len(units) > 1:
                 for u in units:
                     try:
-                        await sink.write([u.message])
+                        await guard.write([u.message])
                     except asyncio.CancelledError:
                         raise
                     except Exception as one:

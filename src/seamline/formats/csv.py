@@ -31,7 +31,7 @@ from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import IO, Any, Literal, NamedTuple, NoReturn
 
-from seamline.formats._lines import Line, ReadableBinary, as_stream, iter_lines
+from seamline.formats._lines import ReadableBinary, as_stream
 from seamline.formats.errors import CsvError
 
 __all__ = [
@@ -231,7 +231,7 @@ class Checkpoint(NamedTuple):
     line: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CsvRow:
     """One record: where it is in the file and its values, or the error it produced.
 
@@ -269,36 +269,62 @@ class _Undecodable(Exception):
         self.error = error
 
 
-class _Feeder:
-    """Feeds text lines to :mod:`csv` and remembers which lines each record used."""
+_SKIP_CHUNK = 64 * 1024
 
-    def __init__(self, lines: Iterator[Line], encoding: str, max_record_bytes: int) -> None:
-        self.lines = lines
-        self.decode = codecs.getdecoder(encoding)
-        self.max_record_bytes = max_record_bytes
-        self.consumed: list[Line] = []
+
+class _Feeder:
+    """Feeds text lines to :mod:`csv`, tracking byte offsets and the lines of the current record.
+
+    A line longer than the record limit is skipped to its newline without
+    being held in memory.
+    """
+
+    def __init__(self, stream: ReadableBinary, encoding: str, max_record_bytes: int, offset: int) -> None:
+        self.readline = stream.readline
+        self.encoding = encoding
+        self.limit = max_record_bytes
+        self.offset = offset  # of the next unread byte
+        self.start = offset  # of the current record
+        self.lines: list[bytes | None] = []  # of the current record; None for a skipped line
         self.size = 0
 
     def __iter__(self) -> _Feeder:
         return self
 
     def __next__(self) -> str:
-        line = next(self.lines)
-        self.consumed.append(line)
-        self.size += line.length
-        if line.data is None or self.size > self.max_record_bytes:
+        chunk = self.readline(self.limit + 1)
+        if not chunk:
+            raise StopIteration
+        if not isinstance(chunk, bytes | bytearray):
+            raise TypeError("the stream must be opened in binary mode")
+        length = len(chunk)
+        data: bytes | None = chunk
+        if length > self.limit:
+            data = None
+            while not chunk.endswith(b"\n"):
+                chunk = self.readline(_SKIP_CHUNK)
+                if not chunk:
+                    break
+                length += len(chunk)
+        at_start = self.offset == 0
+        self.offset += length
+        self.size += length
+        self.lines.append(data)
+        if data is None or self.size > self.limit:
             raise _TooLong
         try:
-            text: str = self.decode(line.data)[0]
+            text = data.decode(self.encoding)
         except UnicodeDecodeError as exc:
             raise _Undecodable(exc) from None
-        if line.offset == 0 and text.startswith("\ufeff"):
+        if at_start and text.startswith("\ufeff"):
             text = text[1:]
         return text
 
-    def take(self) -> list[Line]:
-        consumed, self.consumed, self.size = self.consumed, [], 0
-        return consumed
+    def take(self) -> tuple[int, int, list[bytes | None]]:
+        """Start offset, end offset and lines of the record just read; start the next one."""
+        taken = (self.start, self.offset, self.lines)
+        self.start, self.lines, self.size = self.offset, [], 0
+        return taken
 
 
 class _Record(NamedTuple):
@@ -308,14 +334,14 @@ class _Record(NamedTuple):
     end_line: int
     offset: int
     end_offset: int
-    lines: list[Line]
+    lines: list[bytes | None]
 
     @property
     def raw(self) -> bytes | None:
         """The record's bytes, or ``None`` when a line was too long to keep."""
-        if any(item.data is None for item in self.lines):
+        if None in self.lines:
             return None
-        return b"".join(item.data for item in self.lines if item.data is not None)
+        return b"".join(data for data in self.lines if data is not None)
 
 
 def _csv_error(exc: _csv.Error, where: str) -> CsvError:
@@ -329,6 +355,21 @@ def _csv_error(exc: _csv.Error, where: str) -> CsvError:
     return CsvError(f"{where}: {message}", code="format.csv.syntax")
 
 
+def _failure(failure: Exception, where: str, dialect: CsvDialect, max_record_bytes: int) -> CsvError:
+    if isinstance(failure, _csv.Error):
+        return _csv_error(failure, where)
+    if isinstance(failure, _TooLong):
+        return CsvError(
+            f"{where}: the record is longer than the limit of {max_record_bytes} bytes",
+            code="format.csv.record_too_long",
+        )
+    assert isinstance(failure, _Undecodable)
+    return CsvError(
+        f"{where}: bytes cannot be decoded as {dialect.encoding} ({failure.error.reason})",
+        code="format.csv.encoding",
+    )
+
+
 def _records(
     stream: ReadableBinary,
     dialect: CsvDialect,
@@ -337,49 +378,30 @@ def _records(
     start_line: int,
 ) -> Iterator[_Record]:
     """Parse records, turning every failure into an error record; skip blank lines."""
-    feeder = _Feeder(
-        iter_lines(stream, max_line_bytes=max_record_bytes, start_offset=start_offset),
-        dialect.encoding,
-        max_record_bytes,
-    )
+    feeder = _Feeder(stream, dialect.encoding, max_record_bytes, start_offset)
     options = dialect._csv_options()
     del options["lineterminator"]
     reader = _csv.reader(feeder, **options)
     line_no = start_line
     while True:
-        fields: list[str] | None = None
-        failure: Exception | None = None
         try:
             fields = next(reader)
         except StopIteration:
             return
         except (_csv.Error, _TooLong, _Undecodable) as exc:
-            failure = exc
-        lines = feeder.take()
-        if not lines:  # pragma: no cover - the csv module always reads before failing
-            return
-        first, last = lines[0], lines[-1]
+            offset, end_offset, lines = feeder.take()
+            end_line = line_no + len(lines) - 1
+            where = f"line {line_no}" if end_line == line_no else f"lines {line_no}-{end_line}"
+            error = _failure(exc, where, dialect, max_record_bytes)
+            error.details.update(line=line_no, end_line=end_line, offset=offset)
+            yield _Record(None, error, line_no, end_line, offset, end_offset, lines)
+            line_no = end_line + 1
+            continue
+        offset, end_offset, lines = feeder.take()
         end_line = line_no + len(lines) - 1
-        where = f"line {line_no}" if end_line == line_no else f"lines {line_no}-{end_line}"
-        error: CsvError | None = None
-        if isinstance(failure, _csv.Error):
-            error = _csv_error(failure, where)
-        elif isinstance(failure, _TooLong):
-            error = CsvError(
-                f"{where}: the record is longer than the limit of {max_record_bytes} bytes",
-                code="format.csv.record_too_long",
-            )
-        elif isinstance(failure, _Undecodable):
-            error = CsvError(
-                f"{where}: bytes cannot be decoded as {dialect.encoding} ({failure.error.reason})",
-                code="format.csv.encoding",
-            )
-        if error is not None:
-            error.details.update(line=line_no, end_line=end_line, offset=first.offset)
-        record = _Record(fields, error, line_no, end_line, first.offset, last.offset + last.length, lines)
+        if fields:
+            yield _Record(fields, None, line_no, end_line, offset, end_offset, lines)
         line_no = end_line + 1
-        if error is not None or fields:
-            yield record
 
 
 class CsvReader:
@@ -450,7 +472,7 @@ class CsvReader:
 
     def __iter__(self) -> Iterator[CsvRow]:
         start_offset, start_line = 0, 1
-        if self._resume is not None:
+        if self._resume is not None and self._resume.offset > 0:
             seek = getattr(self._stream, "seek", None)
             if seek is None:
                 raise TypeError("resuming needs a seekable stream")
@@ -460,7 +482,7 @@ class CsvReader:
             seek(self._resume.offset)
             start_offset, start_line = self._resume
         records = _records(self._stream, self.dialect, self._max_record_bytes, start_offset, start_line)
-        if self.dialect.header and self._resume is None and self._read_header(records) is None:
+        if self.dialect.header and start_offset == 0 and self._read_header(records) is None:
             return
         expected = len(self.fieldnames) if self.fieldnames is not None else None
         for record in records:
@@ -501,21 +523,23 @@ class CsvReader:
                 code="format.csv.field_count",
                 details=self._details(record, fields=len(fields), expected=expected),
             )
-        for index, text in enumerate(fields):
-            if len(text) > self._max_field_chars:
-                name = self.fieldnames[index] if self.fieldnames else index + 1
-                return CsvError(
-                    f"{self._where(record)}: field {name!r} has {len(text)} characters, "
-                    f"more than the limit of {self._max_field_chars}",
-                    code="format.csv.field_too_long",
-                    details=self._details(record, column=name, size=len(text)),
-                )
+        if max(map(len, fields)) > self._max_field_chars:
+            index = next(i for i, text in enumerate(fields) if len(text) > self._max_field_chars)
+            name = self.fieldnames[index] if self.fieldnames else index + 1
+            return CsvError(
+                f"{self._where(record)}: field {name!r} has {len(fields[index])} characters, "
+                f"more than the limit of {self._max_field_chars}",
+                code="format.csv.field_too_long",
+                details=self._details(record, column=name, size=len(fields[index])),
+            )
         return None
 
     def _convert(self, fields: list[str], record: _Record) -> dict[str, Any] | list[Any]:
         if self.fieldnames is None:
             return list(fields)
         values: dict[str, Any] = dict(zip(self.fieldnames, fields, strict=True))
+        if not self._columns:
+            return values
         for name, column in self._columns.items():
             text = values[name]
             if text == "" and (column.type != "str" or column.required):

@@ -154,7 +154,7 @@ def _checked(raw: bytes, value: Any, max_depth: int) -> Any:
     colons = raw.count(b":")
     need_depth = raw.count(b"[") + raw.count(b"{") > max_depth
     if colons > 1 or need_depth:
-        if b"\\u003" in raw or b"\\U003" in raw:  # an escaped ':' would upset the count
+        if b"\\u003" in raw:  # an escaped ':' would upset the count
             return _strict(raw, max_depth)
         out = orjson.dumps(value, option=orjson.OPT_INDENT_2 if need_depth else 0)
         if need_depth and _too_deep_pattern(max_depth).search(out):

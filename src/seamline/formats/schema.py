@@ -218,21 +218,21 @@ class _LocalResolver(etree.Resolver):  # type: ignore[misc]
 class XmlSchema:
     """A compiled XSD.
 
-    ``source`` is a path to the ``.xsd`` file or its bytes. Included and
-    imported schema documents may only come from ``base_dir`` (default: the
-    directory of ``source`` when it is a path; with bytes and no
-    ``base_dir``, no includes at all).
+    ``source`` is the ``.xsd`` file as a :class:`~pathlib.Path`, or the
+    schema itself as bytes/str. Included and imported schema documents may
+    only come from ``base_dir`` (default: the directory of the file; for
+    bytes/str without ``base_dir``, no includes at all).
     """
 
     def __init__(
         self,
-        source: str | os.PathLike[str] | bytes,
+        source: os.PathLike[str] | bytes | str,
         *,
         base_dir: str | os.PathLike[str] | None = None,
         max_bytes: int = _MAX_SCHEMA_BYTES,
     ) -> None:
-        if isinstance(source, bytes):
-            data = source
+        if isinstance(source, bytes | str):
+            data = source.encode("utf-8") if isinstance(source, str) else source
             base = Path(base_dir).resolve() if base_dir is not None else None
             url = str(base / "schema.xsd") if base is not None else None
         else:
@@ -286,7 +286,7 @@ class XmlSchema:
 
 def _xsd_refused(refused: list[str]) -> SchemaError:
     return SchemaError(
-        f"XSD includes or imports {refused[0]!r}, which is outside the schema directory or remote",
+        f"XSD includes or imports {refused[0]!r}, which is remote, outside the schema directory or not acceptable XML",
         code="format.schema.ref_forbidden",
         details={"refs": refused},
     )

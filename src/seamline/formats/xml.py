@@ -150,7 +150,8 @@ def decode(
 
 
 def _has_nested_ns(root: etree._Element) -> bool:
-    return any(isinstance(el.tag, str) and el.tag[0] == "{" for el in root.iter())
+    """True when any element declares a namespace (walked in C; Python sees only declarations)."""
+    return next(iter(etree.iterwalk(root, events=("start-ns",))), None) is not None
 
 
 class _Converter:
@@ -167,37 +168,46 @@ class _Converter:
                 code="format.xml.depth",
                 details={"max_depth": self.max_depth, "line": el.sourceline},
             )
-        children = [child for child in el if isinstance(child.tag, str)]
-        nsmap: Mapping[str | None, str] = el.nsmap if self.track_ns else parent_nsmap
-        declared = [(p, u) for p, u in nsmap.items() if parent_nsmap.get(p) != u] if self.track_ns else []
-        if not children and not el.attrib and not declared:
+        attributes = el.items()
+        if self.track_ns:
+            nsmap: Mapping[str | None, str] = el.nsmap
+            declared = [(p, u) for p, u in nsmap.items() if parent_nsmap.get(p) != u]
+        else:
+            nsmap, declared = parent_nsmap, []
+        has_children = len(el) > 0
+        if not has_children and not attributes and not declared:
             return el.text
         out: dict[str, Any] = {}
         for prefix, uri in declared:
             out[f"{ATTR_PREFIX}xmlns:{prefix}" if prefix else f"{ATTR_PREFIX}xmlns"] = uri
-        for key, value in el.attrib.items():
-            out[self.namer.attribute(key, nsmap)] = value
+        attribute_name = self.namer.attribute
+        for key, value in attributes:
+            out[attribute_name(key, nsmap)] = value
+        if not has_children:
+            text = el.text
+            if text is not None:
+                out[TEXT_KEY] = text
+            return out
         lists: set[str] = set()
-        for child in children:
-            name = self.namer.element(child)
-            value = self.convert(child, nsmap, depth + 1)
+        pieces = [el.text]
+        element_name, convert, forced = self.namer.element, self.convert, self.forced
+        for child in el:
+            pieces.append(child.tail)
+            name = element_name(child)
+            value = convert(child, nsmap, depth + 1)
             if name in lists:
                 out[name].append(value)
             elif name in out:
                 out[name] = [out[name], value]
                 lists.add(name)
-            elif self.forced(name):
+            elif forced(name):
                 out[name] = [value]
                 lists.add(name)
             else:
                 out[name] = value
-        if children:
-            pieces = [el.text, *(child.tail for child in el)]
-            text = "".join(p for p in pieces if p and not p.isspace()).strip()
-            if text:
-                out[TEXT_KEY] = text
-        elif el.text is not None:
-            out[TEXT_KEY] = el.text
+        text = "".join(p for p in pieces if p and not p.isspace()).strip()
+        if text:
+            out[TEXT_KEY] = text
         return out
 
 

@@ -120,7 +120,7 @@ def _check_expression(expression: str, element: etree._Element) -> None:
 class Stylesheet:
     """A checked, compiled stylesheet; :meth:`transform` applies it.
 
-    ``source`` is the stylesheet as bytes/str or a path to it. Compiling
+    ``source`` is the stylesheet as bytes/str, or a :class:`~pathlib.Path`. Compiling
     raises :class:`XsltError` (or ``format.xml.*`` errors for XML that is
     not acceptable). Instances can be shared between threads.
     """

@@ -35,6 +35,8 @@ class Channel:
         self._failures: list[tuple[BaseException, int]] = []
         self.fail_when: Callable[[Message], BaseException | None] | None = None
         self.closed = True  # finite by default: the source ends when drained
+        #: when set, writes never return (a hung endpoint)
+        self.hang = False
 
     def put(self, body: Any, **kw: Any) -> Message:
         m = body if isinstance(body, Message) else Message(body, **kw)
@@ -111,6 +113,10 @@ class MemorySink(Sink):
 
     async def write(self, batch: Sequence[Message]) -> None:
         self.ch.calls += 1
+        if self.ch.hang:
+            import asyncio
+
+            await asyncio.Event().wait()
         exc = self.ch._next_failure()
         if exc is not None:
             raise exc

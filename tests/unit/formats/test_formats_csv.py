@@ -251,6 +251,11 @@ def test_resuming_from_any_checkpoint_gives_the_remaining_rows() -> None:
         ]
 
 
+def test_resuming_from_the_start_reads_everything() -> None:
+    data = b"a\n1\n2\n"
+    assert [r.values for r in rows(data, resume=sc.Checkpoint(0, 1))] == [{"a": "1"}, {"a": "2"}]
+
+
 def test_resume_needs_a_seekable_stream() -> None:
     class Pipe:
         def readline(self, size: int = -1) -> bytes:

@@ -150,6 +150,7 @@ def test_xsd_with_local_include(xsd_dir: Path) -> None:
 def test_xsd_from_bytes_with_base_dir(xsd_dir: Path) -> None:
     schema = ss.XmlSchema(MAIN_XSD.encode(), base_dir=xsd_dir)
     assert schema.is_valid(b'<order id="1"><qty>2</qty></order>')
+    assert ss.XmlSchema(MAIN_XSD, base_dir=xsd_dir).is_valid('<order id="1"><qty>2</qty></order>')
     with pytest.raises(SchemaError) as info:
         ss.XmlSchema(MAIN_XSD.encode())
     assert info.value.code == "format.schema.ref_forbidden"

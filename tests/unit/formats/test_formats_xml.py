@@ -365,3 +365,13 @@ def test_decode_encode_round_trip(value: object) -> None:
     encoded = sx.encode(document)
     assert sx.decode(encoded) == document
     assert sx.decode(sx.encode(document, pretty=True)) == document
+
+
+def test_encodings() -> None:
+    assert sx.decode('<?xml version="1.0" encoding="ISO-8859-1"?><a>ä</a>') == {"a": "ä"}
+    assert sx.decode('<?xml version="1.0" encoding="ISO-8859-1"?><a>ä</a>'.encode("latin-1")) == {"a": "ä"}
+    assert sx.decode("<a>ä</a>".encode("utf-16")) == {"a": "ä"}
+    assert sx.decode(b"\xef\xbb\xbf<a>\xc3\xa4</a>") == {"a": "ä"}
+    with pytest.raises(XmlError) as info:
+        sx.decode("<a>\ud800</a>")
+    assert info.value.code == "format.xml.syntax"

@@ -33,7 +33,7 @@ from seamline.mapping.compiler.values import (
 )
 from seamline.mapping.values import UNDEFINED
 
-__all__ = ["BUILTINS", "Builtin", "call"]
+__all__ = ["BUILTINS", "FAST", "RETURNS_SEQUENCE", "Builtin", "call"]
 
 U = UNDEFINED
 
@@ -91,9 +91,20 @@ def _js_round_half_up(value: float) -> float:
     return math.floor(value + 0.5)
 
 
-def _round(state: rt.State, value: Any, precision: Any = U) -> Any:
+def _round(state: rt.State | None, value: Any, precision: Any = U) -> Any:
+    if value.__class__ is float and precision.__class__ is int and 0 < precision < 16:
+        # Python's round() agrees with JSONata's decimal-string rounding except when the
+        # shortest decimal form is an exact tie at the rounding digit.
+        text = repr(value)
+        dot = text.find(".")
+        if "e" not in text and not (len(text) - dot - 1 == precision + 1 and text[-1] == "5"):
+            return norm(round(value, precision))
     if value is U:
         return U
+    if precision.__class__ is float:
+        if not precision.is_integer():
+            return math.nan
+        precision = int(precision)
     if precision is not U and precision:
         mantissa, _, exp = js_number_text(value).partition("e")
         value = float(f"{mantissa}e{int(exp) + precision if exp else precision}")
@@ -254,7 +265,7 @@ def _length(state: rt.State, text: Any) -> Any:
 _WS_RE = re.compile(r"[ \t\n\r]+")
 
 
-def _trim(state: rt.State, text: Any) -> Any:
+def _trim(state: rt.State | None, text: Any) -> Any:
     if text is U:
         return U
     result = _WS_RE.sub(" ", text)
@@ -481,12 +492,12 @@ def _assert(state: rt.State, condition: Any, message: Any = U) -> Any:
 
 
 def _now(state: rt.State) -> Any:
-    moment = datetime.fromtimestamp(state.started, UTC)
+    moment = datetime.fromtimestamp(state.now(), UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _millis(state: rt.State) -> Any:
-    return int(state.started * 1000)
+    return int(state.now() * 1000)
 
 
 # --- higher-order functions ----------------------------------------------------------------
@@ -606,6 +617,116 @@ def _sort(state: rt.State, arr: Any, fn: Any = U) -> Any:
                          "of strings or an array of numbers.  Use the second argument to specify a comparison function")
         return _merge_sort(list(arr), lambda a, b: a > b)
     return _merge_sort(list(arr), lambda a, b: _js_truthy(fn(a, b)))
+
+
+# --- fast paths ------------------------------------------------------------------------------
+# Direct implementations for the common argument types; anything unusual goes through the
+# signature (which raises the reference errors). Keyed by (name, argument count).
+
+
+def _fast_count(state: rt.State, ctx: Any, arr: Any) -> Any:
+    if isinstance(arr, list):
+        return len(arr)
+    return 0 if arr is U else 1
+
+
+def _fast_sum(state: rt.State, ctx: Any, arr: Any) -> Any:
+    if isinstance(arr, list):
+        total: Any = 0
+        for n in arr:
+            cls = n.__class__
+            if cls is not int and cls is not float:
+                return call(BUILTINS["sum"], state, ctx, [arr])
+            total += n
+        return norm(total)
+    cls = arr.__class__
+    if cls is int or cls is float:
+        return arr
+    return call(BUILTINS["sum"], state, ctx, [arr])
+
+
+def _fast_round(state: rt.State, ctx: Any, value: Any, precision: Any = U) -> Any:
+    cls = value.__class__
+    if (cls is float or cls is int) and (precision is U or precision.__class__ is int):
+        return _round(state, value, precision)
+    return call(BUILTINS["round"], state, ctx, [value] if precision is U else [value, precision])
+
+
+def _string_fast(name: str, method: Callable[[str], Any]) -> Callable[..., Any]:
+    def fast(state: rt.State, ctx: Any, text: Any) -> Any:
+        if text.__class__ is str:
+            return method(text)
+        if text is U:
+            return U
+        return call(BUILTINS[name], state, ctx, [text])
+
+    return fast
+
+
+def _fast_string(state: rt.State, ctx: Any, value: Any) -> Any:
+    cls = value.__class__
+    if cls is str:
+        return value
+    if cls is int and -MAX_SAFE <= value <= MAX_SAFE:
+        return str(value)
+    return call(BUILTINS["string"], state, ctx, [value])
+
+
+def _fast_number(state: rt.State, ctx: Any, value: Any) -> Any:
+    cls = value.__class__
+    if cls is int or cls is float:
+        return value
+    return call(BUILTINS["number"], state, ctx, [value])
+
+
+def _fast_exists(state: rt.State, ctx: Any, value: Any) -> Any:
+    return value is not U
+
+
+def _fast_boolean(state: rt.State, ctx: Any, value: Any) -> Any:
+    return rt.to_bool(value)
+
+
+def _fast_join(state: rt.State, ctx: Any, strings: Any, separator: Any = U) -> Any:
+    if isinstance(strings, list) and (separator is U or separator.__class__ is str):
+        if all(item.__class__ is str for item in strings):
+            return ("" if separator is U else separator).join(strings)
+    return call(BUILTINS["join"], state, ctx, [strings] if separator is U else [strings, separator])
+
+
+def _fast_substring(state: rt.State, ctx: Any, text: Any, start: Any, length: Any = U) -> Any:
+    if (
+        text.__class__ is str
+        and start.__class__ is int
+        and (length is U or length.__class__ is int)
+    ):
+        return _substring(state, text, start, length)
+    return call(BUILTINS["substring"], state, ctx, [text, start] if length is U else [text, start, length])
+
+
+FAST: dict[tuple[str, int], Callable[..., Any]] = {
+    ("count", 1): _fast_count,
+    ("sum", 1): _fast_sum,
+    ("round", 1): _fast_round,
+    ("round", 2): _fast_round,
+    ("uppercase", 1): _string_fast("uppercase", str.upper),
+    ("lowercase", 1): _string_fast("lowercase", str.lower),
+    ("length", 1): _string_fast("length", len),
+    ("trim", 1): _string_fast("trim", lambda text: _trim(None, text)),  # type: ignore[arg-type]
+    ("string", 1): _fast_string,
+    ("number", 1): _fast_number,
+    ("exists", 1): _fast_exists,
+    ("boolean", 1): _fast_boolean,
+    ("join", 1): _fast_join,
+    ("join", 2): _fast_join,
+    ("substring", 2): _fast_substring,
+    ("substring", 3): _fast_substring,
+}
+
+#: functions whose result can be a sequence (and so must be collapsed after the call)
+RETURNS_SEQUENCE = frozenset(
+    {"keys", "lookup", "map", "filter", "each", "spread", "append", "reverse", "distinct", "sort"}
+)
 
 
 # --- table ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from seamline.mapping.compiler import runtime as rt
-from seamline.mapping.compiler.builtins import BUILTINS, Builtin
+from seamline.mapping.compiler.builtins import BUILTINS, FAST, RETURNS_SEQUENCE, Builtin
 from seamline.mapping.compiler.builtins import call as call_builtin
 from seamline.mapping.compiler.parser import Node
 from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
@@ -54,6 +54,33 @@ class HostFunction:
         if self.limit is not None and len(values) > self.limit:
             values = values[: self.limit]
         return call_host_function(self.name, self.fn, values)
+
+
+def _host_arg(value: Any) -> Any:
+    """An argument for a Python function: undefined is None, sequences are plain lists."""
+    if value is UNDEFINED:
+        return None
+    return plain(value)
+
+
+def _host_failed(exc: Exception, name: str) -> None:
+    """Re-raise what a Python function raised: seamline errors as they are, others as MappingError."""
+    from seamline.core.errors import SeamlineError
+    from seamline.mapping.errors import MappingError
+
+    if isinstance(exc, SeamlineError | RecursionError):
+        raise exc
+    raise MappingError(
+        f"function ${name} failed: {type(exc).__name__}: {exc}",
+        jsonata_code="function_error",
+        details={"function": name},
+    ) from exc
+
+
+def _host_result(value: Any) -> Any:
+    if value is UNDEFINED:
+        return None
+    return list(value)
 
 
 class _Scope:
@@ -101,18 +128,6 @@ def _literal(node: Node) -> bool:
     )
 
 
-def _may_be_seq(node: Node) -> bool:
-    """Whether a node's (collapsed) value can still be a sequence."""
-    kind = node.type
-    if kind in ("string", "number", "value"):
-        return False
-    if kind == "binary" and node.value != "..":
-        return False
-    if kind == "unary":
-        return node.value == "[" and bool(node.consarray) or node.predicate is not None
-    return True
-
-
 def _constant(code: str) -> bool:
     """Whether generated code is a literal constant (never undefined)."""
     return code[:1] in ("'", '"', "-") or code[:1].isdigit() or code in ("True", "False", "None")
@@ -127,6 +142,12 @@ class _Gen:
         self.counter = itertools.count(1)
         self.consts: dict[str, Any] = {}
         self.called: set[str] = set()
+        #: generated values known not to be sequences (no collapse or plain() needed)
+        self.scalar: set[str] = set()
+        #: generated values already collapsed (collapse again only for keep-array)
+        self.collapsed: set[str] = set()
+        #: context variables known to hold a dict in the code being generated
+        self.dicts: set[str] = set()
 
     # --- emission helpers -------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -194,20 +215,36 @@ class _Gen:
 
     def post(self, node: Node, value: str, ctx: str, scope: _Scope) -> str:
         """What the reference does on leaving ``evaluate``: predicates, grouping, collapse."""
-        seq = _may_be_seq(node)
         if node.predicate:
             value = self.filters(node.predicate, value, scope)
-            seq = True
         if node.type != "path" and node.group is not None:
             value = self.group(node.group.lhs, value, scope)
-            seq = False
-        if seq or node.keepArray:
+        if node.keepArray:
             out = self.tmp()
-            if node.keepArray:
-                self.line(f"if {value}.__class__ is Seq: {value}.keep = True")
+            self.line(f"if {value}.__class__ is Seq: {value}.keep = True")
             self.line(f"{out} = collapse({value})")
+            self.collapsed.add(out)
             return out
-        return value
+        if _constant(value) or value in self.scalar or value in self.collapsed:
+            return value
+        out = self.tmp()
+        self.line(f"{out} = collapse({value})")
+        self.collapsed.add(out)
+        return out
+
+    def host_arg(self, code: str) -> str:
+        if _constant(code):
+            return code
+        if code in self.scalar:
+            return f"(None if {code} is U else {code})"
+        return f"host_arg({code})"
+
+    def is_scalar(self, code: str) -> bool:
+        return _constant(code) or code in self.scalar
+
+    def store(self, code: str) -> str:
+        """A value as it goes into an object: sequences become plain lists."""
+        return code if self.is_scalar(code) else f"plain({code})"
 
     def filters(self, stages: list[Node], value: str, scope: _Scope) -> str:
         for stage in stages:
@@ -219,8 +256,9 @@ class _Gen:
                 self.line(f"{out} = filter_index({value}, {predicate.value!r})")
             else:
                 fn = self.tmp("p")
-                with self.function(fn, "c"):
-                    result = self.expr(predicate, "c", scope)
+                param = self.tmp("c")
+                with self.function(fn, param):
+                    result = self.expr(predicate, param, scope)
                     self.line(f"return {result}")
                 self.line(f"{out} = filter_pred(R, {value}, {fn})")
             value = out
@@ -238,13 +276,24 @@ class _Gen:
     def n_variable(self, node: Node, ctx: str, scope: _Scope) -> str:
         name = node.value
         if name == "":
-            return "D" if ctx == "C" else f"unwrap({ctx})"
+            if ctx == "C":
+                return "D"
+            out = self.tmp()
+            self.line(f"{out} = unwrap({ctx})")
+            self.collapsed.add(out)
+            return out
         if name == "$":
             return "D"
         if name in BUILTINS or name in self.hosts:
             if scope.resolve(name) is None:
                 raise NotCompilable("function as a value")
-        return self.var_ref(name, scope)
+        ref = self.var_ref(name, scope)
+        if not ref.isidentifier():
+            out = self.tmp()
+            self.line(f"{out} = {ref}")
+            ref = out
+        self.collapsed.add(ref)
+        return ref
 
     def n_bind(self, node: Node, ctx: str, scope: _Scope) -> str:
         name = node.lhs.value
@@ -255,6 +304,7 @@ class _Gen:
             raise NotCompilable("function bound to a variable")
         value = self.expr(node.rhs, ctx, scope)
         self.line(f"{target} = {value}")
+        self.collapsed.add(target)
         return target
 
     def n_block(self, node: Node, ctx: str, scope: _Scope) -> str:
@@ -264,7 +314,14 @@ class _Gen:
             result = self.expr(item, ctx, inner)
         out = self.tmp()
         self.line(f"{out} = {result}")
+        self.inherit(out, result)
         return out
+
+    def inherit(self, out: str, *sources: str) -> None:
+        if all(self.is_scalar(code) for code in sources):
+            self.scalar.add(out)
+        elif all(self.is_scalar(code) or code in self.collapsed for code in sources):
+            self.collapsed.add(out)
 
     def n_condition(self, node: Node, ctx: str, scope: _Scope) -> str:
         out = self.tmp()
@@ -276,18 +333,20 @@ class _Gen:
                 self.line(f"{out} = {left}")
             self.line("else:")
             with self.block():
-                self.line(f"{out} = {self.expr(node.else_, ctx, scope)}")
+                right = self.expr(node.else_, ctx, scope)
+                self.line(f"{out} = {right}")
+            self.inherit(out, left, right)
             return out
         condition = self.expr(node.condition, ctx, scope)
         self.line(f"if truthy({condition}):")
         with self.block():
-            self.line(f"{out} = {self.expr(node.then, ctx, scope)}")
+            then = self.expr(node.then, ctx, scope)
+            self.line(f"{out} = {then}")
         self.line("else:")
         with self.block():
-            if node.else_ is not None:
-                self.line(f"{out} = {self.expr(node.else_, ctx, scope)}")
-            else:
-                self.line(f"{out} = U")
+            other = self.expr(node.else_, ctx, scope) if node.else_ is not None else "None"
+            self.line(f"{out} = {other if node.else_ is not None else 'U'}")
+        self.inherit(out, then, other)
         return out
 
     _OPS = {
@@ -305,14 +364,22 @@ class _Gen:
             with self.block():
                 right = self.expr(node.rhs, ctx, scope)
                 self.line(f"{out} = truthy({right})")
+            self.scalar.add(out)
             return out
         left = self.expr(node.lhs, ctx, scope)
         right = self.expr(node.rhs, ctx, scope)
         out = self.tmp()
         if op == "..":
             self.line(f"{out} = range_(R, {left}, {right})")
+        elif op in ("+", "-", "*"):
+            self.line(
+                f"{out} = {left} {op} {right} if {left}.__class__ in NUM and {right}.__class__ in NUM "
+                f"and {left} - {left} == 0 and {right} - {right} == 0 else {self._OPS[op]}({left}, {right})"
+            )
+            self.scalar.add(out)
         elif op in self._OPS:
             self.line(f"{out} = {self._OPS[op]}({left}, {right})")
+            self.scalar.add(out)
         else:
             raise NotCompilable(op)
         return out
@@ -322,6 +389,7 @@ class _Gen:
         if node.value == "-":
             value = self.expr(node.expression, ctx, scope)
             self.line(f"{out} = neg({value})")
+            self.scalar.add(out)
         elif node.value == "[":
             self.line(f"{out} = []")
             for item in node.expressions:
@@ -335,6 +403,8 @@ class _Gen:
                     self.line(f"if {self.defined(value)}: append_into({out}, {value})")
             if node.consarray:
                 self.line(f"{out} = Cons({out})")
+            else:
+                self.scalar.add(out)
         elif node.value == "{":
             return self.object(node.lhs, ctx, scope)
         else:
@@ -346,21 +416,36 @@ class _Gen:
         keys = [key.value for key, _ in pairs if key.type == "string" and key.predicate is None]
         literal = len(keys) == len(pairs) and len(set(keys)) == len(keys)
         if literal:
-            self.line(f"if isinstance({ctx}, list):")
-            with self.block():
-                self.line(f"{out} = {self.group(pairs, ctx, scope)}")
-            self.line("else:")
-            with self.block():
-                self.line(f"{out} = {{}}")
-                for key, value_node in pairs:
-                    if _literal(value_node):
-                        self.line(f"{out}[{key.value!r}] = {value_node.value!r}")
-                        continue
-                    value = self.expr(value_node, ctx, scope)
-                    stored = f"plain({value})" if _may_be_seq(value_node) else value
-                    self.line(f"if {self.defined(value)}: {out}[{key.value!r}] = {stored}")
+            known = ctx in self.dicts
+            if not known:
+                self.line(f"if {ctx}.__class__ is not dict:")
+                with self.block():
+                    self.line(f"{out} = {self.group(pairs, ctx, scope)}")
+                self.line("else:")
+                self.indent += 1
+                self.dicts.add(ctx)
+            self.line(f"{out} = {{}}")
+            for key, value_node in pairs:
+                if _literal(value_node):
+                    self.line(f"{out}[{key.value!r}] = {value_node.value!r}")
+                    continue
+                value = self.expr(value_node, ctx, scope)
+                if _constant(value):
+                    self.line(f"{out}[{key.value!r}] = {value}")
+                elif value in self.scalar:
+                    self.line(f"if {value} is not U: {out}[{key.value!r}] = {value}")
+                else:
+                    self.line(
+                        f"if {value} is not U: {out}[{key.value!r}] = "
+                        f"{value} if {value}.__class__ not in SEQS else list({value})"
+                    )
+            if not known:
+                self.indent -= 1
+                self.dicts.discard(ctx)
+            self.scalar.add(out)
             return out
         self.line(f"{out} = {self.group(pairs, ctx, scope)}")
+        self.scalar.add(out)
         return out
 
     def group(self, pairs: list[tuple[Node, Node]], ctx: str, scope: _Scope) -> str:
@@ -371,14 +456,17 @@ class _Gen:
                 key_code = repr(key.value)
             else:
                 key_code = self.tmp("k")
-                with self.function(key_code, "c"):
-                    self.line(f"return {self.expr(key, 'c', scope)}")
+                param = self.tmp("c")
+                with self.function(key_code, param):
+                    self.line(f"return {self.expr(key, param, scope)}")
             value_fn = self.tmp("g")
-            with self.function(value_fn, "c"):
-                self.line(f"return {self.expr(value, 'c', scope)}")
+            param = self.tmp("c")
+            with self.function(value_fn, param):
+                self.line(f"return {self.expr(value, param, scope)}")
             parts.append(f"({key_code}, {value_fn})")
         out = self.tmp()
         self.line(f"{out} = group(R, {ctx}, ({', '.join(parts)},))")
+        self.scalar.add(out)
         return out
 
     # --- paths ------------------------------------------------------------------------
@@ -395,8 +483,20 @@ class _Gen:
             first.type == "variable" and not first.predicate and not first.stages and not first.keepArray
             and first.group is None and len(steps) > 1
         )  # fmt: skip
-        if names_only and plain_first and not node.keepSingletonArray and node.group is None:
+        if node.keepSingletonArray or node.group is not None:
+            return self.general_path(node, ctx, scope)
+        if names_only and plain_first:
             return self.fast_path(node, ctx, scope)
+        loopable = (
+            len(steps) >= 2
+            and first.type == "name"
+            and all(s.type == "name" and not s.stages and not s.keepArray and s.group is None for s in steps[:-1])
+            and steps[-1].type != "name"
+            and not steps[-1].consarray
+            and not steps[-1].keepArray
+        )
+        if loopable:
+            return self.loop_path(node, ctx, scope)
         return self.general_path(node, ctx, scope)
 
     def fast_path(self, node: Node, ctx: str, scope: _Scope) -> str:
@@ -412,11 +512,16 @@ class _Gen:
             names = [s.value for s in steps]
             slow_input = f"to_seq({base})"
         out = self.tmp()
-        tests = [f"{base}.__class__ is dict"]
+        known = base in self.dicts
+        tests = [] if known else [f"{base}.__class__ is dict"]
         current = base
         for name in names[:-1]:
             tests.append(f"({out} := {current}.get({name!r}, U)).__class__ is dict")
             current = out
+        if not tests:
+            self.line(f"{out} = {current}.get({names[-1]!r}, U)")
+            self.collapsed.add(out)
+            return out
         names_const = self.const(tuple(names), "N")
         self.line(f"if {' and '.join(tests)}:")
         with self.block():
@@ -424,6 +529,42 @@ class _Gen:
         self.line("else:")
         with self.block():
             self.line(f"{out} = collapse(names_path({slow_input}, {names_const}, R))")
+        self.collapsed.add(out)
+        return out
+
+    def loop_path(self, node: Node, ctx: str, scope: _Scope) -> str:
+        """``a.b.<step>``: field names over objects, then one step looped inline over the items."""
+        steps = node.steps
+        names = [s.value for s in steps[:-1]]
+        last = steps[-1]
+        out = self.tmp()
+        value = self.tmp()
+        tests = [] if ctx in self.dicts else [f"{ctx}.__class__ is dict"]
+        current = ctx
+        for name in names[:-1]:
+            tests.append(f"({value} := {current}.get({name!r}, U)).__class__ is dict")
+            current = value
+        tests.append(f"({value} := {current}.get({names[-1]!r}, U)).__class__ is list")
+        self.line(f"if {' and '.join(tests)}:")
+        with self.block():
+            results = self.tmp("r")
+            item = self.tmp("c")
+            self.line(f"{results} = []")
+            self.line(f"if len({value}) > 1: R.check()")
+            self.line(f"for {item} in {value}:")
+            with self.block():
+                step_value = self.expr(last, item, scope)
+                step_value = self.stages(last, step_value, scope)
+                if _constant(step_value):
+                    self.line(f"{results}.append({step_value})")
+                else:
+                    self.line(f"if {step_value} is not U: {results}.append({step_value})")
+            self.line(f"{out} = collapse(finish({results}, True, R))")
+        self.line("else:")
+        with self.block():
+            general = self.general_path(node, ctx, scope)
+            self.line(f"{out} = {general}")
+        self.collapsed.add(out)
         return out
 
     def general_path(self, node: Node, ctx: str, scope: _Scope) -> str:
@@ -456,12 +597,16 @@ class _Gen:
                 self.line(f"{seq} = name_step({seq}, {step.value!r}, {last}, R)")
                 continue
             fn = self.tmp("f")
-            with self.function(fn, "c"):
+            param = self.tmp("c")
+            with self.function(fn, param):
                 if step.type == "name":
                     value = self.tmp()
-                    self.line(f"{value} = c.get({step.value!r}, U) if c.__class__ is dict else collapse(lookup(c, {step.value!r}))")
+                    self.line(
+                        f"{value} = {param}.get({step.value!r}, U) if {param}.__class__ is dict "
+                        f"else collapse(lookup({param}, {step.value!r}))"
+                    )
                 else:
-                    value = self.expr(step, "c", scope)
+                    value = self.expr(step, param, scope)
                 value = self.stages(step, value, scope)
                 self.line(f"return {value}")
             self.line(f"{seq} = map_step(R, {seq}, {fn}, {last})")
@@ -471,7 +616,12 @@ class _Gen:
             self.line(f"if {seq}.__class__ is Seq: {seq}.keep = True")
         if node.group is not None:
             return self.group(node.group.lhs, seq, scope)
-        return seq
+        if node.keepArray:
+            return seq
+        out = self.tmp()
+        self.line(f"{out} = collapse({seq})")
+        self.collapsed.add(out)
+        return out
 
     def stages(self, step: Node, value: str, scope: _Scope) -> str:
         if not step.stages:
@@ -510,15 +660,32 @@ class _Gen:
                 args.append(self.expr(arg, ctx, scope))
         out = self.tmp()
         if name in self.hosts:
-            host = self.const(self.hosts[name], "H")
-            self.line(f"{out} = {host}({', '.join(args)})")
+            host = self.hosts[name]
+            fn = self.const(host.fn, "H")
+            passed = args if host.limit is None else args[: host.limit]
+            host_args = ", ".join(self.host_arg(a) for a in passed)
+            self.line("try:")
+            with self.block():
+                self.line(f"{out} = {fn}({host_args})")
+            self.line("except Exception as exc:")
+            with self.block():
+                self.line(f"host_failed(exc, {name!r})")
+            self.line(f"if {out} is U or {out}.__class__ is tuple: {out} = host_result({out})")
+            self.scalar.add(out)
             return out
         if builtin is None:
             raise NotCompilable(f"function ${name}")
         if not builtin.min_args <= len(args) <= builtin.max_args:
             raise NotCompilable("argument count")
-        ref = self.const(builtin, "F")
-        self.line(f"{out} = call_builtin({ref}, R, {ctx}, [{', '.join(args)}])")
+        fast = FAST.get((name, len(args)))
+        if fast is not None:
+            ref = self.const(fast, "Q")
+            self.line(f"{out} = {ref}(R, {ctx}, {', '.join(args)})")
+        else:
+            ref = self.const(builtin, "F")
+            self.line(f"{out} = call_builtin({ref}, R, {ctx}, [{', '.join(args)}])")
+        if name not in RETURNS_SEQUENCE:
+            self.scalar.add(out)
         return out
 
     def lambda_(self, node: Node, ctx: str, scope: _Scope) -> str:
@@ -551,6 +718,12 @@ _GLOBALS: dict[str, Any] = {
     "call_builtin": call_builtin,
     **{name: getattr(rt, name) for name in rt.__all__},
 }
+_GLOBALS["NUM"] = frozenset({int, float})
+_GLOBALS["SEQS"] = frozenset({Seq, Cons})
+_GLOBALS["finish"] = rt._finish
+_GLOBALS["host_arg"] = _host_arg
+_GLOBALS["host_failed"] = _host_failed
+_GLOBALS["host_result"] = _host_result
 _GLOBALS["range_"] = rt.range_
 _GLOBALS["in_"] = rt.in_
 
@@ -565,7 +738,7 @@ def generate(tree: Node, hosts: Mapping[str, HostFunction]) -> tuple[Callable[..
         raise NotCompilable("parent operator")
     gen = _Gen(hosts)
     root = _Scope(None, 0)
-    gen.line("C = wrap(D)")
+    gen.line("C = D if D.__class__ is not list else wrap(D)")
     scope = gen.frame(root, [tree])
     scope.level = 0
     result = gen.expr(tree, "C", scope)

@@ -73,9 +73,15 @@ class State:
 
     def __init__(self, timeout_ms: int, max_sequence: int) -> None:
         self.timeout_ms = timeout_ms
-        self.started = time.time()
+        self.started = 0.0
         self.deadline = _monotonic() + timeout_ms / 1000.0
         self.max_sequence = max_sequence
+
+    def now(self) -> float:
+        """Wall time of the evaluation: fixed at the first use, as ``$now()`` requires."""
+        if not self.started:
+            self.started = time.time()
+        return self.started
 
     def check(self) -> None:
         """Raise once the time limit has passed."""

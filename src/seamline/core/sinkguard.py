@@ -1,0 +1,123 @@
+"""Isolation around a sink: circuit breaker, rate limit, bulkhead and timeout.
+
+While the breaker is open the writer *waits* (no attempt is spent, nothing
+is dropped); the bounded queue then slows the source down. A write that
+exceeds its timeout fails as retryable, so a hung endpoint holds nothing
+longer than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from seamline.core.component import BatchError, Sink
+from seamline.core.errors import RetryableError, classify
+from seamline.core.message import Message
+
+__all__ = ["SinkGuard", "SinkTimeout"]
+
+
+class SinkTimeout(RetryableError):
+    code = "sink.timeout"
+
+
+class SinkGuard:
+    """Wraps ``sink.write`` with the protections its config asks for."""
+
+    def __init__(self, sink: Sink, cfg: Any, *, flow: str, breakers: Any, limiters: Any) -> None:
+        self.sink = sink
+        self.endpoint = sink.endpoint or f"{flow}/{sink.label}"
+        self.timeout: float | None = getattr(cfg, "timeout", None)
+        concurrency = getattr(cfg, "concurrency", None)
+        self._slots = asyncio.Semaphore(concurrency) if concurrency else None
+        self.breaker: Any = None
+        self.bucket: Any = None
+        self.chunk: int | None = None
+        if sink.guards_itself:
+            return
+        bcfg = getattr(cfg, "breaker", None)
+        if bcfg is not None and breakers is not None:
+            try:
+                breakers.configure(self.endpoint, bcfg.config())
+            except ValueError:
+                pass  # another sink on the same endpoint configured it first
+            self.breaker = breakers.get(self.endpoint)
+        rcfg = getattr(cfg, "rate_limit", None)
+        if rcfg is not None and limiters is not None:
+            self.bucket = limiters.configure(self.endpoint, rcfg.rate, burst=rcfg.burst)
+            self.chunk = max(1, int(self.bucket.burst))
+
+    async def write(self, batch: Sequence[Message]) -> None:
+        if self.chunk is None or len(batch) <= self.chunk:
+            await self._write(batch)
+            return
+        errors: dict[int, BaseException] = {}
+        for start in range(0, len(batch), self.chunk):
+            part = batch[start : start + self.chunk]
+            try:
+                await self._write(part)
+            except BatchError as be:
+                errors.update({start + i: e for i, e in be.errors.items()})
+            except Exception as exc:
+                errors.update({start + i: exc for i in range(len(part))})
+        if errors:
+            raise BatchError(errors)
+
+    async def _write(self, batch: Sequence[Message]) -> None:
+        breaker = self.breaker
+        if breaker is not None:
+            while True:
+                await breaker.wait_until_closed_or_probe()
+                if breaker.allow():
+                    break
+        if self.bucket is not None:
+            await self.bucket.acquire(len(batch))
+        try:
+            if self._slots is not None:
+                async with self._slots:
+                    await self._call(batch)
+            else:
+                await self._call(batch)
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.release()
+            raise
+        except BatchError as be:
+            if breaker is not None:
+                if len(be.errors) == len(batch) and any(classify(e) for e in be.errors.values()):
+                    breaker.record_failure(next(iter(be.errors.values())))
+                else:
+                    breaker.record_success()
+            self._penalize(be.errors.values())
+            raise
+        except Exception as exc:
+            if breaker is not None:
+                if classify(exc):
+                    breaker.record_failure(exc)
+                else:
+                    breaker.record_success()
+            self._penalize([exc])
+            raise
+        else:
+            if breaker is not None:
+                breaker.record_success()
+
+    async def _call(self, batch: Sequence[Message]) -> None:
+        if self.timeout is None:
+            await self.sink.write(batch)
+            return
+        try:
+            await asyncio.wait_for(self.sink.write(batch), self.timeout)
+        except TimeoutError:
+            raise SinkTimeout(f"sink '{self.sink.label}' did not answer within {self.timeout:g}s") from None
+
+    def _penalize(self, errors: Any) -> None:
+        if self.bucket is None:
+            return
+        for e in errors:
+            ra = getattr(e, "retry_after", None)
+            if ra:
+                self.bucket.penalize(ra)
+                return
