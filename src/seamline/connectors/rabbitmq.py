@@ -476,13 +476,14 @@ class RabbitMQSink(Sink):
     def _message(self, m: Message) -> Any:
         import aio_pika
 
+        mode = aio_pika.DeliveryMode.PERSISTENT if self.cfg.persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
         return aio_pika.Message(
             body=m.raw,
             message_id=m.id,
             correlation_id=m.correlation_id,
             content_type=m.content_type,
-            headers=outgoing_headers(m, message_id=False, correlation_id=False, content_type=False),  # type: ignore[arg-type]
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT if self.cfg.persistent else aio_pika.DeliveryMode.NOT_PERSISTENT,
+            headers=outgoing_headers(m, message_id=False, correlation_id=False, content_type=False),
+            delivery_mode=mode,
         )
 
     async def write(self, batch: Sequence[Message]) -> None:

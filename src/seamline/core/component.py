@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchError",
     "BuildContext",
+    "Defer",
     "Delivery",
+    "Drop",
     "Emit",
+    "Held",
     "Sink",
     "Source",
     "Step",
@@ -123,6 +126,14 @@ class Step:
     async def open(self) -> None:
         """Prepare resources (connections, caches)."""
 
+    async def tick(self, now: float) -> Sequence[Message]:
+        """Called about once a second: messages to release now (e.g. after a timeout)."""
+        return ()
+
+    def next_due(self) -> float | None:
+        """When ``tick`` will next release something (``--until-idle`` waits for it), or None."""
+        return None
+
     async def close(self) -> None:
         """Release resources."""
 
@@ -162,3 +173,42 @@ class BatchError(Exception):
     def __init__(self, errors: dict[int, BaseException]) -> None:
         super().__init__(f"{len(errors)} message(s) of the batch failed")
         self.errors = errors
+
+
+class Defer(Exception):
+    """Raised by a step: continue this message later, at ``until`` (Unix seconds).
+
+    The runtime schedules it in the store (so it survives a restart) and
+    acknowledges the source. It resumes at the next step, or at this step
+    again when ``rerun`` is true. No attempt is counted.
+    """
+
+    def __init__(self, until: float, *, message: Message | None = None, rerun: bool = False, reason: str = "") -> None:
+        super().__init__(reason or f"deferred until {until}")
+        self.until = until
+        self.message = message
+        self.rerun = rerun
+        self.reason = reason
+
+
+class Held(Exception):
+    """Raised by a step that has parked the message in the store (``Store.park``).
+
+    The runtime journals it as held and acknowledges the source: the parked
+    row is now the message's custody. The step releases it later by
+    returning it (with ``message.custody`` set to the park id) from
+    ``process``/``process_async`` or ``tick``; the row is deleted in the same
+    transaction that settles the released message.
+    """
+
+    def __init__(self, reason: str = "held") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Drop(Exception):
+    """Raised by a step to drop a message on purpose (a duplicate, a stale version), with the reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

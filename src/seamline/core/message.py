@@ -35,6 +35,8 @@ class Message:
         "content_type",
         "correlation_id",
         "created_at",
+        "custody",
+        "effects",
         "headers",
         "id",
         "received_at",
@@ -71,6 +73,12 @@ class Message:
         self.received_at: float = received_at if received_at is not None else now
         #: names of the sinks this message goes to (set by ``route``); None = all sinks
         self.route: tuple[str, ...] | None = None
+        #: id of the store row holding this message while a step parked it (see ``Held``)
+        self.custody: str | None = None
+        #: store changes to commit with the batch that settles this message:
+        #: ``("idem", when, scope, key, expires_at)`` or ``("checkpoint", when, scope, value)``,
+        #: ``when`` being ``"delivered"`` or ``"settled"`` (delivered, retry scheduled or dead-lettered)
+        self.effects: list[tuple[Any, ...]] | None = None
 
     # -- body ---------------------------------------------------------------
     @property
@@ -120,6 +128,8 @@ class Message:
         m.created_at = self.created_at
         m.received_at = self.received_at
         m.route = self.route
+        m.custody = self.custody
+        m.effects = list(self.effects) if self.effects else None
         for k, v in changes.items():
             setattr(m, k, v)
         return m
@@ -138,6 +148,7 @@ class Message:
             "created_at": self.created_at,
             "received_at": self.received_at,
             "route": list(self.route) if self.route is not None else None,
+            "custody": self.custody,
             "raw": raw,
             "body": None if raw is not None else self._body,
         }
@@ -159,6 +170,7 @@ class Message:
         )
         route = rec.get("route")
         m.route = tuple(route) if route is not None else None
+        m.custody = rec.get("custody")
         return m
 
     def __repr__(self) -> str:

@@ -45,6 +45,10 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "seamline.steps.route",
     "seamline.steps.validate",
     "seamline.steps.python",
+    "seamline.steps.dedupe",
+    "seamline.steps.resequence",
+    "seamline.steps.timing",
+    "seamline.steps.codec",
     "seamline.testing.memory",
 )
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seamline.core.clock import SYSTEM_CLOCK, Clock
-from seamline.core.component import BatchError, BuildContext, Delivery, Sink, Source, Step
+from seamline.core.component import BatchError, BuildContext, Defer, Delivery, Drop, Held, Sink, Source, Step
 from seamline.core.errors import SeamlineError, classify
 from seamline.core.flow import ComponentRef, Flow
 from seamline.core.message import Message
@@ -68,6 +68,23 @@ def _safe(v: Any) -> Any:
     return str(v)
 
 
+def _settle(batch: Batch, m: Message, *, delivered: bool) -> None:
+    """Commit what a step asked to commit once this message is settled (see ``Message.effects``)."""
+    if m.custody:
+        batch.unpark.append(m.custody)
+        m.custody = None
+    if not m.effects:
+        return
+    for eff in m.effects:
+        if eff[1] == "delivered" and not delivered:
+            continue
+        if eff[0] == "idem":
+            batch.idempotency.append((eff[2], eff[3], eff[4]))
+        elif eff[0] == "checkpoint":
+            batch.checkpoints[eff[2]] = eff[3]
+    m.effects = None
+
+
 def _record(original: dict[str, Any] | Message | None, fallback: Message) -> dict[str, Any]:
     if isinstance(original, dict):
         return original
@@ -96,6 +113,8 @@ class FlowStats:
     filtered: int = 0
     retried: int = 0
     dead: int = 0
+    deferred: int = 0
+    held: int = 0
     dead_reasons: list[tuple[str, str, str]] = field(default_factory=list)  # msg_id, step, reason
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,6 +124,8 @@ class FlowStats:
             "filtered": self.filtered,
             "retries_scheduled": self.retried,
             "dead_lettered": self.dead,
+            "deferred": self.deferred,
+            "held": self.held,
         }
 
 
@@ -195,6 +216,8 @@ class FlowRunner:
         self._idle = asyncio.Event()
         self._journal = self.settings.journal
         self._retries_inflight = 0
+        self._tick_task: asyncio.Task[None] | None = None
+        self.tick_interval = 1.0
 
     # -- building --------------------------------------------------------------------
     def _ctx(self, ref: ComponentRef) -> BuildContext:
@@ -254,6 +277,9 @@ class FlowRunner:
         self._source_task = asyncio.create_task(self._run_source(), name=f"{self.flow.name}:source")
         for i in range(self.settings.concurrency):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"{self.flow.name}:worker{i}"))
+        ticking = [i for i, st in enumerate(self.steps) if type(st).tick is not Step.tick]
+        if ticking:
+            self._tick_task = asyncio.create_task(self._tick_loop(ticking), name=f"{self.flow.name}:tick")
         self._tasks.append(asyncio.create_task(self._retry_loop(), name=f"{self.flow.name}:retries"))
 
     async def _emit(self, deliveries: list[Delivery]) -> None:
@@ -315,6 +341,22 @@ class FlowRunner:
             finally:
                 self._inflight.pop(seq, None)
                 self._queue.task_done()
+
+    async def _tick_loop(self, indexes: list[int]) -> None:
+        """Give steps that hold messages (resequence, aggregate) a chance to release them."""
+        while not self._stopping:
+            now = self.clock.now()
+            for i in indexes:
+                try:
+                    released = list(await self.steps[i].tick(now))
+                except Exception:
+                    log.exception("flow %s: step %s tick failed", self.flow.name, self.steps[i].label)
+                    continue
+                if released:
+                    work = [_Work(m, original=m.to_record(), resume=i + 1, first_at=now) for m in released]
+                    self._retries_inflight += len(work)
+                    await self._queue.put(work)
+            await self.clock.sleep(self.tick_interval)
 
     async def _retry_loop(self) -> None:
         flows = [self.flow.name]
@@ -390,6 +432,22 @@ class FlowRunner:
                     t0 = time.perf_counter_ns()
                     try:
                         r = await st.process_async(cur) if st.is_async else st.process(cur)
+                    except Defer as d:
+                        self._defer(batch, w, d.message or cur, si if d.rerun else si + 1, st.label, d, now)
+                        continue
+                    except Drop as dr:
+                        if hops:
+                            journal.append((now, flow, cur.id, cur.correlation_id, st.label, "dropped", 0, None,
+                                            dr.reason))
+                        _settle(batch, cur, delivered=False)
+                        self.stats.filtered += 1
+                        continue
+                    except Held as h:
+                        if hops:
+                            journal.append((now, flow, cur.id, cur.correlation_id, st.label, "held", 0, None,
+                                            h.reason))
+                        self.stats.held += 1
+                        continue
                     except Exception as exc:
                         self._fail(batch, w, cur, si, st.label, exc, now, pending=None)
                         continue
@@ -398,6 +456,7 @@ class FlowRunner:
                         if hops:
                             journal.append((now, flow, cur.id, cur.correlation_id, st.label, "filtered", dur, None,
                                             None))
+                        _settle(batch, cur, delivered=False)
                         self.stats.filtered += 1
                     elif isinstance(r, Message):
                         out.append(r)
@@ -440,6 +499,7 @@ class FlowRunner:
         done_at = self.clock.now()
         for u in units:
             m = u.message
+            _settle(batch, m, delivered=not u.failed)
             delivered = [s for s in u.targets if s not in u.failed]
             if edges and delivered:
                 dg = _digest(m)
@@ -498,6 +558,7 @@ class FlowRunner:
         force_dead: bool = False,
     ) -> None:
         flow = self.flow.name
+        _settle(batch, m, delivered=False)
         attempts = w.attempt + 1
         record = {"at": now, "attempt": attempts, "step": where, "code": _code(exc), "error": _text(exc)[:500]}
         history = [*w.history, record]
@@ -538,6 +599,23 @@ class FlowRunner:
                                   f"{_code(exc)}: {reason[:300]}"))
         self.stats.dead += 1
         self.stats.dead_reasons.append((m.id, where, f"{_code(exc)}: {reason[:200]}"))
+
+    def _defer(self, batch: Batch, w: _Work, m: Message, resume: int, where: str, d: Defer, now: float) -> None:
+        """Continue ``m`` at step ``resume`` when ``d.until`` comes; the store holds it meanwhile."""
+        flow = self.flow.name
+        reuse = w.rid is not None and all(r.rid != w.rid for r in batch.retries)
+        rid = w.rid if (reuse and w.rid is not None) else f"{flow}:{m.id}:{uuid.uuid4().hex[:12]}"
+        batch.retries.append(
+            RetryEntry(
+                rid=rid, flow=flow, msg_id=m.id, due_at=d.until, attempt=w.attempt, resume=resume,
+                pending_sinks=w.pending, message=m.to_record(), original=_record(w.original, m),
+                history=w.history, first_at=w.first_at or now, origin="defer",
+            )
+        )
+        if self._journal != "off":
+            batch.journal.append((now, flow, m.id, m.correlation_id, where, "deferred", 0, None,
+                                  f"until {d.until:.3f}: {d.reason}" if d.reason else f"until {d.until:.3f}"))
+        self.stats.deferred += 1
 
     async def _advance_turn(self, label: str, seq: int) -> None:
         async with self._turn_changed:
@@ -592,6 +670,10 @@ class FlowRunner:
                 await asyncio.sleep(0.01)
                 continue
             nxt = await self.store.next_retry_at([self.flow.name])
+            for st in self.steps:
+                due = st.next_due()
+                if due is not None and (nxt is None or due < nxt):
+                    nxt = due
             now = self.clock.now()
             if (nxt is None or nxt > now + horizon) and not self.busy():
                 return
@@ -605,6 +687,10 @@ class FlowRunner:
             self._source_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._source_task
+        if self._tick_task is not None:
+            self._tick_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._tick_task
         # the retry loop only feeds the queue: stop it first
         retry_task = self._tasks[-1] if self._tasks else None
         if retry_task is not None:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from seamline.mapping.errors import MappingError
+from seamline.mapping.lookups import MISSING, Lookups, key_variants
 from seamline.mapping.timezones import parse_datetime, to_timezone
 
 __all__ = [
@@ -162,8 +163,6 @@ class ValueMaps:
             )
         if code is None:
             return None
-        from seamline.mapping.lookups import MISSING, key_variants
-
         for variant in key_variants(code):
             value = table.get(variant, MISSING)
             if value is not MISSING:
@@ -181,8 +180,6 @@ _EMPTY_MAPS = ValueMaps()
 
 
 def _default_xref(table: Any, key: Any = None, *default: Any) -> Any:
-    from seamline.mapping.lookups import Lookups
-
     return Lookups().xref(table, key, *default)
 
 

@@ -1,9 +1,9 @@
-"""The ``validate`` step: check the body against a JSON Schema."""
+"""The ``validate`` step: check the body against a JSON Schema, an XSD or an Avro schema."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema_rs
 import orjson
@@ -23,30 +23,67 @@ class ValidationFailed(FatalError):
 
 
 class ValidateConfig(StepConfig):
-    """Check the body against a JSON Schema; a violation dead-letters the message with every error and its path."""
+    """Check the body against a schema; a violation dead-letters the message with every error and its path."""
 
     schema_: str | dict[str, Any] = Field(
-        ..., alias="schema", description="JSON Schema: a file path (relative to the flow file) or the schema inline."
+        ..., alias="schema", description="The schema: a file path (relative to the flow file) or, for JSON Schema "
+        "and Avro, the schema inline."
+    )
+    kind: Literal["json-schema", "xsd", "avro"] = Field(
+        "json-schema", description="Schema language: JSON Schema (data), XSD (XML bodies) or Avro (data)."
     )
     max_errors: int = Field(10, ge=1, description="How many violations to report per message.")
 
     @model_validator(mode="after")
     def _check(self) -> ValidateConfig:
         if isinstance(self.schema_, dict):
-            try:
-                jsonschema_rs.validator_for(self.schema_)
-            except Exception as exc:
-                raise ValueError(f"invalid JSON Schema: {exc}") from None
+            if self.kind == "xsd":
+                raise ValueError("an XSD is given as a file path")
+            if self.kind == "json-schema":
+                try:
+                    jsonschema_rs.validator_for(self.schema_)
+                except Exception as exc:
+                    raise ValueError(f"invalid JSON Schema: {exc}") from None
         return self
 
 
 class ValidateStep(Step):
-    def __init__(self, schema: dict[str, Any], max_errors: int, name: str) -> None:
-        self.validator = jsonschema_rs.validator_for(schema)
+    def __init__(self, schema: Any, kind: str, max_errors: int, name: str) -> None:
+        self.kind = kind
         self.max_errors = max_errors
         self.name = name
+        if kind == "json-schema":
+            self.validator = jsonschema_rs.validator_for(schema)
+        elif kind == "xsd":
+            from seamline.formats.schema import XmlSchema
+
+            self.xsd = XmlSchema(schema)
+        else:
+            from seamline.formats.avro import parse_schema
+
+            self.avro = parse_schema(schema)
 
     def process(self, message: Message) -> Message:
+        if self.kind == "json-schema":
+            return self._json(message)
+        problems = self._issues(message)
+        if not problems:
+            return message
+        self._raise(problems)
+        return message  # pragma: no cover
+
+    def _issues(self, message: Message) -> list[dict[str, str]]:
+        if self.kind == "xsd":
+            body = message.body
+            data = body if isinstance(body, bytes | str) else message.raw
+            found = self.xsd.issues(data, limit=self.max_errors)
+        else:
+            from seamline.formats.schema import avro_issues
+
+            found = avro_issues(message.body, self.avro)[: self.max_errors]
+        return [{"path": i.path, "error": i.message} for i in found]
+
+    def _json(self, message: Message) -> Message:
         body = message.body
         if self.validator.is_valid(body):
             return message
@@ -56,6 +93,10 @@ class ValidateStep(Step):
             problems.append({"path": path, "error": err.message})
             if len(problems) >= self.max_errors:
                 break
+        self._raise(problems)
+        return message  # pragma: no cover
+
+    def _raise(self, problems: list[dict[str, str]]) -> None:
         text = "; ".join(f"{p['path']}: {p['error']}" for p in problems)
         raise ValidationFailed(f"{self.name}: {text}", details={"violations": problems})
 
@@ -64,15 +105,17 @@ class ValidateStep(Step):
     "step",
     "validate",
     config=ValidateConfig,
-    summary="Validate the body against a JSON Schema; violations go to the DLQ with their JSON paths.",
-    examples=("validate: {schema: schemas/order.json}",),
+    summary="Validate the body against a JSON Schema, XSD or Avro schema; violations go to the DLQ with paths.",
+    examples=("validate: {schema: schemas/order.json}", "validate: {schema: order.xsd, kind: xsd}"),
 )
 def _validate(cfg: ValidateConfig, ctx: BuildContext) -> ValidateStep:
     if isinstance(cfg.schema_, dict):
-        return ValidateStep(cfg.schema_, cfg.max_errors, "schema")
-    path = ctx.resolve_path(cfg.schema_)
+        return ValidateStep(cfg.schema_, cfg.kind, cfg.max_errors, "schema")
+    path = Path(ctx.resolve_path(cfg.schema_))
+    if cfg.kind == "xsd":
+        return ValidateStep(path, "xsd", cfg.max_errors, path.name)
     try:
-        schema = orjson.loads(Path(path).read_bytes())
+        schema = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise FatalError(f"cannot load schema {cfg.schema_}: {exc}", code="validate.schema_unreadable") from None
-    return ValidateStep(schema, cfg.max_errors, Path(cfg.schema_).name)
+    return ValidateStep(schema, cfg.kind, cfg.max_errors, path.name)

@@ -103,10 +103,12 @@ class Batch:
     retries_done: list[str] = field(default_factory=list)
     checkpoints: dict[str, Any] = field(default_factory=dict)
     idempotency: list[tuple[str, str, float]] = field(default_factory=list)
+    unpark: list[str] = field(default_factory=list)
 
     def empty(self) -> bool:
         return not (
             self.journal or self.dead or self.retries or self.retries_done or self.checkpoints or self.idempotency
+            or self.unpark
         )
 
 
@@ -148,6 +150,10 @@ class Store(Protocol):
     async def inbox_take(self, flow: str, limit: int, now: float, lease: float) -> list[tuple[int, dict[str, Any]]]: ...
     async def inbox_done(self, seqs: Sequence[int]) -> None: ...
     async def inbox_release(self, seqs: Sequence[int]) -> None: ...
+
+    # parked messages (held by a step, e.g. resequence)
+    async def park(self, scope: str, rows: Sequence[tuple[str, str, float, dict[str, Any]]]) -> None: ...
+    async def parked(self, scope: str) -> list[tuple[str, str, float, dict[str, Any]]]: ...
 
     # journal and audit
     async def trace(self, any_id: str) -> list[JournalEntry]: ...

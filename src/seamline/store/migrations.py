@@ -35,4 +35,11 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             seq INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, action TEXT NOT NULL,
             actor TEXT NOT NULL, detail BLOB NOT NULL)""",
     ],
+    # 2: messages parked by steps (resequence, aggregate)
+    [
+        """CREATE TABLE parked (
+            park_id TEXT PRIMARY KEY, scope TEXT NOT NULL, key TEXT NOT NULL, seq REAL NOT NULL,
+            record BLOB NOT NULL, parked_at REAL NOT NULL)""",
+        "CREATE INDEX parked_scope ON parked(scope, key, seq)",
+    ],
 ]

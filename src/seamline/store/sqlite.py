@@ -248,6 +248,8 @@ class SqliteStore:
                     " ON CONFLICT(scope) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at",
                     (scope, _dumps(value), time.time()),
                 )
+            if b.unpark:
+                c.executemany("DELETE FROM parked WHERE park_id=?", [(p,) for p in b.unpark])
             if b.idempotency:
                 c.executemany(
                     "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
@@ -524,6 +526,29 @@ class SqliteStore:
 
     async def remember(self, scope: str, keys: Sequence[tuple[str, float]]) -> None:
         await self.commit(Batch(idempotency=[(scope, k, exp) for k, exp in keys]))
+
+    # -- parked messages --------------------------------------------------------------------------
+    def park_sync(self, scope: str, rows: Sequence[tuple[str, str, float, dict[str, Any]]]) -> None:
+        now = time.time()
+        self._tx(
+            lambda c: c.executemany(
+                "INSERT OR IGNORE INTO parked(park_id, scope, key, seq, record, parked_at) VALUES (?,?,?,?,?,?)",
+                [(pid, scope, key, seq, _dumps(rec), now) for pid, key, seq, rec in rows],
+            )
+        )
+
+    async def park(self, scope: str, rows: Sequence[tuple[str, str, float, dict[str, Any]]]) -> None:
+        """Keep messages for a step, durably, until a batch commit lists their ids in ``unpark``."""
+        await self._run(self.park_sync, scope, rows)
+
+    def parked_sync(self, scope: str) -> list[tuple[str, str, float, dict[str, Any]]]:
+        rows = self.conn.execute(
+            "SELECT park_id, key, seq, record FROM parked WHERE scope=? ORDER BY key, seq", (scope,)
+        ).fetchall()
+        return [(r[0], r[1], float(r[2]), _loads(r[3])) for r in rows]
+
+    async def parked(self, scope: str) -> list[tuple[str, str, float, dict[str, Any]]]:
+        return await self._run(self.parked_sync, scope)
 
     # -- inbox ---------------------------------------------------------------------------
     def inbox_put_sync(self, flow: str, records: Sequence[dict[str, Any]]) -> None:

@@ -107,7 +107,7 @@ class CrmService(ServiceBase):
             raise Fault(
                 "Client.Validation",
                 "email is invalid" if name else "name is required",
-                detail={"field": "email" if name else "name", "value": email or ""},
+                detail={"ValidationError": {"field": "email" if name else "name", "value": email or ""}},
             )
         if name == "flaky" and attempt <= 2:
             raise Fault("Server.Busy", f"busy, attempt {attempt}")

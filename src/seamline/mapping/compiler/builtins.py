@@ -33,7 +33,7 @@ from seamline.mapping.compiler.values import (
 )
 from seamline.mapping.values import UNDEFINED
 
-__all__ = ["BUILTINS", "FAST", "RETURNS_SEQUENCE", "Builtin", "call"]
+__all__ = ["BUILTINS", "FAST", "RETURNS_SEQUENCE", "Builtin", "call", "round_to"]
 
 U = UNDEFINED
 
@@ -643,6 +643,21 @@ def _fast_sum(state: rt.State, ctx: Any, arr: Any) -> Any:
     if cls is int or cls is float:
         return arr
     return call(BUILTINS["sum"], state, ctx, [arr])
+
+
+_POWERS = [10.0**i for i in range(16)]
+
+
+def round_to(value: Any, precision: int, state: rt.State, ctx: Any) -> Any:
+    """``$round(value, precision)`` for a literal precision of 1-15 digits."""
+    if value.__class__ is float:
+        shifted = value * _POWERS[precision]
+        if abs(shifted - math.floor(shifted) - 0.5) > 1e-6:
+            result = round(value, precision)
+            return int(result) if result.is_integer() and -MAX_SAFE <= result <= MAX_SAFE else result
+    elif value.__class__ is int:
+        return value
+    return _fast_round(state, ctx, value, precision)
 
 
 def _fast_round(state: rt.State, ctx: Any, value: Any, precision: Any = U) -> Any:

@@ -13,6 +13,7 @@ expression is evaluated by the full engine instead.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from seamline.mapping.compiler import runtime as rt
-from seamline.mapping.compiler.builtins import BUILTINS, FAST, RETURNS_SEQUENCE, Builtin
+from seamline.mapping.compiler.builtins import BUILTINS, FAST, RETURNS_SEQUENCE, Builtin, round_to
 from seamline.mapping.compiler.builtins import call as call_builtin
 from seamline.mapping.compiler.parser import Node
 from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
@@ -146,6 +147,14 @@ class _Gen:
         self.scalar: set[str] = set()
         #: generated values already collapsed (collapse again only for keep-array)
         self.collapsed: set[str] = set()
+        #: generated values that may be an array built by a path's array constructor (Cons)
+        self.cons: set[str] = set()
+        #: generated values that are scalars but may be arrays (host function results)
+        self.lists: set[str] = set()
+        #: values already computed and still in scope: (kind, base, names) -> (code, indent)
+        self.memo: dict[tuple[Any, ...], tuple[str, int]] = {}
+        #: generated values that are never undefined (constructed objects and arrays)
+        self.present: set[str] = set()
         #: context variables known to hold a dict in the code being generated
         self.dicts: set[str] = set()
 
@@ -153,9 +162,8 @@ class _Gen:
     def line(self, text: str) -> None:
         self.lines.append("    " * self.indent + text)
 
-    @staticmethod
-    def defined(code: str) -> str:
-        return "True" if _constant(code) else f"{code} is not U"
+    def defined(self, code: str) -> str:
+        return "True" if _constant(code) or code in self.present else f"{code} is not U"
 
     def tmp(self, prefix: str = "t") -> str:
         return f"{prefix}{next(self.counter)}"
@@ -168,23 +176,34 @@ class _Gen:
         self.consts[name] = value
         return name
 
+    def push(self) -> None:
+        self.indent += 1
+
+    def pop(self) -> None:
+        """Leave an indented block: values computed inside it are no longer available."""
+        self.indent -= 1
+        self.memo = {key: entry for key, entry in self.memo.items() if entry[1] <= self.indent}
+
+    def remember(self, key: tuple[Any, ...], code: str) -> None:
+        self.memo[key] = (code, self.indent)
+
     @contextmanager
     def block(self) -> Iterator[None]:
-        self.indent += 1
+        self.push()
         try:
             yield
         finally:
-            self.indent -= 1
+            self.pop()
 
     @contextmanager
     def function(self, name: str, params: str) -> Iterator[None]:
         self.line(f"def {name}({params}):")
-        self.indent += 1
+        self.push()
         self.level += 1
         try:
             yield
         finally:
-            self.indent -= 1
+            self.pop()
             self.level -= 1
 
     def frame(self, parent: _Scope, nodes: list[Any]) -> _Scope:
@@ -224,20 +243,23 @@ class _Gen:
             self.line(f"if {value}.__class__ is Seq: {value}.keep = True")
             self.line(f"{out} = collapse({value})")
             self.collapsed.add(out)
+            if value in self.cons:
+                self.cons.add(out)
             return out
         if _constant(value) or value in self.scalar or value in self.collapsed:
             return value
         out = self.tmp()
         self.line(f"{out} = collapse({value})")
         self.collapsed.add(out)
+        self.cons.add(out)
         return out
 
     def host_arg(self, code: str) -> str:
         if _constant(code):
             return code
-        if code in self.scalar:
-            return f"(None if {code} is U else {code})"
-        return f"host_arg({code})"
+        if code in self.cons:
+            return f"host_arg({code})"
+        return f"(None if {code} is U else {code})"
 
     def is_scalar(self, code: str) -> bool:
         return _constant(code) or code in self.scalar
@@ -318,6 +340,8 @@ class _Gen:
         return out
 
     def inherit(self, out: str, *sources: str) -> None:
+        if any(code in self.cons for code in sources):
+            self.cons.add(out)
         if all(self.is_scalar(code) for code in sources):
             self.scalar.add(out)
         elif all(self.is_scalar(code) or code in self.collapsed for code in sources):
@@ -372,10 +396,19 @@ class _Gen:
         if op == "..":
             self.line(f"{out} = range_(R, {left}, {right})")
         elif op in ("+", "-", "*"):
-            self.line(
-                f"{out} = {left} {op} {right} if {left}.__class__ in NUM and {right}.__class__ in NUM "
-                f"and {left} - {left} == 0 and {right} - {right} == 0 else {self._OPS[op]}({left}, {right})"
-            )
+            checks = [
+                f"{code}.__class__ in NUM and {code} - {code} == 0"
+                for code in (left, right)
+                if not (_constant(code) and isinstance(ast.literal_eval(code), int | float)
+                        and not isinstance(ast.literal_eval(code), bool))
+            ]
+            if checks:
+                self.line(
+                    f"{out} = ({left}) {op} ({right}) if {' and '.join(checks)} "
+                    f"else {self._OPS[op]}({left}, {right})"
+                )
+            else:
+                self.line(f"{out} = {self._OPS[op]}({left}, {right})")
             self.scalar.add(out)
         elif op in self._OPS:
             self.line(f"{out} = {self._OPS[op]}({left}, {right})")
@@ -405,6 +438,7 @@ class _Gen:
                 self.line(f"{out} = Cons({out})")
             else:
                 self.scalar.add(out)
+            self.present.add(out)
         elif node.value == "{":
             return self.object(node.lhs, ctx, scope)
         else:
@@ -422,30 +456,35 @@ class _Gen:
                 with self.block():
                     self.line(f"{out} = {self.group(pairs, ctx, scope)}")
                 self.line("else:")
-                self.indent += 1
+                self.push()
                 self.dicts.add(ctx)
-            self.line(f"{out} = {{}}")
+            items = []
+            maybe_missing = []
             for key, value_node in pairs:
                 if _literal(value_node):
-                    self.line(f"{out}[{key.value!r}] = {value_node.value!r}")
+                    items.append(f"{key.value!r}: {value_node.value!r}")
                     continue
                 value = self.expr(value_node, ctx, scope)
-                if _constant(value):
-                    self.line(f"{out}[{key.value!r}] = {value}")
-                elif value in self.scalar:
-                    self.line(f"if {value} is not U: {out}[{key.value!r}] = {value}")
-                else:
-                    self.line(
-                        f"if {value} is not U: {out}[{key.value!r}] = "
-                        f"{value} if {value}.__class__ not in SEQS else list({value})"
-                    )
+                if value in self.cons:
+                    fixed = self.tmp()
+                    self.line(f"{fixed} = plain({value})")
+                    value = fixed
+                items.append(f"{key.value!r}: {value}")
+                if not _constant(value) and value not in self.present:
+                    maybe_missing.append(value)
+            self.line(f"{out} = {{{', '.join(items)}}}")
+            if maybe_missing:
+                test = " or ".join(f"{code} is U" for code in maybe_missing)
+                self.line(f"if {test}: {out} = {{k: v for k, v in {out}.items() if v is not U}}")
             if not known:
-                self.indent -= 1
+                self.pop()
                 self.dicts.discard(ctx)
             self.scalar.add(out)
+            self.present.add(out)
             return out
         self.line(f"{out} = {self.group(pairs, ctx, scope)}")
         self.scalar.add(out)
+        self.present.add(out)
         return out
 
     def group(self, pairs: list[tuple[Node, Node]], ctx: str, scope: _Scope) -> str:
@@ -465,7 +504,8 @@ class _Gen:
                 self.line(f"return {self.expr(value, param, scope)}")
             parts.append(f"({key_code}, {value_fn})")
         out = self.tmp()
-        self.line(f"{out} = group(R, {ctx}, ({', '.join(parts)},))")
+        pairs_code = f"({', '.join(parts)},)" if parts else "()"
+        self.line(f"{out} = group(R, {ctx}, {pairs_code})")
         self.scalar.add(out)
         return out
 
@@ -511,25 +551,41 @@ class _Gen:
             base = ctx
             names = [s.value for s in steps]
             slow_input = f"to_seq({base})"
+        key = ("path", base, tuple(names))
+        if key in self.memo:
+            return self.memo[key][0]
         out = self.tmp()
-        known = base in self.dicts
-        tests = [] if known else [f"{base}.__class__ is dict"]
+        tests: list[str] = []
         current = base
-        for name in names[:-1]:
+        rest = names
+        if base in self.dicts:
+            first_key = ("get", base, names[0])
+            if first_key in self.memo:
+                current = self.memo[first_key][0]
+            else:
+                current = self.tmp()
+                self.line(f"{current} = {base}.get({names[0]!r}, U)")
+                self.remember(first_key, current)
+            rest = names[1:]
+            if not rest:
+                self.collapsed.add(current)
+                self.remember(key, current)
+                return current
+            tests.append(f"{current}.__class__ is dict")
+        else:
+            tests.append(f"{base}.__class__ is dict")
+        for name in rest[:-1]:
             tests.append(f"({out} := {current}.get({name!r}, U)).__class__ is dict")
             current = out
-        if not tests:
-            self.line(f"{out} = {current}.get({names[-1]!r}, U)")
-            self.collapsed.add(out)
-            return out
         names_const = self.const(tuple(names), "N")
         self.line(f"if {' and '.join(tests)}:")
         with self.block():
-            self.line(f"{out} = {current}.get({names[-1]!r}, U)")
+            self.line(f"{out} = {current}.get({rest[-1]!r}, U)")
         self.line("else:")
         with self.block():
             self.line(f"{out} = collapse(names_path({slow_input}, {names_const}, R))")
         self.collapsed.add(out)
+        self.remember(key, out)
         return out
 
     def loop_path(self, node: Node, ctx: str, scope: _Scope) -> str:
@@ -553,19 +609,37 @@ class _Gen:
             self.line(f"if len({value}) > 1: R.check()")
             self.line(f"for {item} in {value}:")
             with self.block():
-                step_value = self.expr(last, item, scope)
-                step_value = self.stages(last, step_value, scope)
-                if _constant(step_value):
-                    self.line(f"{results}.append({step_value})")
-                else:
-                    self.line(f"if {step_value} is not U: {results}.append({step_value})")
-            self.line(f"{out} = collapse(finish({results}, True, R))")
+                self.line(f"if {item}.__class__ is dict:")
+                with self.block():
+                    self.dicts.add(item)
+                    known = self.loop_body(last, item, results, scope)
+                    self.dicts.discard(item)
+                self.line("else:")
+                with self.block():
+                    generic = self.loop_body(last, item, results, scope)
+            if known and generic:
+                # no step value can be an array: finishing the sequence is just collapsing it
+                self.line(f"{out} = {results}[0] if len({results}) == 1 else ({results} if {results} else U)")
+            else:
+                self.line(f"{out} = collapse(finish({results}, True, R))")
         self.line("else:")
         with self.block():
             general = self.general_path(node, ctx, scope)
             self.line(f"{out} = {general}")
+            if general in self.cons:
+                self.cons.add(out)
         self.collapsed.add(out)
         return out
+
+    def loop_body(self, step: Node, item: str, results: str, scope: _Scope) -> bool:
+        """One loop iteration of :meth:`loop_path`; True if the value is known not to be an array."""
+        value = self.expr(step, item, scope)
+        value = self.stages(step, value, scope)
+        if _constant(value) or value in self.present:
+            self.line(f"{results}.append({value})")
+        else:
+            self.line(f"if {value} is not U: {results}.append({value})")
+        return not step.stages and (_constant(value) or value in self.scalar) and value not in self.lists
 
     def general_path(self, node: Node, ctx: str, scope: _Scope) -> str:
         steps = node.steps
@@ -591,7 +665,7 @@ class _Gen:
             last = index == len(steps) - 1
             if index > 0:
                 self.line(f"if {seq}:")
-                self.indent += 1
+                self.push()
                 opened += 1
             if step.type == "name" and not step.stages:
                 self.line(f"{seq} = name_step({seq}, {step.value!r}, {last}, R)")
@@ -610,17 +684,20 @@ class _Gen:
                 value = self.stages(step, value, scope)
                 self.line(f"return {value}")
             self.line(f"{seq} = map_step(R, {seq}, {fn}, {last})")
-        self.indent -= opened
+        for _ in range(opened):
+            self.pop()
         if node.keepSingletonArray:
             self.line(f"if {seq}.__class__ is Cons: {seq} = seq1({seq})")
             self.line(f"if {seq}.__class__ is Seq: {seq}.keep = True")
         if node.group is not None:
             return self.group(node.group.lhs, seq, scope)
-        if node.keepArray:
-            return seq
-        out = self.tmp()
-        self.line(f"{out} = collapse({seq})")
-        self.collapsed.add(out)
+        out = seq
+        if not node.keepArray:
+            out = self.tmp()
+            self.line(f"{out} = collapse({seq})")
+            self.collapsed.add(out)
+        if any(step.consarray for step in steps):
+            self.cons.add(out)
         return out
 
     def stages(self, step: Node, value: str, scope: _Scope) -> str:
@@ -672,13 +749,16 @@ class _Gen:
                 self.line(f"host_failed(exc, {name!r})")
             self.line(f"if {out} is U or {out}.__class__ is tuple: {out} = host_result({out})")
             self.scalar.add(out)
+            self.lists.add(out)
             return out
         if builtin is None:
             raise NotCompilable(f"function ${name}")
         if not builtin.min_args <= len(args) <= builtin.max_args:
             raise NotCompilable("argument count")
         fast = FAST.get((name, len(args)))
-        if fast is not None:
+        if name == "round" and len(args) == 2 and args[1].isdigit() and 0 < int(args[1]) < 16:
+            self.line(f"{out} = round_to({args[0]}, {args[1]}, R, {ctx})")
+        elif fast is not None:
             ref = self.const(fast, "Q")
             self.line(f"{out} = {ref}(R, {ctx}, {', '.join(args)})")
         else:
@@ -721,6 +801,7 @@ _GLOBALS: dict[str, Any] = {
 _GLOBALS["NUM"] = frozenset({int, float})
 _GLOBALS["SEQS"] = frozenset({Seq, Cons})
 _GLOBALS["finish"] = rt._finish
+_GLOBALS["round_to"] = round_to
 _GLOBALS["host_arg"] = _host_arg
 _GLOBALS["host_failed"] = _host_failed
 _GLOBALS["host_result"] = _host_result

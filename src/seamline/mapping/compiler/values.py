@@ -77,13 +77,19 @@ class Lambda:
 
 
 def collapse(value: Any) -> Any:
-    """Leave a node: an empty sequence is undefined, a singleton sequence its item."""
+    """Leave a node: an empty sequence is undefined, a singleton sequence its item.
+
+    A longer sequence becomes a plain list: once collapsed, a sequence behaves
+    exactly like an array, so values never carry the sequence marker beyond
+    the node that made them (and need no conversion on output).
+    """
     if value.__class__ is Seq:
         n = len(value)
         if n == 0:
             return U
         if n == 1 and not value.keep:
             return value[0]
+        return list(value)
     return value
 
 
