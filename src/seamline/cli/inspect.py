@@ -52,7 +52,9 @@ def status_command(state: str | None, json_out: bool) -> None:
             retries = conn.execute("SELECT flow, COUNT(*), MIN(due_at) FROM retries GROUP BY flow").fetchall()
             cps = conn.execute("SELECT scope, updated_at FROM checkpoints ORDER BY scope").fetchall()
             jconn = getattr(store, "_jconn", None) or conn
-            journal = jconn.execute("SELECT flow, COUNT(*), MAX(ts) FROM journal GROUP BY flow").fetchall()
+            journal = jconn.execute(
+                "SELECT flow, COUNT(*), MAX(ts) FROM journal WHERE flow != '-' GROUP BY flow"
+            ).fetchall()
             breakers = conn.execute(
                 "SELECT scope, value, updated_at FROM checkpoints WHERE scope LIKE 'breaker:%'"
             ).fetchall()
@@ -60,7 +62,7 @@ def status_command(state: str | None, json_out: bool) -> None:
                 "dead_letters": [{"flow": f, "status": s, "count": n} for f, s, n in dead],
                 "retries": [{"flow": f, "count": n, "next_due": _iso(d)} for f, n, d in retries],
                 "checkpoints": [{"scope": s, "updated": _iso(u)} for s, u in cps if not s.startswith("breaker:")],
-                "journal": [{"flow": f, "records": n, "last": _iso(t)} for f, n, t in journal],
+                "journal": [{"flow": f, "messages": n, "last": _iso(t)} for f, n, t in journal],
                 "breakers": [{"endpoint": s[len("breaker:"):], "updated": _iso(u)} for s, _v, u in breakers],
             }
 

@@ -314,9 +314,12 @@ class TokenAuth(Auth):
         audience: str | None = None,
         extra_params: Mapping[str, str] | None = None,
         refresh_before: float = 60.0,
+        timeout: float = 10.0,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._token_url = token_url
+        #: seconds one token request may take
+        self.timeout = float(timeout)
         self._scope = " ".join(scope) if isinstance(scope, list) else scope
         self._audience = audience
         self._extra = dict(extra_params or {})
@@ -589,6 +592,7 @@ def build_auth(cfg: Any, *, resolve_path: Callable[[str], Path] = Path, clock: C
         "audience": cfg.audience,
         "extra_params": cfg.extra_params,
         "refresh_before": cfg.refresh_before,
+        "timeout": cfg.timeout,
         "clock": clock,
     }
     if isinstance(cfg, OAuth2ClientCredentialsConfig):

@@ -128,21 +128,26 @@ class RabbitMQSinkConfig(SinkConfig):
 
 
 def _error(exc: BaseException, what: str) -> SeamlineError:
-    import aio_pika.exceptions as ape
     import aiormq.exceptions as amqe
 
     text = f"{what}: {type(exc).__name__}: {exc}".strip()
     if isinstance(exc, SeamlineError):
         return exc
-    if isinstance(exc, amqe.ProbableAuthenticationError | amqe.ConnectionAccessRefused | amqe.ChannelAccessRefused):
+    if isinstance(
+        exc,
+        amqe.AuthenticationError
+        | amqe.ProbableAuthenticationError
+        | amqe.ConnectionNotAllowed
+        | amqe.ChannelAccessRefused,
+    ):
         return FatalError(text, code="rabbitmq.unauthorized")
     if isinstance(exc, amqe.ChannelNotFoundEntity):
         return FatalError(text, code="rabbitmq.not_found")
     if isinstance(exc, amqe.ChannelPreconditionFailed):
         return FatalError(text, code="rabbitmq.precondition_failed")
-    if isinstance(exc, ape.PublishError | amqe.PublishError):
+    if isinstance(exc, amqe.PublishError):
         return FatalError(text, code="rabbitmq.unroutable")
-    if isinstance(exc, ape.DeliveryError | amqe.DeliveryError):
+    if isinstance(exc, amqe.DeliveryError):
         return RetryableError(text, code="rabbitmq.nacked")
     if isinstance(exc, TimeoutError):
         return RetryableError(text, code="rabbitmq.timeout")

@@ -470,6 +470,9 @@ class SoapCaller:
         transport = zeep.Transport(timeout=self.cfg.timeout, operation_timeout=self.cfg.timeout)
         transport.session.headers.update(self._headers)
         transport.session.verify = self.cfg.verify_tls
+        # errors are raised outside the except blocks: the library's exception (which may quote a
+        # response or a URL with credentials) must not ride along as __context__ into the DLQ
+        err: SeamlineError | None = None
         try:
             client = zeep.Client(
                 self.wsdl, transport=transport, settings=settings,
@@ -477,19 +480,19 @@ class SoapCaller:
             )
             service = client.service
         except FileNotFoundError:
-            raise FatalError(f"WSDL file not found: {where}", code="soap.wsdl.not_found") from None
+            err = FatalError(f"WSDL file not found: {where}", code="soap.wsdl.not_found")
         except requests.RequestException as exc:
-            raise RetryableError(
-                f"cannot load the WSDL from {where}: {_scrub(exc, 300)}", code="soap.wsdl.unavailable"
-            ) from None
+            err = RetryableError(f"cannot load the WSDL from {where}: {_scrub(exc, 300)}", code="soap.wsdl.unavailable")
         except zeep.exceptions.TransportError as exc:
-            raise RetryableError(
+            err = RetryableError(
                 f"cannot load the WSDL from {where}: HTTP {exc.status_code}", code="soap.wsdl.unavailable"
-            ) from None
+            )
         except (zeep.exceptions.Error, ValueError, KeyError, OSError) as exc:
-            raise FatalError(f"invalid WSDL {where}: {_scrub(exc, 300)}", code="soap.wsdl.invalid") from None
+            err = FatalError(f"invalid WSDL {where}: {_scrub(exc, 300)}", code="soap.wsdl.invalid")
         finally:
             transport.session.close()  # the WSDL is loaded; calls go through aiohttp
+        if err is not None:
+            raise err
         binding = service._binding
         operations = sorted(binding._operations)
         if self.cfg.operation not in binding._operations:
@@ -512,19 +515,25 @@ class SoapCaller:
             self._session = None
 
     # -- calls --
+    # Library exceptions are turned into seamline errors that are raised *outside* the except
+    # blocks, so the original (which may quote the request, security header included) is not
+    # chained as __context__ and never reaches the DLQ's error chain.
 
     def _envelope(self, message: Message) -> tuple[bytes, dict[str, str]]:
         import zeep.exceptions
         from zeep.wsdl.utils import etree_to_string
 
         args = self.template.render(message)
+        err: FatalError | None = None
         try:
             envelope, http_headers = self._binding._create(self.cfg.operation, (), args, client=self._client)
         except (TypeError, ValueError, zeep.exceptions.Error) as exc:
-            raise FatalError(
+            err = FatalError(
                 f"the request does not fit operation {self.cfg.operation}: {_scrub(exc, 400)}",
                 code="soap.request.invalid",
-            ) from None
+            )
+        if err is not None:
+            raise err
         headers = {**self._headers, **{str(k): str(v) for k, v in http_headers.items()}}
         if self.cfg.idempotency_header:
             headers[self.cfg.idempotency_header] = message.id
@@ -538,17 +547,17 @@ class SoapCaller:
             raise RuntimeError("SoapCaller.open() was not called")
         data, headers = self._envelope(message)
         op = self.cfg.operation
+        err: SeamlineError | None = None
         try:
             async with self._session.post(self.address, data=data, headers=headers) as resp:
                 content = await self._read(resp)
                 reply = _Reply(resp.status, resp.headers.copy(), content, resp.charset)
-        except SeamlineError:
-            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            err = transport_error(exc, prefix="soap", what=f"SOAP call {op} to {redact_url(self.address)}")
-            if err is None:
-                raise FatalError(f"SOAP call {op} failed: {_scrub(exc, 300)}", code="soap.call.failed") from None
-            raise err from None
+            err = transport_error(exc, prefix="soap", what=f"SOAP call {op} to {redact_url(self.address)}") or (
+                FatalError(f"SOAP call {op} failed: {_scrub(exc, 300)}", code="soap.call.failed")
+            )
+        if err is not None:
+            raise err
         return self._interpret(reply)
 
     async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
@@ -580,27 +589,24 @@ class SoapCaller:
         ok = 200 <= status <= 299
         if not ok and not reply.content:
             raise self._http_error(reply)
+        op = self.cfg.operation
+        err: SeamlineError | None = None
         try:
             result = self._binding.process_reply(self._client, self._operation, reply)
         except zeep.exceptions.Fault as fault:
             if fault.code is None and not ok:  # an XML answer with an error status but no Fault element
-                raise self._http_error(reply) from None
-            raise fault_error(
-                fault, operation=self.cfg.operation, url=self.address, status=status, headers=reply.headers,
-                classes=self.cfg.fault_classes,
-            ) from None
+                err = self._http_error(reply)
+            else:
+                err = fault_error(fault, operation=op, url=self.address, status=status, headers=reply.headers,
+                                  classes=self.cfg.fault_classes)
         except (zeep.exceptions.TransportError, zeep.exceptions.XMLSyntaxError, zeep.exceptions.XMLParseError) as exc:
-            if not ok:
-                raise self._http_error(reply) from None
-            raise FatalError(
-                f"the response of {self.cfg.operation} is not a SOAP message: {_scrub(exc, 300)}",
-                code="soap.response.invalid",
-            ) from None
+            err = self._http_error(reply) if not ok else FatalError(
+                f"the response of {op} is not a SOAP message: {_scrub(exc, 300)}", code="soap.response.invalid"
+            )
         except (zeep.exceptions.Error, ValueError, TypeError) as exc:
-            raise FatalError(
-                f"cannot read the response of {self.cfg.operation}: {_scrub(exc, 300)}",
-                code="soap.response.invalid",
-            ) from None
+            err = FatalError(f"cannot read the response of {op}: {_scrub(exc, 300)}", code="soap.response.invalid")
+        if err is not None:
+            raise err
         if not ok:
             raise self._http_error(reply)
         return jsonable(serialize_object(result, dict))

@@ -113,8 +113,9 @@ class Step:
     """Base class of steps. Override ``process`` (sync) or ``process_async``."""
 
     is_async: ClassVar[bool] = False
+    #: set by the runtime: the step's label and its registered type name
     label: str = ""
-    kind: str = ""
+    component: str = ""
 
     def process(self, message: Message) -> Message | Sequence[Message] | None:
         """Return the message (changed or not), several messages, or None to drop it."""
@@ -154,8 +155,9 @@ class Sink:
     guards_itself: ClassVar[bool] = False
     #: breaker/rate-limit key, e.g. ``https://api.example.com:443``; default: flow/label
     endpoint: str | None = None
+    #: set by the runtime: the sink's label and its registered type name
     label: str = ""
-    kind: str = ""
+    component: str = ""
 
     async def open(self) -> None:
         """Connect."""

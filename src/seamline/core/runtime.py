@@ -239,7 +239,7 @@ class FlowRunner:
         comp = spec.factory(ref.config, self._ctx(ref))
         if ref.role in ("step", "sink"):
             comp.label = ref.label
-            comp.kind = ref.name
+            comp.component = ref.name
         return comp
 
     async def open(self) -> None:

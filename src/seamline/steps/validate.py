@@ -49,7 +49,7 @@ class ValidateConfig(StepConfig):
 
 class ValidateStep(Step):
     def __init__(self, schema: Any, kind: str, max_errors: int, name: str) -> None:
-        self.kind = kind
+        self.schema_kind = kind
         self.max_errors = max_errors
         self.name = name
         if kind == "json-schema":
@@ -64,7 +64,7 @@ class ValidateStep(Step):
             self.avro = parse_schema(schema)
 
     def process(self, message: Message) -> Message:
-        if self.kind == "json-schema":
+        if self.schema_kind == "json-schema":
             return self._json(message)
         problems = self._issues(message)
         if not problems:
@@ -73,7 +73,7 @@ class ValidateStep(Step):
         return message  # pragma: no cover
 
     def _issues(self, message: Message) -> list[dict[str, str]]:
-        if self.kind == "xsd":
+        if self.schema_kind == "xsd":
             body = message.body
             data = body if isinstance(body, bytes | str) else message.raw
             found = self.xsd.issues(data, limit=self.max_errors)

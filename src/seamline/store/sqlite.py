@@ -24,19 +24,34 @@ from seamline.store.migrations import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
 
+# One row holds the hops of one message in one pass through a flow (a batch); ``trace`` expands it
+# into one record per hop. Packing the hops keeps the journal's write cost per message, not per hop.
 JOURNAL_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS journal (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT NOT NULL,
-        step TEXT NOT NULL, outcome TEXT NOT NULL, duration_us INTEGER NOT NULL,
-        digest TEXT, detail TEXT)""",
+        ts REAL NOT NULL, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT,
+        hops BLOB NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS journal_msg ON journal(msg_id)",
-    "CREATE INDEX IF NOT EXISTS journal_corr ON journal(correlation_id)",
+    "CREATE INDEX IF NOT EXISTS journal_corr ON journal(correlation_id) WHERE correlation_id IS NOT NULL",
 )
-_JOURNAL_INSERT = (
-    "INSERT INTO journal(ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail)"
-    " VALUES (?,?,?,?,?,?,?,?,?)"
-)
+_JOURNAL_INSERT = "INSERT INTO journal(ts, flow, msg_id, correlation_id, hops) VALUES (?,?,?,?,?)"
+
+
+def _pack_journal(rows: list[Any]) -> list[tuple[Any, ...]]:
+    """Group hop rows by message, keeping their order: one packed row per message."""
+    groups: dict[tuple[str, str, str], list[Any]] = {}
+    for ts, flow, msg_id, corr, step, outcome, dur, digest, detail in rows:
+        key = (flow, msg_id, corr)
+        hops = groups.get(key)
+        if hops is None:
+            groups[key] = [(ts, step, outcome, dur, digest, detail)]
+        else:
+            hops.append((ts, step, outcome, dur, digest, detail))
+    enc = _enc.encode
+    return [
+        (hops[0][0], flow, msg_id, None if corr == msg_id else corr, enc(hops))
+        for (flow, msg_id, corr), hops in groups.items()
+    ]
 
 T = TypeVar("T")
 
@@ -175,7 +190,7 @@ class SqliteStore:
         with lock:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(_JOURNAL_INSERT, rows)
+                c.executemany(_JOURNAL_INSERT, _pack_journal(rows))
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
@@ -594,11 +609,18 @@ class SqliteStore:
     def trace_sync(self, any_id: str) -> list[JournalEntry]:
         c = self._jconn if self._jconn is not None else self.conn
         rows = c.execute(
-            "SELECT seq, ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail FROM journal"
-            " WHERE msg_id=? OR correlation_id=? ORDER BY seq",
+            "SELECT seq, flow, msg_id, correlation_id, hops FROM journal WHERE msg_id=?"
+            " UNION SELECT seq, flow, msg_id, correlation_id, hops FROM journal WHERE correlation_id=?"
+            " ORDER BY seq",
             (any_id, any_id),
         ).fetchall()
-        return [JournalEntry(*r) for r in rows]
+        out: list[JournalEntry] = []
+        n = 0
+        for _seq, flow, msg_id, corr, blob in rows:
+            for ts, step, outcome, dur, digest, detail in _loads(blob):
+                n += 1
+                out.append(JournalEntry(n, ts, flow, msg_id, corr or msg_id, step, outcome, dur, digest, detail))
+        return out
 
     async def trace(self, any_id: str) -> list[JournalEntry]:
         await self.flush_journal()

@@ -316,10 +316,10 @@ class RabbitNode:
     """
 
     def __init__(self, base: Path) -> None:
-        exe = shutil.which("rabbitmq-server") or next(
-            (p for p in ("/usr/lib/rabbitmq/bin/rabbitmq-server", "/usr/sbin/rabbitmq-server") if os.path.exists(p)),
-            None,
-        )
+        # the real start script: the packaged wrapper on PATH switches users and loses the environment
+        exe = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not os.path.exists(exe):
+            exe = shutil.which("rabbitmq-server")
         if exe is None:
             unavailable("rabbitmq-server is not installed")
         assert exe is not None

@@ -247,7 +247,8 @@ def write_flow(
     if steps:
         doc["steps"] = steps
     doc["settings"] = {"batch_size": 100, "drain_timeout": "10s", **(settings or {})}
-    doc["on_error"] = on_error or {"retry": {"max_attempts": 20, "initial": "100ms", "max": "1s"}}
+    # patient enough for a broker restart (about a minute of retries), quick to notice recovery
+    doc["on_error"] = on_error or {"retry": {"max_attempts": 60, "initial": "100ms", "max": "1s", "jitter": False}}
     path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path

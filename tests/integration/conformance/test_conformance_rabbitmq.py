@@ -55,7 +55,8 @@ class RabbitBackend(Backend):
         import aio_pika
 
         if self._conn is None or self._conn.is_closed:
-            self._conn = await aio_pika.connect(self.url, timeout=10)
+            self._conn = await aio_pika.connect_robust(self.url, timeout=10)
+        await self._conn.ready()
         return self._conn
 
     async def new_channel(self, tag: str) -> str:
@@ -66,6 +67,15 @@ class RabbitBackend(Backend):
         return name
 
     async def publish(self, channel: str, messages: Sequence[WireMessage]) -> None:
+        for attempt in range(20):
+            try:
+                return await self._publish(channel, messages)
+            except Exception:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _publish(self, channel: str, messages: Sequence[WireMessage]) -> None:
         import aio_pika
 
         async with (await self.conn()).channel(publisher_confirms=True) as ch:
@@ -85,7 +95,7 @@ class RabbitBackend(Backend):
         import aio_pika
 
         out = Collected()
-        conn = await aio_pika.connect(self.url, timeout=10)
+        conn = await aio_pika.connect_robust(self.url, timeout=10)
         try:
             ch = await conn.channel()
             q = await ch.declare_queue(channel, durable=True, arguments=QUEUE_ARGS)

@@ -34,7 +34,7 @@ class Crm:
         return f"{self.base}{path}"
 
     def _get(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.base + path, timeout=10) as r:  # noqa: S310 - loopback test server
+        with urllib.request.urlopen(self.base + path, timeout=10) as r:
             return r.read()
 
     def state(self) -> dict:

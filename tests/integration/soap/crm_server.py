@@ -95,7 +95,7 @@ def _authenticate(ctx: object) -> None:
 
 class CrmService(ServiceBase):
     @rpc(Unicode, Unicode, Unicode, _returns=CustomerRef)
-    def CreateCustomer(ctx, id, name, email):  # noqa: N802, N805, A002
+    def CreateCustomer(ctx, id, name, email):
         _authenticate(ctx)
         with _lock:
             _attempts[id] = _attempts.get(id, 0) + 1
@@ -121,7 +121,7 @@ class CrmService(ServiceBase):
         return CustomerRef(id=id, status="created")
 
     @rpc(Unicode, _returns=Customer)
-    def GetCustomer(ctx, id):  # noqa: N802, N805, A002
+    def GetCustomer(ctx, id):
         _authenticate(ctx)
         with _lock:
             found = _customers.get(id)
@@ -173,7 +173,7 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _Quiet(WSGIRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 

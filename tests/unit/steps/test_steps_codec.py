@@ -117,3 +117,33 @@ async def test_hostile_stylesheets_are_refused_before_running(conformance_dir: P
         await run_flow(fl, tmp_path / "s.db")
     assert exc.value.code.startswith("format.xslt.")
     assert not (tmp_path / "xalan_redirect.txt").exists()
+
+
+async def test_validate_with_xsd_and_avro(tmp_path: Path) -> None:
+    (tmp_path / "order.xsd").write_text(
+        '<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"><xs:element name="order"><xs:complexType>'
+        '<xs:sequence><xs:element name="total" type="xs:decimal"/></xs:sequence>'
+        '<xs:attribute name="id" type="xs:string" use="required"/></xs:complexType></xs:element></xs:schema>'
+    )
+    channel("in").put(Message(raw=b'<order id="1"><total>9.5</total></order>', id="good",
+                              content_type="application/xml"))
+    channel("in").put(Message(raw=b'<order><total>abc</total></order>', id="bad", content_type="application/xml"))
+    fl = Flow("t", source=source("memory", channel="in"),
+              steps=[step("validate", schema="order.xsd", kind="xsd", label="xsd")],
+              sinks=[sink("memory", channel="out")])
+    fl.base_dir = tmp_path
+    dead = await run_flow(fl, tmp_path / "s.db")
+    assert [m.id for m in channel("out").written] == ["good"]
+    (d,) = dead
+    assert d.msg_id == "bad" and d.error_code == "validate.schema" and d.step == "xsd"
+    assert "total" in d.error_message or "id" in d.error_message
+
+    reset_channels()
+    avro = {"type": "record", "name": "Order", "fields": [{"name": "id", "type": "string"},
+                                                         {"name": "total", "type": "double"}]}
+    channel("in").put({"id": "a", "total": 1.5}, id="ok")
+    channel("in").put({"id": "b", "total": "x"}, id="no")
+    fl = flow(step("validate", schema=avro, kind="avro", label="avro"))
+    dead = await run_flow(fl, tmp_path / "s2.db")
+    assert [m.id for m in channel("out").written] == ["ok"]
+    assert [d.msg_id for d in dead] == ["no"]

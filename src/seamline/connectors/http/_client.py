@@ -476,9 +476,10 @@ class HttpClient:
 
         self.check_url(url)
         h = {"Content-Type": "application/x-www-form-urlencoded", **headers}
+        seconds = getattr(self.auth, "timeout", None) or self.cfg.request_timeout
         try:
             async with self.session.post(url, data=urlencode(form).encode(), headers=h, allow_redirects=False,
-                                         timeout=self.timeout) as resp:
+                                         timeout=aiohttp.ClientTimeout(total=seconds)) as resp:
                 data, _ = await self._read(resp, 256 * 1024, False, url)
                 return resp.status, CIMultiDictProxy(CIMultiDict(resp.headers)), data
         except SeamlineError:

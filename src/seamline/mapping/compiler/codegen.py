@@ -397,18 +397,19 @@ class _Gen:
             self.line(f"{out} = range_(R, {left}, {right})")
         elif op in ("+", "-", "*"):
             checks = [
-                f"{code}.__class__ in NUM and {code} - {code} == 0"
+                f"{code}.__class__ in NUM"
                 for code in (left, right)
                 if not (_constant(code) and isinstance(ast.literal_eval(code), int | float)
                         and not isinstance(ast.literal_eval(code), bool))
             ]
+            slow = f"{self._OPS[op]}({left}, {right})"
             if checks:
-                self.line(
-                    f"{out} = ({left}) {op} ({right}) if {' and '.join(checks)} "
-                    f"else {self._OPS[op]}({left}, {right})"
-                )
+                # a non-finite result means a non-finite operand (an error) or an overflow (inf):
+                # the checked helper tells them apart
+                fast = f"({slow} if ({out} := ({left}) {op} ({right})) - {out} != 0 else {out})"
+                self.line(f"{out} = {fast} if {' and '.join(checks)} else {slow}")
             else:
-                self.line(f"{out} = {self._OPS[op]}({left}, {right})")
+                self.line(f"{out} = {slow}")
             self.scalar.add(out)
         elif op in self._OPS:
             self.line(f"{out} = {self._OPS[op]}({left}, {right})")
@@ -757,7 +758,12 @@ class _Gen:
             raise NotCompilable("argument count")
         fast = FAST.get((name, len(args)))
         if name == "round" and len(args) == 2 and args[1].isdigit() and 0 < int(args[1]) < 16:
-            self.line(f"{out} = round_to({args[0]}, {args[1]}, R, {ctx})")
+            # Python's round() is JSONata's $round except at (near-)ties of the decimal form
+            value, digits = args[0], int(args[1])
+            self.line(
+                f"{out} = round({value}, {digits}) if {value}.__class__ is float and not "
+                f"(0.499999 < ({value} * {10.0**digits!r}) % 1.0 < 0.500001) else round_to({value}, {digits}, R, {ctx})"
+            )
         elif fast is not None:
             ref = self.const(fast, "Q")
             self.line(f"{out} = {ref}(R, {ctx}, {', '.join(args)})")
