@@ -499,9 +499,10 @@ class WebhookSource(Source):
         from starlette.applications import Starlette
         from starlette.routing import Route
 
-        routes = [Route(path, functools.partial(self._handle, route), methods=None)
+        every = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+        routes = [Route(path, functools.partial(self._handle, route), methods=every)
                   for path, route in self.routes.items()]
-        routes.append(Route("/{rest:path}", self._not_found, methods=None))
+        routes.append(Route("/{rest:path}", self._not_found, methods=every))
         return Starlette(routes=routes)
 
     async def open(self) -> None:
@@ -574,9 +575,8 @@ class WebhookSource(Source):
                     try:
                         msg = Message.from_record(rec)
                     except Exception as exc:  # a row this version cannot read: dead-letter it, never drop it
-                        from seamline.core.message import Message as _M
-
-                        msg = _M({"$inbox_seq": seq}, id=str(rec.get("id") or seq) if isinstance(rec, dict) else None)
+                        rid = rec.get("id") if isinstance(rec, dict) else None
+                        msg = Message({"$inbox_seq": seq}, id=str(rid or seq))
                         batch.append(Delivery(msg, functools.partial(self._ack, seq),
                                               functools.partial(self._nack, seq),
                                               FatalError(f"unreadable inbox record: {exc}", code="webhook.inbox")))

@@ -532,9 +532,12 @@ class FlowRunner:
         await self.store.commit(batch)
         acked = False
         for w in items:
-            if w.delivery is not None:
+            dlv = w.delivery
+            if dlv is not None:
                 w.settled = True
-                await _call(w.delivery.ack)
+                pending_ack = dlv.ack()
+                if pending_ack is not None:
+                    await pending_ack
                 acked = True
             else:
                 self._retries_inflight -= 1
