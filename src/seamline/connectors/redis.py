@@ -218,6 +218,7 @@ class RedisSource(Source):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                _reraise_cancel()
                 if _is_nogroup(exc) and self.cfg.create_group:
                     # the stream was deleted under us: recreate and continue
                     with contextlib.suppress(Exception):
@@ -314,6 +315,13 @@ class RedisSource(Source):
             await asyncio.wait_for(self._flush_acks(), self.cfg.connect_timeout)
         await self._r.aclose()
         self._r = None
+
+
+def _reraise_cancel() -> None:
+    """redis-py may turn a cancellation into a connection error: do not swallow a pending cancel."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _entries(resp: Any) -> list[Any]:

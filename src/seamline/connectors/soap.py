@@ -59,6 +59,7 @@ from pydantic import Field, model_validator
 
 from seamline.config.models import ComponentConfig, SinkConfig, StepConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
+from seamline.connectors.http import EgressSettings, TlsSettings
 from seamline.core.component import BatchError, BuildContext, Sink, Step
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
@@ -68,9 +69,12 @@ from seamline.security.redaction import scrub_text
 from seamline.security.secrets import Secret
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
     from seamline.mapping import Expression
+    from seamline.security.egress import EgressPolicy
 
 __all__ = [
     "SoapCallStep",
@@ -80,6 +84,7 @@ __all__ = [
     "SoapStepConfig",
     "WsSecurityConfig",
     "fault_error",
+    "scrub_library_logs",
 ]
 
 log = logging.getLogger("seamline.connectors.soap")
@@ -138,7 +143,12 @@ class SoapOptions(ComponentConfig):
     idempotency_header: str | None = Field(
         "Idempotency-Key", description="HTTP header carrying the message id, or null for none."
     )
-    verify_tls: bool = Field(True, description="Verify the server's TLS certificate.")
+    tls: TlsSettings = Field(default_factory=TlsSettings, description="TLS verification settings.")
+    egress: EgressSettings = Field(
+        default_factory=EgressSettings,
+        description="Which hosts may be called (the WSDL, its imports and the endpoint): loopback and private "
+        "addresses need `allow_loopback` / `allow_private`.",
+    )
 
 
 class SoapSinkConfig(SinkConfig, SoapOptions):
@@ -321,6 +331,55 @@ class ResponseMerge:
         return out
 
 
+class _ScrubFilter(logging.Filter):
+    """Remove known secrets from a library's log records (gql and zeep log whole requests at DEBUG)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a broken record is the library's problem; never fail the caller
+            return True
+        clean = scrub_text(text)
+        if clean != text:
+            record.msg, record.args = clean, ()
+        return True
+
+
+_SCRUB = _ScrubFilter()
+
+
+def scrub_library_logs(*names: str) -> None:
+    """Install the secret scrubber on the named library loggers (once per logger)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if _SCRUB not in logger.filters:
+            logger.addFilter(_SCRUB)
+
+
+def egress_policy(settings: EgressSettings) -> EgressPolicy:
+    """The egress guard of a component (the same settings as the http connector's)."""
+    from seamline.security.egress import EgressPolicy
+
+    return EgressPolicy(
+        settings.allow_hosts, allow_loopback=settings.allow_loopback, allow_private=settings.allow_private,
+        allow_networks=settings.allow_networks, schemes=("http", "https"),
+    )
+
+
+def ssl_option(tls: TlsSettings, ctx: BuildContext) -> ssl.SSLContext | bool:
+    """aiohttp's ``ssl`` argument for the TLS settings: verification on unless switched off."""
+    import ssl
+
+    if tls.verify and tls.ca_file is None:
+        return True
+    if tls.verify:
+        return ssl.create_default_context(cafile=str(ctx.resolve_path(tls.ca_file or "")))
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def transport_error(exc: BaseException, *, prefix: str, what: str) -> RetryableError | None:
     """A retryable error for a timeout or a connection failure, or None for anything else."""
     import aiohttp
@@ -434,6 +493,37 @@ def _is_url(location: str) -> bool:
     return location.lower().startswith(("http://", "https://"))
 
 
+def _guarded_transport(policy: EgressPolicy, timeout: float) -> Any:
+    """zeep's (sync) transport for loading the WSDL and its imports, each URL checked by the egress guard."""
+    import socket
+    from urllib.parse import urlsplit
+
+    import zeep
+    from zeep.exceptions import TransportError
+
+    from seamline.security.errors import EgressError
+
+    class GuardedTransport(zeep.Transport):  # type: ignore[misc]
+        def _load_remote_data(self, url: str) -> bytes:
+            policy.check_url(url)
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []  # let the request itself report the failure
+            if infos and not any(policy.is_ip_allowed(str(info[4][0])) for info in infos):
+                raise EgressError(f"{host} resolves only to blocked addresses", code="egress.blocked",
+                                  details={"host": host})
+            response = self.session.get(url, timeout=self.load_timeout, allow_redirects=False)
+            if response.status_code != 200:
+                raise TransportError(status_code=response.status_code)
+            return response.content  # type: ignore[no-any-return]
+
+    return GuardedTransport(timeout=timeout, operation_timeout=timeout)
+
+
 class SoapCaller:
     """One WSDL operation: load the WSDL at open, then ``await call(message)`` per message."""
 
@@ -448,6 +538,10 @@ class SoapCaller:
         self.address: str = cfg.address or ""
         self._session: aiohttp.ClientSession | None = None
         self._headers = {k: (v.reveal() if isinstance(v, Secret) else v) for k, v in cfg.headers.items()}
+        self.policy = egress_policy(cfg.egress)
+        for url in (cfg.address, cfg.wsdl):
+            if url and _is_url(url):
+                self.policy.check_url(url)  # a host outside the allow list fails when the flow is built
 
     # -- lifecycle --
 
@@ -455,9 +549,10 @@ class SoapCaller:
         import aiohttp
 
         await asyncio.to_thread(self._load_wsdl)
-        self._session = aiohttp.ClientSession(
+        self.policy.check_url(self.address)
+        self._session = self.policy.client_session(
             timeout=aiohttp.ClientTimeout(total=self.cfg.timeout),
-            connector=aiohttp.TCPConnector(ssl=None if self.cfg.verify_tls else False, limit=64),
+            connector_options={"ssl": ssl_option(self.cfg.tls, self.ctx), "limit": 64},
         )
 
     def _load_wsdl(self) -> None:
@@ -465,11 +560,15 @@ class SoapCaller:
         import zeep
         import zeep.exceptions
 
+        scrub_library_logs("zeep.transports", "zeep.wsdl.bindings.soap", "urllib3.connectionpool")
         where = redact_url(self.wsdl) if _is_url(self.wsdl) else self.cfg.wsdl
-        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True)
-        transport = zeep.Transport(timeout=self.cfg.timeout, operation_timeout=self.cfg.timeout)
+        # imports of the WSDL (xsd:import, wsdl:import) are fetched, but only through the egress-guarded
+        # transport; DTDs and entities are refused outright
+        settings = zeep.Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=False)
+        transport = _guarded_transport(self.policy, self.cfg.timeout)
         transport.session.headers.update(self._headers)
-        transport.session.verify = self.cfg.verify_tls
+        tls = self.cfg.tls
+        transport.session.verify = str(self.ctx.resolve_path(tls.ca_file)) if tls.verify and tls.ca_file else tls.verify
         # errors are raised outside the except blocks: the library's exception (which may quote a
         # response or a URL with credentials) must not ride along as __context__ into the DLQ
         err: SeamlineError | None = None
@@ -479,6 +578,8 @@ class SoapCaller:
                 service_name=self.cfg.service, port_name=self.cfg.port,
             )
             service = client.service
+        except SeamlineError as exc:  # the egress guard refused the WSDL or one of its imports
+            err = exc
         except FileNotFoundError:
             err = FatalError(f"WSDL file not found: {where}", code="soap.wsdl.not_found")
         except requests.RequestException as exc:
@@ -549,7 +650,7 @@ class SoapCaller:
         op = self.cfg.operation
         err: SeamlineError | None = None
         try:
-            async with self._session.post(self.address, data=data, headers=headers) as resp:
+            async with self._session.post(self.address, data=data, headers=headers, allow_redirects=False) as resp:
                 content = await self._read(resp)
                 reply = _Reply(resp.status, resp.headers.copy(), content, resp.charset)
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:

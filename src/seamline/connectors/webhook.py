@@ -244,12 +244,13 @@ def decompress_capped(data: bytes, encoding: str, cap: int) -> bytes:
 class _Route:
     """A configured route, ready to check requests."""
 
-    def __init__(self, cfg: RouteConfig, src: WebhookSource) -> None:
+    def __init__(self, cfg: RouteConfig, ctx: BuildContext) -> None:
         from seamline.security.webhooks import HmacScheme
 
         self.cfg = cfg
-        self.src = src
-        self.scope = f"webhook:{src.ctx.flow}:{cfg.path}"
+        self.ctx = ctx
+        self.clock = ctx.clock
+        self.scope = f"webhook:{ctx.flow}:{cfg.path}"
         self.hmac: Any = None
         sig = cfg.signature
         if sig is not None and sig.scheme == "hmac":
@@ -278,7 +279,7 @@ class _Route:
             raise FatalError("jwt: give one of keys_file, public_keys and hmac_secret", code="config.webhook.jwt")
         keys: Any = None
         if j.keys_file is not None:
-            path: Path = self.src.ctx.resolve_path(j.keys_file)
+            path: Path = self.ctx.resolve_path(j.keys_file)
             try:
                 text = path.read_text(encoding="utf-8")
             except OSError:
@@ -292,7 +293,7 @@ class _Route:
         return JwtVerifier(
             algorithms=j.algorithms, keys=keys, jwks_url=j.jwks_url, issuer=j.issuer, audience=j.audience,
             required_scopes=j.scopes, leeway=j.leeway, require_https=not j.jwks_allow_http, egress=egress,
-            clock=self.src.clock,
+            clock=self.clock,
         )
 
     # -- checks -----------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ class _Route:
             raise _Reject(401, "auth.jwt.missing", "an 'Authorization: Bearer <token>' header is required",
                           {"WWW-Authenticate": "Bearer"})
         try:
-            claims: dict[str, Any] = await self.jwt.verify_async(token.strip(), now=self.src.clock.now())
+            claims: dict[str, Any] = await self.jwt.verify_async(token.strip(), now=self.clock.now())
         except AuthUnavailableError as exc:
             raise _Reject(503, exc.code, "the key server is unavailable; try again", {"Retry-After": "30"}) from None
         except AuthError as exc:
@@ -330,7 +331,7 @@ class _Route:
 
         sig = self.cfg.signature
         assert sig is not None
-        now = self.src.clock.now()
+        now = self.clock.now()
         first: SignatureError | None = None
         for secret in sig.all_secrets():
             try:
@@ -470,7 +471,7 @@ class WebhookSource(Source):
         self.cfg = cfg
         self.ctx = ctx
         self.clock = ctx.clock
-        self.routes = {r.path: _Route(r, self) for r in cfg.routes}
+        self.routes = {r.path: _Route(r, ctx) for r in cfg.routes}
         self.batch_size = ctx.batch_size
         self._writer = _InboxWriter(self)
         self._has_new = asyncio.Event()
@@ -558,6 +559,10 @@ class WebhookSource(Source):
         await self._writer.close()
         with contextlib.suppress(Exception):
             await self.commit_acks()
+        # compiled expressions must be freed here, on the loop's thread, not by a cyclic GC pass elsewhere
+        for route in self.routes.values():
+            route.id_expr = None
+            route.jwt = None
 
     # -- emitting from the inbox ------------------------------------------------------------------
     async def run(self, emit: Emit) -> None:

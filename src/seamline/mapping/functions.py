@@ -37,6 +37,7 @@ __all__ = [
     "JSONATA_BUILTINS",
     "ValueMaps",
     "hash_text",
+    "is_trusted",
     "new_uuid",
     "register_function",
     "registered_functions",
@@ -235,6 +236,19 @@ def registered_functions(extra: Mapping[str, Callable[..., Any]] | None = None) 
                 raise TypeError(f"function ${name} is not callable")
             table[name] = fn
     return table
+
+
+def is_trusted(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is one of seamline's integration functions.
+
+    They return plain JSON values and calling them again has no effect beyond
+    a fresh ``$uuid()``, which lets the compiler run them speculatively.
+    """
+    if any(fn is known for known in INTEGRATION_FUNCTIONS.values()):
+        return True
+    owner = getattr(fn, "__self__", None)
+    name = getattr(fn, "__name__", "")
+    return (isinstance(owner, Lookups) and name == "xref") or (isinstance(owner, ValueMaps) and name == "translate")
 
 
 def max_positional(fn: Callable[..., Any]) -> int | None:

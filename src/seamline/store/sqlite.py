@@ -158,15 +158,17 @@ class SqliteStore:
             return out
 
     def _migrate(self) -> None:
+        """Apply missing migrations; the version is read under the write lock, so two
+        processes opening a new database at once never apply the same step twice."""
         c = self.conn
         c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        version = int(row[0]) if row else 0
         for target, script in enumerate(SQLITE_MIGRATIONS, start=1):
-            if target <= version:
-                continue
             c.execute("BEGIN IMMEDIATE")
             try:
+                row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if (int(row[0]) if row else 0) >= target:
+                    c.execute("COMMIT")
+                    continue
                 for stmt in script:
                     c.execute(stmt)
                 c.execute(

@@ -28,6 +28,8 @@ class Channel:
     def __init__(self, name: str) -> None:
         self.name = name
         self.pending: list[Message] = []
+        #: handed to a source, neither acked nor nacked yet (a broker would redeliver these)
+        self.inflight: dict[str, Message] = {}
         self.written: list[Message] = []
         self.acked: list[str] = []
         self.nacked: list[str] = []
@@ -88,23 +90,42 @@ class MemorySinkConfig(SinkConfig):
 
 
 class MemorySource(Source):
+    """Broker-like: a message stays in flight until acked; a new run redelivers what was in flight."""
+
     finite = True
 
     def __init__(self, cfg: MemorySourceConfig, ctx: BuildContext) -> None:
         self.ch = channel(cfg.channel)
         self.batch_size = ctx.batch_size
 
+    async def open(self) -> None:
+        ch = self.ch
+        if ch.inflight:  # a previous consumer died without settling these
+            ch.pending[:0] = list(ch.inflight.values())
+            ch.inflight.clear()
+
     async def run(self, emit: Emit) -> None:
         ch = self.ch
         while ch.pending:
             batch, ch.pending = ch.pending[: self.batch_size], ch.pending[self.batch_size :]
+            for m in batch:
+                ch.inflight[m.id] = m
             await emit([Delivery(m, self._acker(m), self._nacker(m)) for m in batch])
 
     def _acker(self, m: Message) -> Callable[[], None]:
-        return lambda: self.ch.acked.append(m.id)
+        def ack() -> None:
+            self.ch.inflight.pop(m.id, None)
+            self.ch.acked.append(m.id)
+
+        return ack
 
     def _nacker(self, m: Message) -> Callable[[bool], None]:
-        return lambda requeue: self.ch.nacked.append(m.id)
+        def nack(requeue: bool) -> None:
+            self.ch.nacked.append(m.id)
+            if self.ch.inflight.pop(m.id, None) is not None and requeue:
+                self.ch.pending.append(m)
+
+        return nack
 
 
 class MemorySink(Sink):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -16,7 +17,15 @@ from typing import Any
 
 import pytest
 from tests.integration.brokers.broker_services import MotoServer, Tansu, TcpProxy, free_port
-from tests.integration.conformance.harness import Backend, BrokerControl, Collected, ConformanceSuite, WireMessage
+from tests.integration.conformance.harness import (
+    Backend,
+    BrokerControl,
+    Collected,
+    ConformanceSuite,
+    WireMessage,
+    eventually,
+    make_messages,
+)
 
 from seamline.connectors.wire import CONTENT_TYPE_HEADER, CORRELATION_HEADER, MESSAGE_ID_HEADER
 
@@ -192,4 +201,131 @@ class TestKafkaConformance(ConformanceSuite):
     async def backend(self, kafka_bootstrap: str) -> AsyncIterator[KafkaBackend]:
         b = KafkaBackend(kafka_bootstrap)
         yield b
+        await b.aclose()
+
+
+# -- Kafka specifics ---------------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _component(role: str, cfg: dict[str, Any], tmp: Path, batch_size: int = 500) -> AsyncIterator[Any]:
+    from seamline.core.component import BuildContext
+    from seamline.core.registry import get_spec
+    from seamline.store import open_store
+
+    spec = get_spec(role, "kafka")  # type: ignore[arg-type]
+    assert spec is not None
+    store = open_store(str(tmp / f"{role}.db"))
+    await store.open()
+    comp = spec.factory(spec.config.model_validate(cfg),
+                        BuildContext(flow="kafka-specifics", base_dir=tmp, store=store, batch_size=batch_size))
+    await comp.open()
+    try:
+        yield comp
+    finally:
+        await comp.close()
+        await store.close()
+
+
+async def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = await asyncio.to_thread(c.committed, [TopicPartition(topic, p) for p in range(partitions)], 10)
+    finally:
+        await asyncio.to_thread(c.close)
+    return {tp.partition: tp.offset for tp in tps}
+
+
+async def test_offsets_are_committed_in_order_only_past_acked_messages(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """An unacknowledged message holds back its partition's commit; acking it lets the commit move on."""
+    from confluent_kafka.admin import NewTopic
+
+    b = KafkaBackend(kafka_bootstrap)
+    topic = f"order-{uuid.uuid4().hex[:10]}"
+    await asyncio.to_thread(b.admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result,
+                            30)
+    b.topics.append(topic)
+    try:
+        await b.publish(topic, make_messages(30, keys=1))
+        group = f"g-{uuid.uuid4().hex[:8]}"
+        held: list[Any] = []
+        seen: list[str] = []
+        all_seen = asyncio.Event()
+        cfg = b.source_config(topic, group=group)
+        async with _component("source", cfg, tmp_path, batch_size=10) as source:
+
+            async def emit(batch: list[Any]) -> None:
+                for d in batch:
+                    seen.append(d.message.id)
+                    if d.message.headers["kafka.offset"] == "5":
+                        held.append(d)
+                    else:
+                        d.ack()
+                await source.commit_acks()
+                if len(seen) >= 30:
+                    all_seen.set()
+
+            task = asyncio.create_task(source.run(emit))
+            try:
+                await asyncio.wait_for(all_seen.wait(), 30)
+                await eventually(lambda: _is(kafka_bootstrap, group, topic, 5), 10, "the commit held at offset 5")
+                held[0].ack()
+                await source.commit_acks()
+                await eventually(lambda: _is(kafka_bootstrap, group, topic, 30), 10, "the commit moving to 30")
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        await b.aclose()
+
+
+async def _is(bootstrap: str, group: str, topic: str, offset: int) -> bool:
+    return (await _committed(bootstrap, group, topic, 1)).get(0) == offset
+
+
+async def test_keys_partitions_compression_and_oversized_records(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The sink keys records from a body field (same key → same partition), compresses, and reports an
+    oversized record as a fatal error of that message alone."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from seamline.core.component import BatchError
+    from seamline.core.errors import FatalError
+    from seamline.core.message import Message
+
+    b = KafkaBackend(kafka_bootstrap)
+    try:
+        topic = await b.new_channel("keys")
+        cfg = {"bootstrap_servers": kafka_bootstrap, "topic": topic, "key_field": "customer.id",
+               "compression": "zstd", "max_message_bytes": 20_000}
+        batch = [Message({"customer": {"id": f"c{i % 4}"}, "i": i}, id=f"k-{i}") for i in range(40)]
+        batch.insert(7, Message({"customer": {"id": "big"}, "pad": "x" * 50_000}, id="too-big"))
+        async with _component("sink", cfg, tmp_path) as sink:
+            with pytest.raises(BatchError) as info:
+                await sink.write(batch)
+        assert list(info.value.errors) == [7]
+        err = info.value.errors[7]
+        assert isinstance(err, FatalError) and err.code == "kafka.message_too_large", err
+
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "keys-check", "enable.auto.commit": False})
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        got: list[Any] = []
+        try:
+            for _ in range(50):
+                got += [m for m in await asyncio.to_thread(c.consume, 100, 0.2) if m.error() is None]
+                if len(got) >= 40:
+                    break
+        finally:
+            await asyncio.to_thread(c.close)
+        assert len(got) == 40
+        parts: dict[str, set[int]] = {}
+        for m in got:
+            parts.setdefault(m.key().decode(), set()).add(m.partition())
+        assert set(parts) == {"c0", "c1", "c2", "c3"}
+        assert all(len(p) == 1 for p in parts.values()), parts
+        order = [json.loads(m.value())["i"] for m in got if m.key() == b"c1"]
+        assert order == sorted(order)
+    finally:
         await b.aclose()

@@ -20,6 +20,8 @@ from seamline.store.base import DlqFilter
 from seamline.testing.memory import channel, reset_channels
 
 WSSE = {"username": USER, "password": "${env:CRM_PASSWORD}"}
+#: the test service is on loopback, which the egress guard blocks unless allowed
+LOCAL = {"egress": {"allow_loopback": True}}
 
 
 @pytest.fixture(autouse=True)
@@ -69,7 +71,7 @@ async def _trace_text(state: Path, ids: list[str]) -> str:
 
 
 def _caller(tmp: Path, **options: Any) -> SoapCaller:
-    cfg = SoapOptions.model_validate(options)
+    cfg = SoapOptions.model_validate({**LOCAL, **options})
     return SoapCaller(cfg, BuildContext(flow="t", base_dir=tmp, store=None))  # type: ignore[arg-type]
 
 
@@ -87,7 +89,7 @@ async def _call(tmp: Path, body: Any, **options: Any) -> Any:
 
 async def test_sink_creates_customers_and_classifies_faults(crm: Crm, tmp_path: Path) -> None:
     flow = _flow("create", tmp_path, sinks=[sink(
-        "soap", wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE, concurrency=3,
+        "soap", **LOCAL, wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE, concurrency=3,
         request="{'id': cid, 'name': who.name, 'email': who.email}",
     )])
     inputs = {
@@ -125,10 +127,10 @@ async def test_sink_creates_customers_and_classifies_faults(crm: Crm, tmp_path: 
 
 async def test_call_step_merges_and_sets_the_response(crm: Crm, tmp_path: Path) -> None:
     flow = _flow("enrich", tmp_path, steps=[
-        step("soap", label="create", wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE,
+        step("soap", **LOCAL, label="create", wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE,
              request={"id": "customer_id", "name": "name", "email": "email"},
              merge="$merge([body, {'crm_status': response.status}])"),
-        step("soap", label="lookup", wsdl=crm.wsdl_url, operation="GetCustomer", wsse=WSSE,
+        step("soap", **LOCAL, label="lookup", wsdl=crm.wsdl_url, operation="GetCustomer", wsse=WSSE,
              request="{'id': customer_id}", target="crm.customer"),
     ])
     channel("enrich-in").put({"customer_id": "k1", "name": "Kim vip", "email": "kim@example.com", "crm": {"x": 1}})
@@ -145,7 +147,7 @@ async def test_response_replaces_the_body_without_merge_or_target(crm: Crm, tmp_
     await _call(tmp_path, {"id": "r1", "name": "Rae", "email": "rae@example.com"},
                 wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE)
     flow = _flow("lookup", tmp_path, steps=[
-        step("soap", wsdl=crm.wsdl_url, operation="GetCustomer", wsse=WSSE, request="{'id': $id}"),
+        step("soap", **LOCAL, wsdl=crm.wsdl_url, operation="GetCustomer", wsse=WSSE, request="{'id': $id}"),
     ])
     channel("lookup-in").put({"anything": True}, id="r1")
     channel("lookup-in").put({"anything": True}, id="nobody")
@@ -263,6 +265,29 @@ async def test_wsdl_problems_fail_at_open_with_a_clear_code(crm: Crm, tmp_path: 
     assert http.value.code == "soap.wsdl.unavailable"
 
 
+async def test_the_egress_guard_covers_the_wsdl_its_imports_and_the_endpoint(crm: Crm, tmp_path: Path) -> None:
+    from seamline.security.errors import EgressError
+
+    with pytest.raises(EgressError) as wsdl_url:
+        SoapCaller(SoapOptions.model_validate({"wsdl": crm.wsdl_url, "operation": "CreateCustomer"}),
+                   BuildContext(flow="t", base_dir=tmp_path, store=None))  # type: ignore[arg-type]
+    assert wsdl_url.value.code == "egress.blocked"
+    # a WSDL file that imports from the cloud metadata address: refused even with loopback allowed
+    (tmp_path / "evil.wsdl").write_text(
+        '<wsdl:definitions xmlns:wsdl="http://schemas.xmlsoap.org/wsdl/" targetNamespace="urn:evil">'
+        '<wsdl:import namespace="urn:x" location="http://169.254.169.254/latest/meta-data/x.wsdl"/>'
+        "</wsdl:definitions>"
+    )
+    with pytest.raises(EgressError) as imported:
+        await _call(tmp_path, {}, wsdl="evil.wsdl", operation="CreateCustomer")
+    assert imported.value.code == "egress.blocked"
+    (tmp_path / "crm.wsdl").write_text(crm.wsdl_text())
+    with pytest.raises(EgressError) as endpoint:
+        await _call(tmp_path, {}, wsdl="crm.wsdl", operation="CreateCustomer", egress={"allow_hosts": ["crm.example"]})
+    assert endpoint.value.code in ("egress.blocked", "egress.not_allowed")
+    assert crm.received() == []
+
+
 # -- secrets --------------------------------------------------------------------------------------
 
 
@@ -270,10 +295,12 @@ async def test_the_password_never_reaches_errors_the_dlq_or_the_journal(
     crm: Crm, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # "echo" makes the server put the whole request, security header included, in its fault string
-    flow = _flow("secrets", tmp_path, sinks=[sink("soap", wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE)])
+    flow = _flow("secrets", tmp_path, sinks=[
+        sink("soap", **LOCAL, wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=WSSE)])
     channel("secrets-in").put({"id": "e1", "name": "echo", "email": "e@example.com"}, id="echo")
     bad_pw = {"username": USER, "password": PASSWORD[::-1]}
-    flow2 = _flow("badpw", tmp_path, sinks=[sink("soap", wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=bad_pw)])
+    flow2 = _flow("badpw", tmp_path, sinks=[
+        sink("soap", **LOCAL, wsdl=crm.wsdl_url, operation="CreateCustomer", wsse=bad_pw)])
     channel("badpw-in").put({"id": "e2", "name": "Ann", "email": "a@example.com"}, id="badpw")
     state = tmp_path / "state.db"
     with caplog.at_level("DEBUG"):
@@ -308,7 +335,7 @@ def test_config_spec_is_registered_and_rejects_merge_with_target() -> None:
 
     assert get_spec("sink", "soap") is not None and get_spec("step", "soap") is not None
     with pytest.raises(ConfigError):
-        step("soap", wsdl="x.wsdl", operation="Op", merge="body", target="a")
-    cfg = step("soap", wsdl="x.wsdl", operation="Op", timeout="2s").config
+        step("soap", **LOCAL, wsdl="x.wsdl", operation="Op", merge="body", target="a")
+    cfg = step("soap", **LOCAL, wsdl="x.wsdl", operation="Op", timeout="2s").config
     assert cfg.timeout == parse_duration("2s")  # type: ignore[attr-defined]
     assert isinstance(SeamlineError, type)

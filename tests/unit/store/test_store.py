@@ -176,3 +176,20 @@ async def test_state_survives_reopen(tmp_path: Path) -> None:
         assert len(await s2.list_dead(DlqFilter())) == 1
     finally:
         await s2.close()
+
+
+def test_two_processes_opening_a_new_database_at_once_migrate_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio, sys\n"
+        "from seamline.store import open_store\n"
+        "async def main():\n"
+        "    s = open_store(sys.argv[1]); await s.open(); await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    db = str(tmp_path / "new.db")
+    procs = [subprocess.Popen([sys.executable, "-c", code, db], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors

@@ -46,6 +46,13 @@ class _Request:
         except ValueError:
             self.endpoint = None
 
+    def release(self) -> None:
+        """Drop the compiled expressions now, on the loop's thread (not in a cyclic GC pass elsewhere)."""
+        self.headers = [(k, v) for k, v in self.headers if isinstance(v, str)]
+        self.params = []
+        self.body = None
+        self.url = Template(self.url.source if self.url.static else "http://closed.invalid/")
+
     def context(self, m: Message) -> dict[str, Any]:
         return {"body": m.body, "headers": m.headers, "id": m.id, "correlation_id": m.correlation_id}
 
@@ -75,6 +82,7 @@ class HttpSink(Sink):
 
     async def close(self) -> None:
         await self.client.close()
+        self.req.release()
 
     async def _send(self, m: Message) -> None:
         req = self.req
@@ -141,6 +149,8 @@ class HttpCallStep(Step):
 
     async def close(self) -> None:
         await self.client.close()
+        self.req.release()
+        self.merge = None
 
     async def process_async(self, message: Message) -> Message:
         req = self.req

@@ -100,6 +100,10 @@ class HttpSource(Source):
             await self.commit_acks()
         finally:
             await self.client.close()
+            # compiled expressions are freed here, on the loop's thread, not by a cyclic GC pass elsewhere
+            self.records = self.id_expr = self.cursor_expr = self.next_expr = self.wm_expr = None
+            self.params = []
+            self.url = Template(self.url.source if self.url.static else "http://closed.invalid/")
 
     async def commit_acks(self) -> None:
         t = self._tracker

@@ -15,7 +15,7 @@ from seamline.mapping.compiler.parser import Node
 from seamline.mapping.compiler.runtime import State
 from seamline.mapping.compiler.values import JError, plain
 from seamline.mapping.errors import LIMIT_CODE, MappingError
-from seamline.mapping.functions import max_positional
+from seamline.mapping.functions import is_trusted, max_positional
 
 __all__ = ["CompiledExpression", "NotCompilable", "try_compile"]
 
@@ -23,7 +23,7 @@ __all__ = ["CompiledExpression", "NotCompilable", "try_compile"]
 class CompiledExpression:
     """An expression translated to Python; evaluate it with the same limits as the engine."""
 
-    __slots__ = ("_called", "_fn", "max_sequence", "python_source", "source", "timeout_ms")
+    __slots__ = ("_called", "_fn", "_seconds", "max_sequence", "python_source", "source", "timeout_ms")
 
     def __init__(
         self,
@@ -42,6 +42,7 @@ class CompiledExpression:
         self.source = source
         self.timeout_ms = timeout_ms
         self.max_sequence = max_sequence
+        self._seconds = timeout_ms / 1000.0
 
     def needs_engine_for(self, bindings: Mapping[str, Any]) -> bool:
         """Bindings that are functions, or shadow a function the expression calls, need the engine."""
@@ -54,7 +55,7 @@ class CompiledExpression:
         """Evaluate; returns :data:`~seamline.mapping.UNDEFINED` for an undefined result."""
         if bindings and any(key.startswith("$") for key in bindings):
             bindings = {key.lstrip("$"): value for key, value in bindings.items()}
-        state = State(self.timeout_ms, self.max_sequence)
+        state = State(self.timeout_ms, self.max_sequence, self._seconds)
         try:
             result = self._fn(data, bindings or _EMPTY, state)
         except JError as exc:
@@ -85,7 +86,7 @@ def try_compile(
     max_sequence: int,
 ) -> CompiledExpression | None:
     """Compile ``ast`` to Python, or return ``None`` if it is outside the supported subset."""
-    hosts = {name: HostFunction(name, fn, max_positional(fn)) for name, fn in functions.items()}
+    hosts = {name: HostFunction(name, fn, max_positional(fn), is_trusted(fn)) for name, fn in functions.items()}
     try:
         fn, python_source, called = generate(ast, hosts)
     except (NotCompilable, RecursionError):

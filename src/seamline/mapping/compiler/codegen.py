@@ -24,6 +24,7 @@ from seamline.mapping.compiler import runtime as rt
 from seamline.mapping.compiler.builtins import BUILTINS, FAST, RETURNS_SEQUENCE, Builtin, round_to
 from seamline.mapping.compiler.builtins import call as call_builtin
 from seamline.mapping.compiler.parser import Node
+from seamline.mapping.compiler.speculative import NotSpeculative, Speculator, collapse_list, drop_undefined
 from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
 from seamline.mapping.values import UNDEFINED
 
@@ -34,19 +35,34 @@ _LAMBDA_SLOTS = {"map": {1}, "filter": {1}, "each": {1}, "sift": {1}, "single": 
 _NAME_SAFE = re.compile(r"[^0-9A-Za-z_]")
 
 
+#: calls inlined for their common argument types: (test, expression), else the checked fast path
+_INLINE = {
+    ("count", 1): ("{0}.__class__ is list", "len({0})"),
+    ("lowercase", 1): ("{0}.__class__ is str", "{0}.lower()"),
+    ("uppercase", 1): ("{0}.__class__ is str", "{0}.upper()"),
+    ("string", 1): ("{0}.__class__ is str", "{0}"),
+    ("exists", 1): ("True", "{0} is not U"),
+}
+
+
 class NotCompilable(Exception):
     """The expression uses something the compiler does not translate."""
 
 
 class HostFunction:
-    """A Python function callable from the expression (integration or user function)."""
+    """A Python function callable from the expression (integration or user function).
 
-    __slots__ = ("fn", "limit", "name")
+    ``trusted`` functions (seamline's integration functions) return plain JSON
+    values and may be called again without harm, so speculative code may use them.
+    """
 
-    def __init__(self, name: str, fn: Callable[..., Any], limit: int | None) -> None:
+    __slots__ = ("fn", "limit", "name", "trusted")
+
+    def __init__(self, name: str, fn: Callable[..., Any], limit: int | None, trusted: bool = False) -> None:
         self.name = name
         self.fn = fn
         self.limit = limit
+        self.trusted = trusted
 
     def __call__(self, *args: Any) -> Any:
         from seamline.mapping.engine import call_host_function
@@ -76,6 +92,13 @@ def _host_failed(exc: Exception, name: str) -> None:
         jsonata_code="function_error",
         details={"function": name},
     ) from exc
+
+
+def _array_of(value: Any) -> list[Any]:
+    """The array ``[value]`` builds for one defined item that is not a plain list."""
+    out: list[Any] = []
+    rt.append_into(out, value)
+    return out
 
 
 def _host_result(value: Any) -> Any:
@@ -155,6 +178,10 @@ class _Gen:
         self.memo: dict[tuple[Any, ...], tuple[str, int]] = {}
         #: generated values that are never undefined (constructed objects and arrays)
         self.present: set[str] = set()
+        #: emit speculative code for object-shaped subtrees (off inside their fallbacks)
+        self.speculate = True
+        #: context variables that must not be speculated on
+        self.no_spec: set[str] = set()
         #: context variables known to hold a dict in the code being generated
         self.dicts: set[str] = set()
 
@@ -226,11 +253,42 @@ class _Gen:
     # --- nodes ------------------------------------------------------------------------
     def expr(self, node: Node, ctx: str, scope: _Scope) -> str:
         kind = node.type
+        if self.speculate and kind == "unary" and node.value in ("{", "[") and ctx not in self.no_spec:
+            speculated = self.speculative(node, ctx, scope)
+            if speculated is not None:
+                return speculated
         method = getattr(self, f"n_{kind}", None)
         if method is None:
             raise NotCompilable(kind)
         value: str = method(node, ctx, scope)
         return self.post(node, value, ctx, scope)
+
+    def speculative(self, node: Node, ctx: str, scope: _Scope) -> str | None:
+        """Try the subtree as speculative code, with the general code as the fallback."""
+        mark = len(self.lines)
+        out = self.tmp()
+        self.line("try:")
+        try:
+            with self.block():
+                code = Speculator(self).expr(node, ctx)
+                if not code.reads:
+                    raise NotSpeculative("reads no data")
+                self.line(f"{out} = {code.loop if code.loop is not None else code.text}")
+        except NotSpeculative:
+            del self.lines[mark:]
+            return None
+        self.line("except (KeyError, TypeError):")
+        with self.block():
+            self.speculate = False
+            try:
+                method = getattr(self, f"n_{node.type}")
+                general = self.post(node, method(node, ctx, scope), ctx, scope)
+            finally:
+                self.speculate = True
+            self.line(f"{out} = {general}")
+        self.scalar.add(out)
+        self.present.add(out)
+        return out
 
     def post(self, node: Node, value: str, ctx: str, scope: _Scope) -> str:
         """What the reference does on leaving ``evaluate``: predicates, grouping, collapse."""
@@ -424,6 +482,17 @@ class _Gen:
             value = self.expr(node.expression, ctx, scope)
             self.line(f"{out} = neg({value})")
             self.scalar.add(out)
+        elif node.value == "[" and len(node.expressions) == 1 and not node.consarray and not (
+            node.expressions[0].type == "unary" and node.expressions[0].value == "["
+        ) and not _literal(node.expressions[0]):
+            # one item: the array is the item's sequence itself (a fresh list), or the single value
+            value = self.expr(node.expressions[0], ctx, scope)
+            self.line(
+                f"{out} = {value} if {value}.__class__ is list else "
+                f"([] if {value} is U else array_of({value}))"
+            )
+            self.scalar.add(out)
+            self.present.add(out)
         elif node.value == "[":
             self.line(f"{out} = []")
             for item in node.expressions:
@@ -598,10 +667,19 @@ class _Gen:
         value = self.tmp()
         tests = [] if ctx in self.dicts else [f"{ctx}.__class__ is dict"]
         current = ctx
-        for name in names[:-1]:
-            tests.append(f"({value} := {current}.get({name!r}, U)).__class__ is dict")
-            current = value
-        tests.append(f"({value} := {current}.get({names[-1]!r}, U)).__class__ is list")
+        if ctx in self.dicts and len(names) == 1:
+            key = ("path", ctx, (names[0],))
+            if key in self.memo:
+                value = self.memo[key][0]
+            else:
+                self.line(f"{value} = {ctx}.get({names[0]!r}, U)")
+                self.remember(("get", ctx, names[0]), value)
+            tests.append(f"{value}.__class__ is list")
+        else:
+            for name in names[:-1]:
+                tests.append(f"({value} := {current}.get({name!r}, U)).__class__ is dict")
+                current = value
+            tests.append(f"({value} := {current}.get({names[-1]!r}, U)).__class__ is list")
         self.line(f"if {' and '.join(tests)}:")
         with self.block():
             results = self.tmp("r")
@@ -757,6 +835,7 @@ class _Gen:
         if not builtin.min_args <= len(args) <= builtin.max_args:
             raise NotCompilable("argument count")
         fast = FAST.get((name, len(args)))
+        inline = _INLINE.get((name, len(args)))
         if name == "round" and len(args) == 2 and args[1].isdigit() and 0 < int(args[1]) < 16:
             # Python's round() is JSONata's $round except at (near-)ties of the decimal form
             value, digits = args[0], int(args[1])
@@ -766,7 +845,12 @@ class _Gen:
             )
         elif fast is not None:
             ref = self.const(fast, "Q")
-            self.line(f"{out} = {ref}(R, {ctx}, {', '.join(args)})")
+            call = f"{ref}(R, {ctx}, {', '.join(args)})"
+            if inline is not None and not any(_constant(a) for a in args):
+                test, direct = inline
+                self.line(f"{out} = {direct.format(*args)} if {test.format(*args)} else {call}")
+            else:
+                self.line(f"{out} = {call}")
         else:
             ref = self.const(builtin, "F")
             self.line(f"{out} = call_builtin({ref}, R, {ctx}, [{', '.join(args)}])")
@@ -807,6 +891,9 @@ _GLOBALS: dict[str, Any] = {
 _GLOBALS["NUM"] = frozenset({int, float})
 _GLOBALS["SEQS"] = frozenset({Seq, Cons})
 _GLOBALS["finish"] = rt._finish
+_GLOBALS["collapse_list"] = collapse_list
+_GLOBALS["drop_undefined"] = drop_undefined
+_GLOBALS["array_of"] = _array_of
 _GLOBALS["round_to"] = round_to
 _GLOBALS["host_arg"] = _host_arg
 _GLOBALS["host_failed"] = _host_failed

@@ -71,10 +71,10 @@ class State:
 
     __slots__ = ("deadline", "max_sequence", "started", "timeout_ms")
 
-    def __init__(self, timeout_ms: int, max_sequence: int) -> None:
+    def __init__(self, timeout_ms: int, max_sequence: int, seconds: float | None = None) -> None:
         self.timeout_ms = timeout_ms
         self.started = 0.0
-        self.deadline = _monotonic() + timeout_ms / 1000.0
+        self.deadline = _monotonic() + (seconds if seconds is not None else timeout_ms / 1000.0)
         self.max_sequence = max_sequence
 
     def now(self) -> float:

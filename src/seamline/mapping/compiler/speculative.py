@@ -1,0 +1,276 @@
+"""Speculative code for the happy path of object-shaped data.
+
+Mappings mostly read fields that are there, from objects that are objects.
+For such a subtree the generator emits one Python *expression* that indexes
+the data directly (``C["customer"]["id"]``), builds object literals and list
+comprehensions -- nearly what one would write by hand -- and wraps it in
+``try``. A missing field (``KeyError``) or a value of another shape
+(``TypeError``: a list where an object was expected, ...) abandons the
+speculative expression, and the general code -- full JSONata semantics --
+evaluates the subtree instead.
+
+Only subtrees whose evaluation can safely be started again are speculated:
+no variable bindings, no ranges, no functions other than the standard
+library subset and seamline's integration functions (which are pure or, like
+``$uuid``, harmless to repeat).
+
+Static facts tracked per expression: whether it can be *undefined* and
+whether it can be an *array* (arrays are spliced into sequences, so a loop
+whose step can give an array is not speculated).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from seamline.mapping.compiler.builtins import FAST
+from seamline.mapping.values import UNDEFINED
+
+if TYPE_CHECKING:
+    from seamline.mapping.compiler.codegen import _Gen
+    from seamline.mapping.compiler.parser import Node
+
+__all__ = ["NotSpeculative", "Speculator", "collapse_list", "drop_undefined"]
+
+
+class NotSpeculative(Exception):
+    """The subtree is outside the speculative subset."""
+
+
+@dataclass(frozen=True)
+class Code:
+    """A Python expression and what is statically known about its value."""
+
+    text: str
+    array: bool = False  # may be an array (spliced into sequences)
+    missing: bool = False  # may be undefined
+    loop: str | None = None  # a list comprehension giving the sequence (before collapsing)
+    reads: bool = False  # reads the data (worth speculating)
+
+
+#: functions that never give undefined for defined arguments, and never an array
+_SCALAR_FUNCTIONS = frozenset(
+    {"count", "sum", "round", "lowercase", "uppercase", "trim", "length", "string", "number", "exists",
+     "boolean", "join", "substring", "abs", "floor", "ceil"}
+)  # fmt: skip
+_INLINE = {
+    ("count", 1): ("len({0})", "{0}.__class__ is list"),
+    ("lowercase", 1): ("{0}.lower()", "{0}.__class__ is str"),
+    ("uppercase", 1): ("{0}.upper()", "{0}.__class__ is str"),
+    ("string", 1): ("{0}", "{0}.__class__ is str"),
+}
+_COMPARE = {"=": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge", "in": "in_"}
+
+
+def _plain_node(node: Node) -> bool:
+    return node.predicate is None and node.group is None and not node.keepArray and not node.stages
+
+
+class Speculator:
+    """Emits speculative code for a code generator (statements at its current indentation)."""
+
+    def __init__(self, gen: _Gen) -> None:
+        self.gen = gen
+
+    def tmp(self) -> str:
+        return self.gen.tmp("w")
+
+    def bind(self, text: str) -> str:
+        """Evaluate ``text`` now, into a temporary (unless it is already a name or constant)."""
+        if text.isidentifier() or text[:1] in ("'", '"') or text[:1].isdigit() or text.startswith("-"):
+            return text
+        name = self.tmp()
+        self.gen.line(f"{name} = {text}")
+        return name
+
+    def expr(self, node: Node, ctx: str) -> Code:  # noqa: C901 - one case per node type
+        if not _plain_node(node):
+            raise NotSpeculative("predicate")
+        kind = node.type
+        if kind in ("string", "number", "value"):
+            return Code(repr(node.value))
+        if kind == "path":
+            return self.path(node, ctx)
+        if kind == "unary":
+            if node.value == "{":
+                return self.object(node.lhs, ctx)
+            if node.value == "[":
+                return self.array(node, ctx)
+            if node.value == "-":
+                inner = self.value(node.expression, ctx)
+                return Code(self.bind(f"neg({inner.text})"), reads=inner.reads)
+            raise NotSpeculative(node.value)
+        if kind == "binary":
+            return self.binary(node, ctx)
+        if kind == "block":
+            if len(node.expressions) != 1:
+                raise NotSpeculative("block")
+            return self.expr(node.expressions[0], ctx)
+        if kind == "function":
+            return self.call(node, ctx)
+        if kind == "variable" and node.value == "$":
+            return Code("D")
+        raise NotSpeculative(kind)
+
+    def value(self, node: Node, ctx: str) -> Code:
+        """An expression as a value (a loop's sequence collapsed)."""
+        code = self.expr(node, ctx)
+        if code.loop is not None:
+            return Code(self.bind(f"collapse_list({code.loop})"), array=True, missing=True, reads=True)
+        return code
+
+    def path(self, node: Node, ctx: str) -> Code:
+        steps = node.steps
+        if any(not _plain_node(step) or step.tuple or step.consarray for step in steps):
+            raise NotSpeculative("path step")
+        if steps[0].type != "name":
+            raise NotSpeculative("path start")
+        names = [step.value for step in steps if step.type == "name"]
+        source = ctx + "".join(f"[{name!r}]" for name in names)
+        if len(names) == len(steps):
+            return Code(source, array=True, reads=True)
+        if len(names) != len(steps) - 1 or steps[-1].type in ("name", "function"):
+            raise NotSpeculative("path shape")
+        results, item = self.gen.tmp("r"), self.gen.tmp("i")
+        gen = self.gen
+        gen.line(f"{results} = []")
+        gen.line(f"for {item} in {source}:")
+        with gen.block():
+            last = self.value(steps[-1], item)
+            if last.array or last.missing:
+                raise NotSpeculative("step may splice")
+            gen.line(f"{results}.append({last.text})")
+        return Code("", loop=results, reads=True)
+
+    def object(self, pairs: list[tuple[Node, Node]], ctx: str) -> Code:
+        keys = [key.value for key, _ in pairs if key.type == "string" and _plain_node(key)]
+        if len(keys) != len(pairs) or len(set(keys)) != len(keys):
+            raise NotSpeculative("object keys")
+        items = []
+        missing = []
+        reads = False
+        for key, value_node in pairs:
+            value = self.value(value_node, ctx)
+            if value.missing:
+                value = Code(self.bind(value.text), missing=True, reads=value.reads)
+                missing.append(value.text)
+            items.append(f"{key.value!r}: {value.text}")
+            reads = reads or value.reads
+        out = self.tmp()
+        self.gen.line(f"{out} = {{{', '.join(items)}}}")
+        if missing:
+            test = " or ".join(f"{code} is U" for code in missing)
+            self.gen.line(f"if {test}: {out} = drop_undefined({out})")
+        return Code(out, reads=reads)
+
+    def array(self, node: Node, ctx: str) -> Code:
+        if node.consarray:
+            raise NotSpeculative("array step")
+        if len(node.expressions) == 1 and not (
+            node.expressions[0].type == "unary" and node.expressions[0].value == "["
+        ):
+            code = self.expr(node.expressions[0], ctx)
+            if code.loop is not None:
+                return Code(code.loop, reads=True)
+            if code.array or code.missing:
+                raise NotSpeculative("array item may splice")
+            return Code(f"[{code.text}]", reads=code.reads)
+        items = []
+        reads = False
+        for item in node.expressions:
+            code = self.value(item, ctx)
+            nested = item.type == "unary" and item.value == "["
+            if (code.array and not nested) or code.missing:
+                raise NotSpeculative("array item may splice")
+            items.append(code.text)
+            reads = reads or code.reads
+        return Code(self.bind("[" + ", ".join(items) + "]"), reads=reads)
+
+    def binary(self, node: Node, ctx: str) -> Code:
+        op = node.value
+        if op in ("and", "or"):
+            raise NotSpeculative(op)
+        left = self.value(node.lhs, ctx)
+        right = self.value(node.rhs, ctx)
+        reads = left.reads or right.reads
+        if left.missing or right.missing:
+            raise NotSpeculative("operand may be undefined")
+        gen = self.gen
+        if op in ("+", "-", "*"):
+            a, b = self.bind(left.text), self.bind(right.text)
+            out = self.tmp()
+            helper = {"+": "add", "-": "sub", "*": "mul"}[op]
+            checks = [f"{v}.__class__ in NUM" for v in (a, b) if not v[:1].isdigit()]
+            if checks:
+                gen.line(f"{out} = {a} {op} {b} if {' and '.join(checks)} else {helper}({a}, {b})")
+                # a non-finite result: a non-finite operand (an error) or an overflow; the helper decides
+                gen.line(f"if {out} - {out} != 0: {out} = {helper}({a}, {b})")
+            else:
+                gen.line(f"{out} = {helper}({a}, {b})")
+            return Code(out, reads=reads)
+        if op in ("/", "%"):
+            return Code(self.bind(f"{'div' if op == '/' else 'mod'}({left.text}, {right.text})"), reads=reads)
+        if op == "&":
+            return Code(self.bind(f"concat({left.text}, {right.text})"), reads=reads)
+        if op in _COMPARE:
+            return Code(self.bind(f"{_COMPARE[op]}({left.text}, {right.text})"), reads=reads)
+        raise NotSpeculative(op)
+
+    def call(self, node: Node, ctx: str) -> Code:
+        proc = node.procedure
+        if proc.type != "variable" or not _plain_node(proc):
+            raise NotSpeculative("call")
+        name = proc.value
+        if any(arg.type in ("lambda", "regex") for arg in node.arguments):
+            raise NotSpeculative("argument")
+        args = [self.value(arg, ctx) for arg in node.arguments]
+        reads = any(arg.reads for arg in args)
+        missing = any(arg.missing for arg in args)
+        gen = self.gen
+        host = gen.hosts.get(name)
+        if host is not None:
+            if not host.trusted:
+                raise NotSpeculative("user function")
+            fn = gen.const(host.fn, "H")
+            passed = args if host.limit is None else args[: host.limit]
+            texts = [f"(None if {arg.text} is U else {arg.text})" if arg.missing else arg.text for arg in passed]
+            return Code(self.bind(f"{fn}({', '.join(texts)})"), array=True, reads=reads)
+        if name not in _SCALAR_FUNCTIONS:
+            raise NotSpeculative(f"${name}")
+        fast = FAST.get((name, len(args)))
+        if fast is None:
+            raise NotSpeculative("arguments")
+        gen.called.add(name)
+        texts = [a.text for a in args]
+        out = self.tmp()
+        if name == "round" and len(args) == 2 and texts[1].isdigit() and 0 < int(texts[1]) < 16:
+            v = self.bind(texts[0])
+            digits = int(texts[1])
+            gen.line(
+                f"{out} = round({v}, {digits}) if {v}.__class__ is float and not "
+                f"(0.499999 < ({v} * {10.0**digits!r}) % 1.0 < 0.500001) else round_to({v}, {digits}, R, {ctx})"
+            )
+            return Code(out, reads=reads, missing=missing)
+        ref = gen.const(fast, "Q")
+        inline = _INLINE.get((name, len(args)))
+        if inline is not None:
+            v = self.bind(texts[0])
+            direct, test = inline
+            gen.line(f"{out} = {direct.format(v)} if {test.format(v)} else {ref}(R, {ctx}, {v})")
+            return Code(out, reads=reads, missing=missing)
+        gen.line(f"{out} = {ref}(R, {ctx}, {', '.join(texts)})")
+        return Code(out, reads=reads, missing=missing or name == "sum")
+
+
+def drop_undefined(obj: dict[str, Any]) -> dict[str, Any]:
+    """An object without the fields whose value is undefined."""
+    return {key: value for key, value in obj.items() if value is not UNDEFINED}
+
+
+def collapse_list(items: list[Any]) -> Any:
+    """A loop's sequence as a value: undefined if empty, the item if one."""
+    if len(items) == 1:
+        return items[0]
+    return items if items else UNDEFINED
+
