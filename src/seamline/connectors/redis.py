@@ -185,14 +185,13 @@ class RedisSource(Source):
                 await self._flush_acks()
                 if self._redeliver:
                     ids, self._redeliver = self._redeliver, []
-                    entries = await self._r.xclaim(
-                        self.cfg.stream, self.cfg.group, self.consumer, 0, ids
-                    )
+                    entries = await self._call(self._r.xclaim, self.cfg.stream, self.cfg.group, self.consumer, 0, ids)
                     await self._emit(emit, entries, skip_inflight=False)
                     continue
                 if backlog is not None:
-                    resp = await self._r.xreadgroup(
-                        self.cfg.group, self.consumer, {self.cfg.stream: backlog}, count=self.batch_size
+                    resp = await self._call(
+                        self._r.xreadgroup, self.cfg.group, self.consumer, {self.cfg.stream: backlog},
+                        count=self.batch_size,
                     )
                     entries = _entries(resp)
                     if not entries:
@@ -204,7 +203,8 @@ class RedisSource(Source):
                 if loop.time() - last_claim >= self.cfg.claim_interval:
                     last_claim = loop.time()
                     await self._claim_stale(emit)
-                resp = await self._r.xreadgroup(
+                resp = await self._call(
+                    self._r.xreadgroup,
                     self.cfg.group,
                     self.consumer,
                     {self.cfg.stream: ">"},
@@ -230,11 +230,32 @@ class RedisSource(Source):
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Run one command so that a cancellation always gets through.
+
+        redis-py occasionally swallows a cancellation that lands in a blocking
+        read; the command runs in a task of its own, and when it does not end
+        after being cancelled, the pool's sockets are closed under it.
+        """
+        t = asyncio.ensure_future(fn(*args, **kw))
+        try:
+            return await asyncio.shield(t)
+        except asyncio.CancelledError:
+            t.cancel()
+            t.add_done_callback(_retrieve)
+            _done, pending = await asyncio.wait({t}, timeout=1.0)
+            if pending and self._r is not None:
+                with contextlib.suppress(Exception):
+                    await self._r.connection_pool.disconnect()
+                await asyncio.wait({t}, timeout=1.0)
+            raise
+
     async def _claim_stale(self, emit: Emit) -> None:
         start = "0-0"
         min_idle = int(self.cfg.claim_min_idle * 1000)
         while True:
-            resp = await self._r.xautoclaim(
+            resp = await self._call(
+                self._r.xautoclaim,
                 self.cfg.stream, self.cfg.group, self.consumer, min_idle, start_id=start, count=self.batch_size
             )
             nxt, entries = resp[0], resp[1]
@@ -296,7 +317,7 @@ class RedisSource(Source):
             if not ids:
                 return
             try:
-                await self._r.xack(self.cfg.stream, self.cfg.group, *ids)
+                await self._call(self._r.xack, self.cfg.stream, self.cfg.group, *ids)
             except BaseException:
                 # keep them: acked again later; at worst they are redelivered
                 self._to_ack[:0] = ids
@@ -315,6 +336,11 @@ class RedisSource(Source):
             await asyncio.wait_for(self._flush_acks(), self.cfg.connect_timeout)
         await self._r.aclose()
         self._r = None
+
+
+def _retrieve(f: asyncio.Future[Any]) -> None:
+    if not f.cancelled():
+        f.exception()
 
 
 def _reraise_cancel() -> None:

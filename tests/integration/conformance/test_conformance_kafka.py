@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -30,6 +31,8 @@ from tests.integration.conformance.harness import (
 from seamline.connectors.wire import CONTENT_TYPE_HEADER, CORRELATION_HEADER, MESSAGE_ID_HEADER
 
 PARTITIONS = 3
+#: librdkafka's own log lines of the harness clients (not stderr)
+QUIET = {"logger": logging.getLogger("tests.kafka.librdkafka")}
 
 
 def from_record(m: Any) -> WireMessage:
@@ -49,7 +52,7 @@ class KafkaBackend(Backend):
         from confluent_kafka.admin import AdminClient
 
         self.bootstrap = bootstrap
-        self.admin = AdminClient({"bootstrap.servers": bootstrap})
+        self.admin = AdminClient({"bootstrap.servers": bootstrap, **QUIET})
         self.topics: list[str] = []
         #: channel → (partition, offset) of every record the harness published
         self.published: dict[str, list[tuple[int, int]]] = {}
@@ -67,7 +70,7 @@ class KafkaBackend(Backend):
         from confluent_kafka import Producer
 
         p = Producer({"bootstrap.servers": self.bootstrap, "enable.idempotence": True, "linger.ms": 5,
-                      "partitioner": "murmur2_random"})
+                      "partitioner": "murmur2_random", **QUIET})
         placed = self.published.setdefault(channel, [])
         errors: list[Any] = []
 
@@ -92,7 +95,7 @@ class KafkaBackend(Backend):
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": f"collect-{uuid.uuid4().hex[:8]}",
-                      "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                      "enable.auto.commit": False, "auto.offset.reset": "earliest", **QUIET})
         c.assign([TopicPartition(channel, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
         out = Collected()
         stop = False
@@ -129,7 +132,7 @@ class KafkaBackend(Backend):
         reliable, so the harness counts what it published itself)."""
         from confluent_kafka import Consumer, TopicPartition
 
-        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False})
+        c = Consumer({"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False, **QUIET})
         try:
             tps = await asyncio.to_thread(
                 c.committed, [TopicPartition(channel, p) for p in range(PARTITIONS)], 10
@@ -230,7 +233,7 @@ async def _component(role: str, cfg: dict[str, Any], tmp: Path, batch_size: int 
 async def _committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, **QUIET})
     try:
         tps = await asyncio.to_thread(c.committed, [TopicPartition(topic, p) for p in range(partitions)], 10)
     finally:
@@ -244,8 +247,8 @@ async def test_offsets_are_committed_in_order_only_past_acked_messages(kafka_boo
 
     b = KafkaBackend(kafka_bootstrap)
     topic = f"order-{uuid.uuid4().hex[:10]}"
-    await asyncio.to_thread(b.admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result,
-                            30)
+    futures = b.admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    await asyncio.to_thread(futures[topic].result, 30)
     b.topics.append(topic)
     try:
         await b.publish(topic, make_messages(30, keys=1))
@@ -309,7 +312,8 @@ async def test_keys_partitions_compression_and_oversized_records(kafka_bootstrap
         err = info.value.errors[7]
         assert isinstance(err, FatalError) and err.code == "kafka.message_too_large", err
 
-        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "keys-check", "enable.auto.commit": False})
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "keys-check", "enable.auto.commit": False,
+                      **QUIET})
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
         got: list[Any] = []
         try:

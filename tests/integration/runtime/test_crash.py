@@ -168,3 +168,52 @@ def test_sigterm_drains_in_flight_work_and_loses_nothing(tmp_path: Path) -> None
     final = Counter(r["id"] for r in read_ndjson(out))
     assert set(final) == set(range(n))
     assert all(c == 1 for c in final.values()), "after a graceful stop nothing is delivered twice"
+
+
+def test_five_sigkills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
+    import random
+
+    rnd = random.Random(20261129)
+    n = 10_000
+    (tmp_path / "flow.yaml").write_text(FLOW)
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    write_ndjson(tmp_path / "in.ndjson", [{"id": i, "amount": i / 7} for i in range(n)])
+    state = tmp_path / "state.db"
+    out = tmp_path / "out.ndjson"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    kills = 0
+    for _ in range(5):
+        before = len(read_ndjson(out))
+        log = (tmp_path / "engine.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "seamline.cli", "run", "flow.yaml", "--until-idle", "--state", str(state), "-q"],
+            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+        )
+        try:
+            # kill at a random moment after the engine made some progress
+            target = before + rnd.randint(200, 1500)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and proc.poll() is None:
+                if out.exists() and len(out.read_bytes().splitlines()) >= target:
+                    break
+                time.sleep(0.002)
+            if proc.poll() is None:
+                time.sleep(rnd.random() * 0.05)
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            log.close()
+    assert kills >= 3, "most runs must be killed mid-stream"
+    r = cli("run", "flow.yaml", "--until-idle", "--state", str(state), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    delivered = Counter(rec["id"] for rec in read_ndjson(out))
+    dead = {int(d["msg_id"]) for d in orjson.loads(cli("dlq", "list", "--json", "--state", str(state)).stdout)}
+    assert dead == {i for i in range(n) if i % 997 == 0}
+    lost = [i for i in range(n) if i not in delivered and i not in dead]
+    assert lost == [], f"{len(lost)} lost after {kills} kills, e.g. {lost[:10]}"
+    dupes = sum(c - 1 for c in delivered.values() if c > 1)
+    assert dupes <= kills * _inflight_bound(), f"{dupes} duplicates after {kills} kills"
