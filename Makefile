@@ -31,8 +31,11 @@ test: install-test
 	$(BIN)/pytest
 
 bench: install-test
-	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/pipeline.py --rss 1000000
 	$(BIN)/python bench/mapping.py
+	$(BIN)/python bench/resilience.py
+	-@for b in brokers sql_sink http_sink webhook; do \
+		if [ -f bench/$$b.py ]; then echo "== bench/$$b.py"; $(BIN)/python bench/$$b.py; fi; done
 
 docs: install
 	$(BIN)/seamline docs reference --out docs/reference

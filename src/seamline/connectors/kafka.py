@@ -40,13 +40,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seamline.config.models import SinkConfig, SourceConfig
-from seamline.config.types import ByteSize, Duration, SecretStr
+from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.offsets import OffsetTracker
 from seamline.connectors.wire import decode_message, outgoing_headers
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
 from seamline.core.registry import register
+from seamline.security.secrets import Secret
 
 __all__ = ["KafkaSink", "KafkaSinkConfig", "KafkaSource", "KafkaSourceConfig"]
 
@@ -88,7 +89,7 @@ class KafkaConnection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
 
-    bootstrap_servers: str = Field(
+    bootstrap_servers: MaybeSecret = Field(
         ..., description="Brokers to bootstrap from, `host:port[,host:port...]`; may use ${env:NAME}."
     )
     security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = Field(
@@ -107,8 +108,9 @@ class KafkaConnection(BaseModel):
     )
 
     def rdkafka(self) -> dict[str, Any]:
+        servers = self.bootstrap_servers
         conf: dict[str, Any] = {
-            "bootstrap.servers": self.bootstrap_servers,
+            "bootstrap.servers": servers.reveal() if isinstance(servers, Secret) else servers,
             "security.protocol": self.security_protocol,
             "client.id": self.client_id,
         }

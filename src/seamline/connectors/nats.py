@@ -34,12 +34,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seamline.config.models import SinkConfig, SourceConfig
-from seamline.config.types import ByteSize, Duration, SecretStr
-from seamline.connectors.wire import decode_message, outgoing_headers
+from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
+from seamline.connectors.wire import decode_message, outgoing_headers, safe_url
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
 from seamline.core.registry import register
+from seamline.security.secrets import Secret
 
 __all__ = ["NatsSink", "NatsSinkConfig", "NatsSource", "NatsSourceConfig"]
 
@@ -53,8 +54,11 @@ class NatsConnection(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
 
-    servers: list[str] = Field(
-        ..., min_length=1, description="Server URLs, e.g. `nats://localhost:4222` (one or a list)."
+    servers: list[MaybeSecret] = Field(
+        ...,
+        min_length=1,
+        description="Server URLs, e.g. `nats://localhost:4222` (one, a comma-separated list or a list); "
+        "may use ${env:NAME}.",
     )
     user: str | None = Field(None, description="User name.")
     password: SecretStr | None = Field(None, description="Password (a secret; use ${env:NAME} or ${file:PATH}).")
@@ -67,6 +71,16 @@ class NatsConnection(BaseModel):
     def _one_or_many(cls, v: Any) -> Any:
         return [s.strip() for s in v.split(",")] if isinstance(v, str) else v
 
+    def urls(self) -> list[str]:
+        out: list[str] = []
+        for s in self.servers:
+            text = s.reveal() if isinstance(s, Secret) else s
+            out.extend(x.strip() for x in text.split(",") if x.strip())
+        return out
+
+    def shown(self) -> str:
+        return ",".join(safe_url(u) for u in self.urls())
+
     async def connect(self, default_name: str, quiet: _Quiet) -> Any:
         import nats
 
@@ -74,13 +88,13 @@ class NatsConnection(BaseModel):
             quiet(type(exc).__name__, "nats: %s", exc)
 
         async def on_disconnect() -> None:
-            quiet("disconnected", "nats: disconnected from %s; reconnecting", ",".join(self.servers))
+            quiet("disconnected", "nats: disconnected from %s; reconnecting", self.shown())
 
         async def on_reconnect() -> None:
             log.info("nats: reconnected")
 
         kw: dict[str, Any] = {
-            "servers": self.servers,
+            "servers": self.urls(),
             "name": self.name or default_name,
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,
@@ -375,7 +389,7 @@ class NatsSink(Sink):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            err = _error(exc, f"cannot connect to {','.join(self.cfg.servers)}")
+            err = _error(exc, f"cannot connect to {self.cfg.shown()}")
             await self._disconnect()
             if isinstance(err, FatalError):
                 raise err from exc
@@ -402,7 +416,7 @@ class NatsSink(Sink):
                     raise
                 except Exception as exc:
                     await self._disconnect()
-                    raise _error(exc, f"cannot connect to {','.join(self.cfg.servers)}") from exc
+                    raise _error(exc, f"cannot connect to {self.cfg.shown()}") from exc
             js = self._js
             errors: dict[int, BaseException] = {}
             futures: dict[int, asyncio.Future[Any]] = {}

@@ -37,6 +37,12 @@ class Running:
         await asyncio.sleep(0)
         return self
 
+    @property
+    def delivered(self) -> int:
+        """Messages delivered so far by the first flow (0 while the engine is starting)."""
+        runners = self.engine.runners
+        return runners[0].stats.delivered if runners else 0
+
     async def stop(self) -> EngineResult:
         assert self.task is not None
         self.engine.request_stop()

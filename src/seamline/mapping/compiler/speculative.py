@@ -47,6 +47,7 @@ class Code:
     missing: bool = False  # may be undefined
     loop: str | None = None  # a list comprehension giving the sequence (before collapsing)
     reads: bool = False  # reads the data (worth speculating)
+    number: bool = False  # always a number
 
 
 #: functions that never give undefined for defined arguments, and never an array
@@ -113,6 +114,16 @@ class Speculator:
             return Code("D")
         raise NotSpeculative(kind)
 
+    def field(self, ctx: str, name: str) -> str:
+        """``ctx[name]`` in a temporary, shared by the paths of the region that start with it."""
+        key = ("spec", ctx, name)
+        if key in self.gen.memo:
+            return self.gen.memo[key][0]
+        out = self.tmp()
+        self.gen.line(f"{out} = {ctx}[{name!r}]")
+        self.gen.remember(key, out)
+        return out
+
     def value(self, node: Node, ctx: str) -> Code:
         """An expression as a value (a loop's sequence collapsed)."""
         code = self.expr(node, ctx)
@@ -127,10 +138,14 @@ class Speculator:
         if steps[0].type != "name":
             raise NotSpeculative("path start")
         names = [step.value for step in steps if step.type == "name"]
+        if len(names) > 1 or len(names) < len(steps):
+            ctx, names = self.field(ctx, names[0]), names[1:]
         source = ctx + "".join(f"[{name!r}]" for name in names)
-        if len(names) == len(steps):
+        if len(names) + 1 == len(steps) or not names and len(steps) == 1:
+            pass
+        if all(step.type == "name" for step in steps):
             return Code(source, array=True, reads=True)
-        if len(names) != len(steps) - 1 or steps[-1].type in ("name", "function"):
+        if sum(step.type == "name" for step in steps) != len(steps) - 1 or steps[-1].type in ("name", "function"):
             raise NotSpeculative("path shape")
         results, item = self.gen.tmp("r"), self.gen.tmp("i")
         gen = self.gen
@@ -142,6 +157,33 @@ class Speculator:
                 raise NotSpeculative("step may splice")
             gen.line(f"{results}.append({last.text})")
         return Code("", loop=results, reads=True)
+
+    def sum_loop(self, node: Node, ctx: str) -> Code | None:
+        """``$sum(a.b.(expr))`` with a numeric step: add up in the loop (no intermediate sequence)."""
+        steps = node.steps if node.type == "path" and _plain_node(node) else None
+        if not steps or len(steps) < 2 or any(not _plain_node(st) or st.tuple or st.consarray for st in steps):
+            return None
+        if any(st.type != "name" for st in steps[:-1]) or steps[-1].type in ("name", "function"):
+            return None
+        gen = self.gen
+        names = [st.value for st in steps[:-1]]
+        base = self.field(ctx, names[0])
+        source = base + "".join(f"[{name!r}]" for name in names[1:])
+        total, count, item = self.tmp(), self.tmp(), gen.tmp("i")
+        mark = len(gen.lines)
+        gen.line(f"{total} = 0")
+        gen.line(f"{count} = 0")
+        gen.line(f"for {item} in {source}:")
+        with gen.block():
+            last = self.value(steps[-1], item)
+            if not last.number:
+                del gen.lines[mark:]
+                return None
+            gen.line(f"{total} += {last.text}")
+            gen.line(f"{count} += 1")
+        out = self.tmp()
+        gen.line(f"{out} = {total} if {count} else U")
+        return Code(out, reads=True, missing=True)
 
     def object(self, pairs: list[tuple[Node, Node]], ctx: str) -> Code:
         keys = [key.value for key, _ in pairs if key.type == "string" and _plain_node(key)]
@@ -208,7 +250,7 @@ class Speculator:
                 gen.line(f"if {out} - {out} != 0: {out} = {helper}({a}, {b})")
             else:
                 gen.line(f"{out} = {helper}({a}, {b})")
-            return Code(out, reads=reads)
+            return Code(out, reads=reads, number=True)
         if op in ("/", "%"):
             return Code(self.bind(f"{'div' if op == '/' else 'mod'}({left.text}, {right.text})"), reads=reads)
         if op == "&":
@@ -224,6 +266,11 @@ class Speculator:
         name = proc.value
         if any(arg.type in ("lambda", "regex") for arg in node.arguments):
             raise NotSpeculative("argument")
+        if name == "sum" and len(node.arguments) == 1 and name not in gen_hosts(self.gen):
+            summed = self.sum_loop(node.arguments[0], ctx)
+            if summed is not None:
+                self.gen.called.add(name)
+                return summed
         args = [self.value(arg, ctx) for arg in node.arguments]
         reads = any(arg.reads for arg in args)
         missing = any(arg.missing for arg in args)
@@ -261,6 +308,10 @@ class Speculator:
             return Code(out, reads=reads, missing=missing)
         gen.line(f"{out} = {ref}(R, {ctx}, {', '.join(texts)})")
         return Code(out, reads=reads, missing=missing or name == "sum")
+
+
+def gen_hosts(gen: _Gen) -> Any:
+    return gen.hosts
 
 
 def drop_undefined(obj: dict[str, Any]) -> dict[str, Any]:
