@@ -76,7 +76,10 @@ def make_orders(n: int, seed: int) -> list[dict[str, Any]]:
         lines = [
             {
                 "sku": f"SKU-{rng.randrange(10_000):05d}",
-                "description": rng.choice(["Widget", "Gadget", "Sprocket", "Flange"]) + " " + rng.choice("ABCDE"),
+                "description": rng.choice(["Widget", "Gadget", "Sprocket", "Flange"])
+                + " model "
+                + rng.choice("ABCDE")
+                + ", boxed",
                 "qty": rng.randint(1, 9),
                 "unitPrice": round(rng.uniform(1, 200), 2),
             }
@@ -101,6 +104,7 @@ def make_orders(n: int, seed: int) -> list[dict[str, Any]]:
                     "country": rng.choice(list(COUNTRIES)),
                 },
                 "currency": "EUR",
+                "note": rng.choice(["", "leave at the door", "call before delivery", "gift wrap, no invoice"]),
                 "lines": lines,
             }
         )

@@ -84,10 +84,7 @@ def load_cases(directory: Path) -> list[Case]:
         stem = f"{path.parent.name}/{path.stem}"
         for index, spec in enumerate(items):
             case_id = f"{stem}[{index}]" if isinstance(content, list) else stem
-            if "expr" in spec:
-                expr = spec["expr"]
-            else:
-                expr = (path.parent / spec["expr-file"]).read_text(encoding="utf-8")
+            expr = spec["expr"] if "expr" in spec else (path.parent / spec["expr-file"]).read_text(encoding="utf-8")
             if "data" in spec:
                 data = spec["data"]
             elif spec.get("dataset"):

@@ -22,8 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from seamline.mapping import UNDEFINED, MappingError, compile
 from tests.conformance.jsonata_suite import (
     REFERENCE_SEQUENCE_LIMIT,
     Case,
@@ -34,6 +32,8 @@ from tests.conformance.jsonata_suite import (
     run_case,
     suite_dir,
 )
+
+from seamline.mapping import UNDEFINED, MappingError, compile
 
 SUITE = suite_dir()
 CASES: list[Case] = load_cases(SUITE) if SUITE.is_dir() else []
@@ -107,9 +107,9 @@ def test_pass_rate() -> None:
     assert not unlisted, f"failing cases missing from jsonata_known_failures.txt: {unlisted}"
 
 
-def _result(evaluate: Any) -> tuple[str, Any]:
+def _result(evaluate: Any, data: Any, bindings: Any, **kwargs: Any) -> tuple[str, Any]:
     try:
-        return "value", evaluate()
+        return "value", evaluate(data, bindings, **kwargs)
     except MappingError as exc:
         return "error", exc.jsonata_code
 
@@ -136,8 +136,8 @@ def test_compiled_path_agrees_with_engine() -> None:
             continue
         compiled += 1
         bindings = case.spec.get("bindings") or None
-        fast = _result(lambda e=expression: e.evaluate(case.data, bindings, undefined=UNDEFINED))
-        full = _result(lambda e=expression: e.evaluate_engine(case.data, bindings))
+        fast = _result(expression.evaluate, case.data, bindings, undefined=UNDEFINED)
+        full = _result(expression.evaluate_engine, case.data, bindings)
         if not _same(fast, full):
             disagreements.append(f"{case.id}: {case.expr!r}: compiled {fast!r} vs engine {full!r}")
     assert not disagreements, "\n".join(disagreements)

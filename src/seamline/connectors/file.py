@@ -35,6 +35,9 @@ __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig"]
 
 _FP_BYTES = 1024
 
+Pos = tuple[int, int, int]  # byte offset, line number, records read
+Rec = tuple[Pos, int, Any, "bytes | None", "BaseException | None"]
+
 
 class CsvOptions(SourceConfig):
     """CSV dialect."""
@@ -43,6 +46,9 @@ class CsvOptions(SourceConfig):
     quotechar: str = Field('"', min_length=1, max_length=1, description="Quote character.")
     header: bool = Field(True, description="The first row names the columns.")
     columns: list[str] | None = Field(None, description="Column names when the file has no header row.")
+    types: dict[str, str] | None = Field(
+        None, description="Column types: int, float, decimal, bool, date, datetime or str (default: all text)."
+    )
 
 
 class FileSourceConfig(SourceConfig):
@@ -56,6 +62,9 @@ class FileSourceConfig(SourceConfig):
     )
     correlation_field: str | None = Field(None, description="Record field used as correlation id.")
     max_record_bytes: int = Field(1_048_576, ge=1, description="Longer records are dead-lettered.")
+    max_file_bytes: int = Field(
+        256 * 2**20, ge=1, description="format: json reads the whole file; larger files are refused."
+    )
     encoding: str = Field("utf-8", description="Text encoding.")
 
 
@@ -113,10 +122,10 @@ class FileSource(Source):
         scope = f"file:{self.ctx.flow}:{path.resolve()}"
         fp = _fingerprint(path)
         cp = await self.ctx.store.get_checkpoint(scope)
-        start = 0
+        start: Pos = (0, 1, 0)
         size = path.stat().st_size
         if isinstance(cp, dict) and cp.get("fingerprint") == fp and int(cp.get("offset", 0)) <= size:
-            start = int(cp["offset"])
+            start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
         tracker = OffsetTracker(start)
         self._tracker, self._scope, self._fp = tracker, scope, fp
         batch: list[Delivery] = []
@@ -143,7 +152,7 @@ class FileSource(Source):
         headers = {"file.name": path.name, "file.record": str(rec_no)}
         return Message(body, raw=raw, id=mid, correlation_id=corr, headers=headers)
 
-    def _records(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
+    def _records(self, path: Path, start: Pos) -> Iterator[Rec]:
         fmt = self.cfg.format
         if fmt == "ndjson":
             yield from self._ndjson(path, start)
@@ -152,113 +161,77 @@ class FileSource(Source):
         else:
             yield from self._json_array(path, start)
 
-    def _ndjson(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
+    def _ndjson(self, path: Path, start: Pos) -> Iterator[Rec]:
+        """NDJSON, strictly: duplicate keys, NaN, deep nesting and huge numbers are refused per line."""
+        from seamline.formats._lines import iter_lines
+        from seamline.formats.errors import FormatError
+        from seamline.formats.json import decode
+
         limit = self.cfg.max_record_bytes
+        offset, line_no, rec_no = start
         with path.open("rb") as f:
-            f.seek(start)
-            pos = start
-            rec_no = self._record_number_at(path, start)
-            for line in f:
-                end = pos + len(line)
-                if not line.endswith(b"\n"):
-                    # an unterminated last line may still be being written: stop before it
-                    break
-                pos = end
-                stripped = line.strip()
+            f.seek(offset)
+            for line in iter_lines(f, max_line_bytes=limit, start_offset=offset):
+                line_no += 1
+                end = (line.offset + line.length, line_no, rec_no + 1)
+                if line.data is None:
+                    rec_no += 1
+                    err = FatalError(f"record {rec_no} is {line.length} bytes (limit {limit})",
+                                     code="format.json.too_large")
+                    yield end, rec_no, {"$record": rec_no}, None, err
+                    continue
+                stripped = line.data.strip()
                 if not stripped:
                     continue
                 rec_no += 1
-                if len(stripped) > limit:
-                    err = FatalError(f"record {rec_no} is {len(stripped)} bytes (limit {limit})",
-                                     code="file.record_too_large")
-                    yield end, rec_no, {"$record": rec_no}, None, err
-                    continue
                 try:
-                    body = orjson.loads(stripped)
-                except orjson.JSONDecodeError as exc:
-                    err = FatalError(f"record {rec_no}: invalid JSON: {exc}", code="format.json.syntax")
-                    yield end, rec_no, {"$raw": stripped.decode("utf-8", "replace")}, None, err
+                    body = decode(stripped, max_bytes=limit)
+                except FormatError as exc:
+                    err = FatalError(f"record {rec_no}: {exc.message}", code=exc.code, details=exc.details)
+                    yield end, rec_no, {"$raw": stripped[:4096].decode("utf-8", "replace")}, stripped, err
                     continue
                 yield end, rec_no, body, stripped, None
 
-    def _record_number_at(self, path: Path, offset: int) -> int:
-        if offset == 0:
-            return 0
-        n = 0
-        with path.open("rb") as f:
-            remaining = offset
-            while remaining > 0:
-                chunk = f.read(min(1 << 20, remaining))
-                if not chunk:
-                    break
-                remaining -= len(chunk)
-                n += sum(1 for ln in chunk.split(b"\n")[:-1] if ln.strip())
-        if self.cfg.format == "csv" and self.cfg.csv.header:
-            n -= 1
-        return max(n, 0)
+    def _csv(self, path: Path, start: Pos) -> Iterator[Rec]:
+        """CSV with a dialect and typed columns; a bad row is dead-lettered, the rest carry on."""
+        from seamline.formats.csv import Checkpoint, CsvDialect, CsvReader
 
-    def _csv(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
         o = self.cfg.csv
-        enc = self.cfg.encoding
+        dialect = CsvDialect(delimiter=o.delimiter, quotechar=o.quotechar, header=o.header, encoding=self.cfg.encoding)
+        offset, line_no, rec_no = start
+        resume = Checkpoint(offset, line_no) if offset else None
         with path.open("rb") as f:
-            header: list[str] | None = o.columns
-            pos = 0
-            if o.header:
-                first = f.readline()
-                pos = len(first)
-                header = next(csv.reader([first.decode(enc)], delimiter=o.delimiter, quotechar=o.quotechar), [])
-                header = [h.strip() for h in header]
-            if start > pos:
-                f.seek(start)
-                pos = start
-            rec_no = self._record_number_at(path, start) if start else 0
-            state = {"pos": pos}
-
-            def lines() -> Iterator[str]:
-                for raw in f:
-                    state["pos"] += len(raw)
-                    yield raw.decode(enc, "replace")
-
-            reader = csv.reader(lines(), delimiter=o.delimiter, quotechar=o.quotechar, strict=True)
-            while True:
-                try:
-                    row = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    rec_no += 1
-                    err = FatalError(f"record {rec_no}: malformed CSV: {exc}", code="format.csv.malformed")
-                    yield state["pos"], rec_no, {"$record": rec_no}, None, err
-                    continue
-                if not row or all(not c.strip() for c in row):
-                    continue
+            reader = CsvReader(f, dialect=dialect, columns=o.types, fieldnames=o.columns,
+                               max_record_bytes=self.cfg.max_record_bytes, resume=resume)
+            for row in reader:
                 rec_no += 1
-                end = state["pos"]
-                if header is None:
-                    yield end, rec_no, row, None, None
+                end = (row.end_offset, row.end_line + 1, rec_no)
+                if row.error is not None:
+                    err = FatalError(f"record {rec_no} (line {row.line}): {row.error.message}", code=row.error.code,
+                                     details=row.error.details)
+                    raw = row.raw
+                    body = {"$line": row.line, "$raw": (raw or b"").decode("utf-8", "replace")}
+                    yield end, rec_no, body, None, err
                     continue
-                if len(row) != len(header):
-                    err = FatalError(
-                        f"record {rec_no}: {len(row)} fields, header has {len(header)}",
-                        code="format.csv.field_count",
-                    )
-                    yield end, rec_no, {"$fields": row}, None, err
-                    continue
-                yield end, rec_no, dict(zip(header, row, strict=True)), None, None
+                yield end, rec_no, row.values, None, None
 
-    def _json_array(self, path: Path, start: int) -> Iterator[tuple[int, int, Any, bytes | None, BaseException | None]]:
-        data = path.read_bytes()
+    def _json_array(self, path: Path, start: Pos) -> Iterator[Rec]:
+        """A JSON array (or one document): read whole, within ``max_file_bytes``; checkpoint = items done."""
+        from seamline.formats.errors import FormatError
+        from seamline.formats.json import decode
+
+        done = start[2]
         try:
-            items = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            err = FatalError(f"{path.name}: invalid JSON: {exc}", code="format.json.syntax")
-            if start == 0:
-                yield 1, 1, {"$file": path.name}, None, err
+            items = decode(path.read_bytes(), max_bytes=self.cfg.max_file_bytes)
+        except FormatError as exc:
+            if done == 0:
+                err = FatalError(f"{path.name}: {exc.message}", code=exc.code, details=exc.details)
+                yield (1, 1, 1), 1, {"$file": path.name}, None, err
             return
         if not isinstance(items, list):
             items = [items]
-        for i in range(start, len(items)):
-            yield i + 1, i + 1, items[i], None, None
+        for i in range(done, len(items)):
+            yield (i + 1, 1, i + 1), i + 1, items[i], None, None
 
     async def commit_acks(self) -> None:
         t = self._tracker
@@ -266,7 +239,10 @@ class FileSource(Source):
             async with self._lock:
                 if t.dirty:
                     t.dirty = False
-                    await self.ctx.store.put_checkpoint(self._scope, {"offset": t.committed, "fingerprint": self._fp})
+                    offset, line, records = t.committed
+                    await self.ctx.store.put_checkpoint(
+                        self._scope, {"offset": offset, "line": line, "records": records, "fingerprint": self._fp}
+                    )
 
     async def close(self) -> None:
         await self.commit_acks()

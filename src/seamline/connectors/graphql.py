@@ -47,6 +47,10 @@ connection failures retryable (``graphql.timeout``, ``graphql.connection``).
 Error texts are scrubbed of every known secret (the bearer token included)
 before they reach the journal, the DLQ or a log.
 
+The endpoint passes the egress guard (``egress``, the same settings as the
+http connector's: loopback and private addresses need ``allow_loopback`` /
+``allow_private``), checked on the resolved address and every redirect.
+
 gql is imported when a flow is built, never at module import.
 """
 
@@ -72,6 +76,7 @@ from seamline.connectors.soap import (
     ResponseMerge,
     egress_policy,
     jsonable,
+    require,
     scrub_library_logs,
     ssl_option,
     transport_error,
@@ -304,6 +309,7 @@ class GraphQLClient:
     """One GraphQL document against one endpoint: ``await execute(variables)`` gives ``(data, accepted_errors)``."""
 
     def __init__(self, cfg: GraphQLEndpoint, ctx: BuildContext) -> None:
+        require("gql", "graphql", "gql[aiohttp]")
         self.cfg = cfg
         self.request = load_document(cfg, ctx)
         self.url = cfg.url
@@ -388,8 +394,12 @@ class GraphQLClient:
                 err = FatalError(f"{self.what}: not a GraphQL answer: {_scrub(exc, 300)}",
                                  code="graphql.response.invalid")
         except TransportConnectionFailed as exc:
-            err = transport_error(exc.__cause__ or exc, prefix="graphql", what=self.what) or RetryableError(
-                f"{self.what} failed: {_scrub(exc, 300)}", code="graphql.connection")
+            cause = exc.__cause__
+            if isinstance(cause, SeamlineError):  # the egress guard refused the address or a redirect
+                err = cause
+            else:
+                err = transport_error(cause or exc, prefix="graphql", what=self.what) or RetryableError(
+                    f"{self.what} failed: {_scrub(exc, 300)}", code="graphql.connection")
         except TimeoutError:
             err = RetryableError(f"{self.what} timed out", code="graphql.timeout")
         except TransportError as exc:
@@ -617,7 +627,9 @@ class GraphQLSource(Source):
             )
         return items, bool(info.get("hasNextPage")), info.get("endCursor")
 
-    def _node_errors(self, errors: list[dict[str, Any]], count: int) -> tuple[list[dict[str, Any]], dict[int, list]]:
+    def _node_errors(
+        self, errors: list[dict[str, Any]], count: int
+    ) -> tuple[list[dict[str, Any]], dict[int, list[dict[str, Any]]]]:
         """Split accepted errors into those of one node (by path) and those of the whole page."""
         everyone: list[dict[str, Any]] = []
         per_node: dict[int, list[dict[str, Any]]] = {}
@@ -690,8 +702,9 @@ class GraphQLSource(Source):
                 msg = self._message(node, edge_cursor, wm, everyone + per_node.get(i, []))
                 ticket = tracker.track(position)
                 batch.append(Delivery(msg, functools.partial(tracker.ack, ticket), _noop_nack))
-            if batch:
-                await emit(batch)
+            size = max(1, self.ctx.batch_size)
+            for start in range(0, len(batch), size):  # a page larger than the flow's batch goes in parts
+                await emit(batch[start:start + size])
             if wm_cfg is None and end_cursor is not None:
                 self._read = {"cursor": end_cursor}
             if not has_next:
@@ -753,8 +766,8 @@ def _graphql_step(cfg: GraphQLStepConfig, ctx: BuildContext) -> GraphQLCallStep:
         "graphql: {url: 'https://api.example.com/graphql', connection: customers, mode: once, "
         "query: 'query($first: Int!, $after: String) { customers(first: $first, after: $after) "
         "{ edges { cursor node { id name } } pageInfo { hasNextPage endCursor } } }'}",
-        "graphql: {url: ..., connection: customers, interval: 5m, watermark: {field: updatedAt, variable: since}, "
-        "query_file: customers.graphql}",
+        "graphql: {url: 'https://api.example.com/graphql', connection: customers, interval: 5m, "
+        "watermark: {field: updatedAt, variable: since}, query_file: customers.graphql}",
     ),
 )
 def _graphql_source(cfg: GraphQLSourceConfig, ctx: BuildContext) -> GraphQLSource:

@@ -139,6 +139,11 @@ class KafkaSourceConfig(SourceConfig, KafkaConnection):
         300.0, description="Longest pause between polls before the group evicts this member."
     )
     batch_wait: Duration = Field(0.1, description="How long to wait for a batch to fill before handing it on.")
+    commit_interval: Duration = Field(
+        1.0,
+        description="How often acknowledged offsets are committed to the group (also on rebalance and on "
+        "close); a crash replays at most this much acknowledged work, never skips any.",
+    )
     content_type: str = Field(
         "application/json",
         description="Content type of records without a `content-type` header; JSON records are parsed on "
@@ -241,6 +246,7 @@ class KafkaSource(Source):
         self._rewind: dict[tuple[str, int], tuple[OffsetTracker, int]] = {}
         # after a rewind, the offset the partition must start again from
         self._starts: dict[tuple[str, int], int] = {}
+        self._to_store: list[Any] = []
         self._closed = False
         self._quiet = _Quiet()
 
@@ -250,7 +256,10 @@ class KafkaSource(Source):
         conf.update(
             {
                 "group.id": c.group,
-                "enable.auto.commit": False,
+                # at-least-once: offsets are stored only past acknowledged messages (commit_acks),
+                # librdkafka commits the stored offsets every commit_interval, on rebalance and on close
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": max(1, int(c.commit_interval * 1000)),
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": c.auto_offset_reset,
                 "isolation.level": "read_committed",
@@ -308,17 +317,23 @@ class KafkaSource(Source):
 
         keys = {(tp.topic, tp.partition) for tp in partitions}
         with self._lock:
-            offsets = [
-                TopicPartition(t, p, tr.committed) for (t, p), tr in self._parts.items() if (t, p) in keys and tr.dirty
-            ]
+            latest = {(tp.topic, tp.partition): tp for tp in self._to_store}
+            self._to_store = []
+            for (t, p), tr in self._parts.items():
+                if (t, p) in keys and tr.dirty:
+                    latest[(t, p)] = TopicPartition(t, p, tr.committed)
+            offsets = list(latest.values())
             for k in keys:
                 self._parts.pop(k, None)
                 self._rewind.pop(k, None)
                 self._starts.pop(k, None)
-        if offsets:
-            try:
-                consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as exc:
+        try:
+            if offsets:
+                consumer.store_offsets(offsets=offsets)
+            consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # _NO_OFFSET: nothing to commit; otherwise in-flight messages are read again by the next owner
+            if "NO_OFFSET" not in str(exc):
                 log.warning("kafka: commit on revoke failed (in-flight messages will be read again): %s", exc)
 
     def _on_lost(self, consumer: Any, partitions: Any) -> None:
@@ -336,32 +351,40 @@ class KafkaSource(Source):
                 self._rewind[key] = (tracker, tracker.committed)
 
     async def commit_acks(self) -> None:
-        from confluent_kafka import KafkaException, TopicPartition
+        from confluent_kafka import TopicPartition
 
         if self._consumer is None or self._closed:
             return
         with self._lock:
-            offsets = []
+            offsets: list[Any] = []
             for (t, p), tr in self._parts.items():
                 if tr.dirty:
                     tr.dirty = False
                     offsets.append(TopicPartition(t, p, tr.committed))
         if offsets:
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-            except KafkaException as exc:
-                # nothing committed: the next commit (or a restart) covers it
-                log.warning("kafka: commit failed: %s", exc)
+            # stored by the consumer thread before its next poll (a store from this thread would wait for
+            # the consumer's locks); librdkafka commits stored offsets every commit_interval, on rebalance
+            # and on close
+            with self._lock:
+                self._to_store.extend(offsets)
 
     # reading -----------------------------------------------------------------------------------------------
-    def _poll(self) -> list[Delivery]:
-        """One consume call (on the consumer thread): apply rewinds, build deliveries."""
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+    def _poll(self) -> list[Any]:
+        """One consume call on the consumer thread (rewinds first). The records are turned into
+        deliveries on the event loop's thread: per-record work here would queue for the GIL."""
+        from confluent_kafka import KafkaException, TopicPartition
 
         consumer = self._consumer
         with self._lock:
             rewinds = list(self._rewind.items())
             self._rewind.clear()
+            to_store, self._to_store = self._to_store, []
+        if to_store:
+            try:
+                consumer.store_offsets(offsets=to_store)
+            except KafkaException as exc:
+                # the partition moved away meanwhile: its new owner reads the in-flight messages again
+                self._quiet("store", logging.WARNING, "kafka: storing offsets failed: %s", exc)
         for (t, p), (tracker, offset) in rewinds:
             with self._lock:
                 if self._parts.get((t, p)) is not tracker:
@@ -372,7 +395,11 @@ class KafkaSource(Source):
                 consumer.seek(TopicPartition(t, p, offset))
             except KafkaException as exc:
                 log.warning("kafka: rewinding %s[%d] to %d failed: %s", t, p, offset, exc)
-        msgs = consumer.consume(self.batch_size, self.cfg.batch_wait)
+        return consumer.consume(self.batch_size, self.cfg.batch_wait)  # type: ignore[no-any-return]
+
+    def _deliveries(self, msgs: list[Any]) -> list[Delivery]:
+        from confluent_kafka import KafkaError, KafkaException
+
         out: list[Delivery] = []
         for m in msgs:
             err = m.error()
@@ -431,7 +458,7 @@ class KafkaSource(Source):
 
         while True:
             try:
-                batch = await self._call(self._poll)
+                batch = self._deliveries(await self._call(self._poll))
             except KafkaException as exc:
                 raise _error(exc, f"kafka consumer of group {self.cfg.group} failed") from exc
             if batch:
@@ -445,15 +472,22 @@ class KafkaSource(Source):
         from confluent_kafka import KafkaException, TopicPartition
 
         with self._lock:
-            offsets = [TopicPartition(t, p, tr.committed) for (t, p), tr in self._parts.items() if tr.dirty]
+            latest = {(tp.topic, tp.partition): tp for tp in self._to_store}
+            for (t, p), tr in self._parts.items():
+                if tr.dirty:
+                    latest[(t, p)] = TopicPartition(t, p, tr.committed)
+            offsets = list(latest.values())
+            self._to_store = []
             self._parts.clear()
         consumer = self._consumer
 
         def _finish() -> None:
-            if offsets:
-                try:
-                    consumer.commit(offsets=offsets, asynchronous=False)
-                except KafkaException as exc:
+            try:
+                if offsets:
+                    consumer.store_offsets(offsets=offsets)
+                consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                if "NO_OFFSET" not in str(exc):
                     log.warning("kafka: final commit failed (in-flight messages will be read again): %s", exc)
             consumer.close()
 
@@ -489,6 +523,7 @@ class KafkaSink(Sink):
                 "message.timeout.ms": max(1, int(c.delivery_timeout * 1000)),
                 "partitioner": c.partitioner,
                 "message.max.bytes": c.max_message_bytes,
+                "delivery.report.only.error": True,
                 "error_cb": self._on_error,
                 "logger": _RDKAFKA_LOG,
             }
@@ -571,8 +606,13 @@ class KafkaSink(Sink):
                         results[i] = exc
                         reported[i] = True
                         break
-            # every record gets a report within message.timeout.ms; wait a little longer than that
+            # flush() sends at once (linger is skipped) and returns once every record is confirmed or
+            # failed. Reports come for failures only (delivery.report.only.error): a success report per
+            # record, called back on the flushing thread, would queue for the GIL behind the event loop.
+            # Every record is settled within message.timeout.ms; wait a little longer than that.
             left = await loop.run_in_executor(self._pool, producer.flush, self.cfg.delivery_timeout + 5.0)
+            if left == 0:
+                reported = [True] * n
             errors: dict[int, BaseException] = {}
             for i in range(n):
                 if not reported[i]:

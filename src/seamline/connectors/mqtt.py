@@ -49,6 +49,13 @@ from pydantic import Field, field_validator
 
 from seamline.config.models import ComponentConfig, SinkConfig, SourceConfig
 from seamline.config.types import Duration, SecretStr
+from seamline.connectors.wire import (
+    CORRELATION_HEADER,
+    MESSAGE_ID_HEADER,
+    TRACEPARENT,
+    decode_message,
+    outgoing_headers,
+)
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError
 from seamline.core.message import Message
@@ -59,9 +66,7 @@ __all__ = ["MqttSink", "MqttSinkConfig", "MqttSource", "MqttSourceConfig"]
 
 log = logging.getLogger("seamline.connectors.mqtt")
 
-# envelope fields as MQTT 5 user properties (shared with the other message connectors)
-_MESSAGE_ID = "message-id"
-_CORRELATION_ID = "correlation-id"
+_ENVELOPE = frozenset({MESSAGE_ID_HEADER, CORRELATION_HEADER, TRACEPARENT, "tracestate"})
 
 
 class _MqttConnection(ComponentConfig):
@@ -163,13 +168,9 @@ def _consume_disconnect(client: Any) -> None:
 
 
 def _user_properties(m: Message, headers: bool) -> list[tuple[str, str]]:
-    props = [(_MESSAGE_ID, m.id), (_CORRELATION_ID, m.correlation_id)]
-    for k, v in m.headers.items():
-        if k in (_MESSAGE_ID, _CORRELATION_ID) or k.startswith("mqtt."):
-            continue
-        if headers or k in ("traceparent", "tracestate"):
-            props.append((k, str(v)))
-    return props
+    # the content type travels in the MQTT 5 content type property
+    h = outgoing_headers(m, content_type=False)
+    return [(k, str(v)) for k, v in h.items() if headers or k in _ENVELOPE]
 
 
 # -- source ---------------------------------------------------------------------------------------------------
@@ -314,70 +315,75 @@ class MqttSource(Source):
                 _consume_disconnect(client)
 
     async def _consume(self, client: Any, acks: _InOrderAcks, emit: Emit) -> None:
+        # Read aiomqtt's queue directly: cancelling its message iterator can drop a message it
+        # already took off the queue. One getter task lives across batches and is never cancelled
+        # while the connection is in use.
+        import aiomqtt
+
         loop = asyncio.get_running_loop()
-        it = client.messages
+        q: asyncio.Queue[Any] = client._queue
+        gone: asyncio.Future[None] = client._disconnected
         self._reconnect.clear()
         wake = asyncio.ensure_future(self._reconnect.wait())
-        nxt: asyncio.Future[Any] | None = None
+        getter: asyncio.Future[Any] | None = None
         try:
             while True:
-                nxt = asyncio.ensure_future(it.__anext__())
-                done, _ = await asyncio.wait({nxt, wake}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await nxt
+                if getter is None:
+                    getter = asyncio.ensure_future(q.get())
+                done, _ = await asyncio.wait({getter, wake, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    if gone.done():
+                        raise aiomqtt.MqttError(f"disconnected: {gone.exception() if not gone.cancelled() else ''}")
+                    # unacknowledged messages of this connection are redelivered after the reconnect
                     log.info("mqtt source %s: reconnecting so the broker redelivers", self.client_id)
                     return
-                batch = [nxt.result()]
+                batch = [getter.result()]
+                getter = None
                 deadline = loop.time() + self.cfg.linger
                 while len(batch) < self.batch_size:
-                    if len(it):
-                        batch.append(await it.__anext__())
+                    try:
+                        batch.append(q.get_nowait())
                         continue
+                    except asyncio.QueueEmpty:
+                        pass
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
-                    try:
-                        batch.append(await asyncio.wait_for(it.__anext__(), remaining))
-                    except TimeoutError:
-                        break
+                    getter = asyncio.ensure_future(q.get())
+                    done, _ = await asyncio.wait({getter}, timeout=remaining)
+                    if getter not in done:
+                        break  # keep the getter for the next batch
+                    batch.append(getter.result())
+                    getter = None
                 await emit([self._delivery(m, acks) for m in batch])
         finally:
             wake.cancel()
-            if nxt is not None and not nxt.done():
-                nxt.cancel()
+            if getter is not None and not getter.done():
+                getter.cancel()
 
     def _delivery(self, m: Any, acks: _InOrderAcks) -> Delivery:
         props = m.properties
         user = (getattr(props, "UserProperty", None) or []) if props is not None else []
-        headers: dict[str, str] = {}
-        for k, v in user:
-            headers[str(k)] = str(v)
-        mid_prop = headers.pop(_MESSAGE_ID, None)
-        corr = headers.pop(_CORRELATION_ID, None)
-        if corr is None and props is not None:
+        wire: dict[str, str] = {str(k): str(v) for k, v in user}
+        if props is not None and not any(k.lower() in ("correlation-id", "correlation_id") for k in wire):
             cd = getattr(props, "CorrelationData", None)
             if cd:
-                corr = cd.decode("utf-8", "replace") if isinstance(cd, bytes) else str(cd)
+                wire[CORRELATION_HEADER] = cd.decode("utf-8", "replace") if isinstance(cd, bytes) else str(cd)
         ctype = getattr(props, "ContentType", None) if props is not None else None
-        headers["mqtt.topic"] = m.topic.value
+        transport = {"mqtt.topic": m.topic.value}
         if m.retain:
-            headers["mqtt.retain"] = "true"
+            transport["mqtt.retain"] = "true"
         payload = m.payload
         if isinstance(payload, str):
             payload = payload.encode()
         elif not isinstance(payload, bytes | bytearray):
             payload = b"" if payload is None else str(payload).encode()
-        msg = Message(
-            raw=bytes(payload),
-            id=mid_prop or uuid.uuid4().hex,
-            correlation_id=corr,
-            headers=headers,
-            content_type=ctype or self.cfg.content_type,
+        msg, error = decode_message(
+            bytes(payload), wire, default_id=uuid.uuid4().hex, default_content_type=self.cfg.content_type,
+            transport=transport, content_type=ctype or None, connector="mqtt",
         )
         if m.qos == 0:
-            return Delivery(msg)
+            return Delivery(msg, error=error)
         ticket = acks.track(m.mid, m.qos)
 
         def ack() -> None:
@@ -389,7 +395,7 @@ class MqttSource(Source):
                 acks.alive = False
                 self._reconnect.set()
 
-        return Delivery(msg, ack, nack)
+        return Delivery(msg, ack, nack, error)
 
 
 # -- sink -----------------------------------------------------------------------------------------------------
@@ -414,8 +420,8 @@ class MqttSink(Sink):
         self.client_id = cfg.client_id or f"seamline-{ctx.flow}-{uuid.uuid4().hex[:8]}"
         self._client: Any = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._early: dict[int, Any] = {}
         self._templated = bool(_PLACEHOLDER.search(cfg.topic))
+        self._slots = asyncio.Semaphore(cfg.max_inflight)
 
     async def open(self) -> None:
         try:
@@ -433,14 +439,27 @@ class MqttSink(Sink):
             await self._drop()
         client = _client(self.cfg, self.client_id, max_inflight_messages=self.cfg.max_inflight)
         client.pending_calls_threshold = 1 << 30
-        client._client.on_publish = self._on_publish
+        pc = client._client
+        pc.on_publish = self._on_publish
+        aiomqtt_on_connect = pc.on_connect
+        server_max: list[int] = []
+
+        def on_connect(c: Any, userdata: Any, flags: Any, rc: Any, props: Any = None) -> None:
+            rm = getattr(props, "ReceiveMaximum", None) if props is not None else None
+            if rm:
+                server_max.append(int(rm))
+            aiomqtt_on_connect(c, userdata, flags, rc, props)
+
+        pc.on_connect = on_connect
+        self._watch_pubrec(pc)
         try:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise RetryableError(f"cannot connect to the MQTT broker: {exc}", code="mqtt.unavailable") from exc
+        # paho ignores the broker's Receive Maximum; publishing past it makes the broker refuse messages
+        self._slots = asyncio.Semaphore(min([self.cfg.max_inflight, *server_max]))
         self._client = client
         self._waiting.clear()
-        self._early.clear()
         return client
 
     async def _drop(self) -> None:
@@ -457,13 +476,28 @@ class MqttSink(Sink):
         _consume_disconnect(client)
 
     def _on_publish(self, _client: Any, _userdata: Any, mid: int, reason_code: Any, _properties: Any) -> None:
-        if self.cfg.qos == 0:
-            return
+        # PUBACK (QoS 1) or PUBCOMP (QoS 2); both arrive on a later loop turn than the publish call
         fut = self._waiting.pop(mid, None)
-        if fut is None:
-            self._early[mid] = reason_code
-        elif not fut.done():
+        if fut is not None and not fut.done():
             fut.set_result(reason_code)
+
+    def _watch_pubrec(self, pc: Any) -> None:
+        """paho ignores the reason code of PUBREC: a QoS 2 message the broker refused would count as sent."""
+        from paho.mqtt import _packet
+
+        orig = pc._handle_pubrec
+
+        def handle_pubrec() -> Any:
+            with contextlib.suppress(Exception):
+                r = _packet.decode_pubrec(pc._in_packet["command"], pc._in_packet["packet"], pc._protocol)
+                value = getattr(r.reason, "value", 0)
+                if isinstance(value, int) and value >= 0x80:
+                    fut = self._waiting.pop(r.mid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(r.reason)
+            return orig()
+
+        pc._handle_pubrec = handle_pubrec
 
     def _topic(self, m: Message) -> str:
         if not self._templated:
@@ -500,6 +534,10 @@ class MqttSink(Sink):
         return props
 
     async def _publish(self, client: Any, m: Message) -> None:
+        async with self._slots:
+            await self._publish_one(client, m)
+
+    async def _publish_one(self, client: Any, m: Message) -> None:
         from paho.mqtt.client import MQTT_ERR_SUCCESS
 
         pc = client._client
@@ -508,23 +546,22 @@ class MqttSink(Sink):
             raise RetryableError(f"publish failed (paho rc {info.rc})", code="mqtt.publish")
         if self.cfg.qos == 0:
             return
-        rc = self._early.pop(info.mid, None)
-        if rc is None:
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._waiting[info.mid] = fut
-            gone = client._disconnected
-            try:
-                done, _ = await asyncio.wait({fut, gone}, timeout=self.cfg.publish_timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                self._waiting.pop(info.mid, None)
-            if fut not in done:
-                fut.cancel()
-                raise RetryableError(
-                    "the broker did not acknowledge the publish" + (" (disconnected)" if gone.done() else ""),
-                    code="mqtt.timeout",
-                )
-            rc = fut.result()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[info.mid] = fut
+        gone = client._disconnected
+        try:
+            done, _ = await asyncio.wait({fut, gone}, timeout=self.cfg.publish_timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if self._waiting.get(info.mid) is fut:
+                del self._waiting[info.mid]
+        if fut not in done:
+            fut.cancel()
+            raise RetryableError(
+                "the broker did not acknowledge the publish" + (" (disconnected)" if gone.done() else ""),
+                code="mqtt.timeout",
+            )
+        rc = fut.result()
         value = getattr(rc, "value", rc)
         if isinstance(value, int) and value >= 0x80:
             text = f"the broker refused the publish: {rc} (0x{value:02x})"

@@ -29,6 +29,15 @@ from pydantic import Field
 
 from seamline.config.models import ComponentConfig, SinkConfig, SourceConfig
 from seamline.config.types import Duration, SecretStr
+from seamline.connectors.wire import (
+    CONTENT_TYPE_HEADER,
+    CORRELATION_HEADER,
+    MESSAGE_ID_HEADER,
+    TRACEPARENT,
+    decode_message,
+    incoming,
+    outgoing_headers,
+)
 from seamline.core.component import BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError
 from seamline.core.message import Message
@@ -39,11 +48,6 @@ __all__ = ["RedisSink", "RedisSinkConfig", "RedisSource", "RedisSourceConfig"]
 
 log = logging.getLogger("seamline.connectors.redis")
 
-# envelope fields on the wire (shared with the other message connectors)
-_MESSAGE_ID = "message-id"
-_CORRELATION_ID = "correlation-id"
-_CONTENT_TYPE = "content-type"
-_ENVELOPE = frozenset({_MESSAGE_ID, _CORRELATION_ID, _CONTENT_TYPE})
 
 
 class _RedisConnection(ComponentConfig):
@@ -122,19 +126,15 @@ def _dec(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
+_ENVELOPE_FIELDS = frozenset({MESSAGE_ID_HEADER, CORRELATION_HEADER, CONTENT_TYPE_HEADER, TRACEPARENT, "tracestate"})
+
+
 def _fields_out(m: Message, body_field: str, headers: bool) -> dict[str, Any]:
-    fields: dict[str, Any] = {body_field: m.raw, _MESSAGE_ID: m.id, _CORRELATION_ID: m.correlation_id}
-    if m.content_type:
-        fields[_CONTENT_TYPE] = m.content_type
-    if headers:
-        for k, v in m.headers.items():
-            if k != body_field and k not in fields:
-                fields[k] = v
-    elif "traceparent" in m.headers:
-        fields["traceparent"] = m.headers["traceparent"]
-        if "tracestate" in m.headers:
-            fields["tracestate"] = m.headers["tracestate"]
-    return fields
+    h = outgoing_headers(m)
+    if not headers:
+        h = {k: v for k, v in h.items() if k in _ENVELOPE_FIELDS}
+    h.pop(body_field, None)
+    return {body_field: m.raw, **h}
 
 
 # -- source ---------------------------------------------------------------------------------------------------
@@ -227,6 +227,9 @@ class RedisSource(Source):
                 if not _is_connection_error(exc):
                     raise _wrap(exc, f"reading stream {self.cfg.stream!r} failed") from exc
                 log.warning("redis source %s: %s; reconnecting in %.1fs", self.cfg.stream, exc, backoff)
+                # a reply lost with the connection may have moved entries into our pending list unseen:
+                # re-read the pending list (skipping what is in flight) once the connection is back
+                backlog = "0"
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -284,18 +287,20 @@ class RedisSource(Source):
         entry_id = _dec(eid)
         f = {_dec(k): v for k, v in fields.items()}
         raw = f.pop(cfg.body_field, None)
-        mid = _dec(f.pop(_MESSAGE_ID)) if _MESSAGE_ID in f else f"{cfg.stream}:{entry_id}"
-        corr = _dec(f.pop(_CORRELATION_ID)) if _CORRELATION_ID in f else None
-        ctype = _dec(f.pop(_CONTENT_TYPE)) if _CONTENT_TYPE in f else cfg.content_type
-        headers = {k: _dec(v) for k, v in f.items()}
-        headers["redis.stream"] = cfg.stream
-        headers["redis.entry_id"] = entry_id
+        wire = {k: _dec(v) for k, v in f.items()}
+        transport = {"redis.stream": cfg.stream, "redis.entry_id": entry_id}
+        default_id = f"{cfg.stream}:{entry_id}"
+        error: BaseException | None = None
         if raw is None:
-            # an entry written by someone else: the fields are the record
-            msg = Message(dict(headers), id=mid, correlation_id=corr, headers=headers)
+            # an entry written by someone else without a body field: its fields are the record
+            mid, corr, _ctype, headers = incoming(wire)
+            headers.update(transport)
+            msg = Message(dict(wire), id=mid or default_id, correlation_id=corr, headers=headers)
         else:
-            # decoded lazily: a body that is not valid JSON fails in the first step that reads it (-> DLQ)
-            msg = Message(raw=bytes(raw), id=mid, correlation_id=corr, headers=headers, content_type=ctype)
+            msg, error = decode_message(
+                bytes(raw), wire, default_id=default_id, default_content_type=cfg.content_type,
+                transport=transport, connector="redis",
+            )
 
         def ack() -> None:
             self._inflight.discard(eid)
@@ -307,7 +312,7 @@ class RedisSource(Source):
                 # the entry stays pending; claim it again at once (a restart re-reads it anyway)
                 self._redeliver.append(eid)
 
-        return Delivery(msg, ack, nack)
+        return Delivery(msg, ack, nack, error)
 
     async def _flush_acks(self) -> None:
         if not self._to_ack or self._r is None:

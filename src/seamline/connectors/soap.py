@@ -25,21 +25,21 @@ into a fault cannot leak the password through seamline.
 
 Errors are classified for the retry policy:
 
-=========================================  ==========  ==============================
-what happened                              verdict     code
-=========================================  ==========  ==============================
-fault ``Client*`` (1.1) / ``Sender`` (1.2)  fatal       ``soap.fault.client``
-fault ``Server*`` / ``Receiver``           retryable   ``soap.fault.server``
-any other fault code                       fatal       ``soap.fault.other``
-HTTP error without a SOAP fault            per status  ``http.status.NNN``
-timeout / connection failure               retryable   ``soap.timeout`` / ``soap.connection``
-request does not fit the operation         fatal       ``soap.request.invalid``
-response not SOAP or too large             fatal       ``soap.response.invalid`` / ``.too_large``
-=========================================  ==========  ==============================
+* a fault ``Client*`` (SOAP 1.1) or ``Sender`` (1.2): fatal, ``soap.fault.client``;
+* a fault ``Server*`` or ``Receiver``: retryable, ``soap.fault.server``;
+* any other fault code: fatal, ``soap.fault.other``;
+* an HTTP error without a SOAP fault: by status, ``http.status.NNN``;
+* a timeout or a connection failure: retryable, ``soap.timeout`` / ``soap.connection``;
+* a request that does not fit the operation: fatal, ``soap.request.invalid``;
+* a response that is not SOAP or too large: fatal, ``soap.response.invalid`` / ``soap.response.too_large``.
 
 A fault's code, string, actor, SOAP 1.2 subcodes and ``detail`` (as JSON
 data) are in the error's ``details``. ``fault_classes`` overrides the verdict
 per fault code (``{"Server.Validation": fatal}``).
+
+The WSDL, its imports and the endpoint pass the egress guard (``egress``,
+the same settings as the http connector's: loopback and private addresses
+need ``allow_loopback`` / ``allow_private``); DTDs and entities are refused.
 
 zeep is imported when a flow opens, never at module import.
 """
@@ -77,14 +77,23 @@ if TYPE_CHECKING:
     from seamline.security.egress import EgressPolicy
 
 __all__ = [
+    "RequestTemplate",
+    "ResponseMerge",
     "SoapCallStep",
     "SoapCaller",
+    "SoapOptions",
     "SoapSink",
     "SoapSinkConfig",
     "SoapStepConfig",
     "WsSecurityConfig",
+    "egress_policy",
     "fault_error",
+    "jsonable",
+    "require",
     "scrub_library_logs",
+    "ssl_option",
+    "transport_error",
+    "xml_to_data",
 ]
 
 log = logging.getLogger("seamline.connectors.soap")
@@ -356,6 +365,17 @@ def scrub_library_logs(*names: str) -> None:
             logger.addFilter(_SCRUB)
 
 
+def require(module: str, connector: str, package: str) -> None:
+    """Fail when the flow is built, with what to install, if a connector's library is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise FatalError(
+            f"the {connector} connector needs the {package} package: pip install '{package}'",
+            code=f"{connector}.dependency_missing",
+        )
+
+
 def egress_policy(settings: EgressSettings) -> EgressPolicy:
     """The egress guard of a component (the same settings as the http connector's)."""
     from seamline.security.egress import EgressPolicy
@@ -473,7 +493,8 @@ class _UsernameToken:
     def apply(self, envelope: Any, headers: Any) -> Any:
         from zeep.wsse.username import UsernameToken
 
-        return UsernameToken(self.username, self.password.reveal(), use_digest=self.digest).apply(envelope, headers)
+        token = UsernameToken(self.username, self.password.reveal(), use_digest=self.digest)  # type: ignore[no-untyped-call]
+        return token.apply(envelope, headers)  # type: ignore[no-untyped-call]
 
     def verify(self, envelope: Any) -> Any:
         return envelope
@@ -503,7 +524,7 @@ def _guarded_transport(policy: EgressPolicy, timeout: float) -> Any:
 
     from seamline.security.errors import EgressError
 
-    class GuardedTransport(zeep.Transport):  # type: ignore[misc]
+    class GuardedTransport(zeep.Transport):
         def _load_remote_data(self, url: str) -> bytes:
             policy.check_url(url)
             parts = urlsplit(url)
@@ -518,16 +539,17 @@ def _guarded_transport(policy: EgressPolicy, timeout: float) -> Any:
                                   details={"host": host})
             response = self.session.get(url, timeout=self.load_timeout, allow_redirects=False)
             if response.status_code != 200:
-                raise TransportError(status_code=response.status_code)
-            return response.content  # type: ignore[no-any-return]
+                raise TransportError(status_code=response.status_code)  # type: ignore[no-untyped-call]
+            return response.content
 
-    return GuardedTransport(timeout=timeout, operation_timeout=timeout)
+    return GuardedTransport(timeout=timeout, operation_timeout=timeout)  # type: ignore[no-untyped-call]
 
 
 class SoapCaller:
     """One WSDL operation: load the WSDL at open, then ``await call(message)`` per message."""
 
     def __init__(self, cfg: SoapOptions, ctx: BuildContext) -> None:
+        require("zeep", "soap", "zeep")
         self.cfg = cfg
         self.ctx = ctx
         self.template = RequestTemplate(cfg.request, prefix="soap", what="operation's parameters")
@@ -573,7 +595,7 @@ class SoapCaller:
         # response or a URL with credentials) must not ride along as __context__ into the DLQ
         err: SeamlineError | None = None
         try:
-            client = zeep.Client(
+            client = zeep.Client(  # type: ignore[no-untyped-call]
                 self.wsdl, transport=transport, settings=settings,
                 service_name=self.cfg.service, port_name=self.cfg.port,
             )
@@ -638,7 +660,7 @@ class SoapCaller:
         headers = {**self._headers, **{str(k): str(v) for k, v in http_headers.items()}}
         if self.cfg.idempotency_header:
             headers[self.cfg.idempotency_header] = message.id
-        return etree_to_string(envelope), headers
+        return etree_to_string(envelope), headers  # type: ignore[no-untyped-call]
 
     async def call(self, message: Message) -> Any:
         """Call the operation for ``message``; return the response as JSON data, or raise a classified error."""
@@ -710,7 +732,7 @@ class SoapCaller:
             raise err
         if not ok:
             raise self._http_error(reply)
-        return jsonable(serialize_object(result, dict))
+        return jsonable(serialize_object(result, dict))  # type: ignore[no-untyped-call]
 
 
 # -- sink and step --------------------------------------------------------------------------------

@@ -50,16 +50,18 @@ def _error_chain(exc: BaseException) -> list[dict[str, Any]]:
             {
                 "type": type(cur).__name__,
                 "code": getattr(cur, "code", None),
-                "message": getattr(cur, "message", None) or str(cur),
+                "message": _scrub(getattr(cur, "message", None) or str(cur)),
                 "details": _safe(getattr(cur, "details", None)),
             }
         )
-        cur = cur.__cause__ or cur.__context__
+        cur = cur.__cause__ or (None if cur.__suppress_context__ else cur.__context__)
     return chain
 
 
 def _safe(v: Any) -> Any:
-    if v is None or isinstance(v, str | int | float | bool):
+    if isinstance(v, str):
+        return _scrub(v)
+    if v is None or isinstance(v, int | float | bool):
         return v
     if isinstance(v, dict):
         return {str(k): _safe(x) for k, x in v.items()}
@@ -91,9 +93,16 @@ def _record(original: dict[str, Any] | Message | None, fallback: Message) -> dic
     return (original or fallback).to_record()
 
 
+def _scrub(text: str) -> str:
+    from seamline.security.redaction import scrub_text
+
+    return scrub_text(text)
+
+
 def _text(exc: BaseException) -> str:
+    """The error's message for the DLQ, the journal and logs, with known secrets removed."""
     msg = getattr(exc, "message", None)
-    return (msg if isinstance(msg, str) else str(exc)).strip() or type(exc).__name__
+    return _scrub((msg if isinstance(msg, str) else str(exc)).strip()) or type(exc).__name__
 
 
 def _code(exc: BaseException) -> str:

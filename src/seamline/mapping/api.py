@@ -57,7 +57,12 @@ class Expression:
         self._engine: EngineExpression | None = None
         try:
             self._engine = EngineExpression(
-                source, self._functions, timeout_ms=timeout_ms, max_depth=max_depth, max_sequence=max_sequence
+                source,
+                self._functions,
+                timeout_ms=timeout_ms,
+                max_depth=max_depth,
+                max_sequence=max_sequence,
+                tree=self._analysis.ast,
             )
         except MappingError as exc:
             # The Rust engine cannot hold a string with an unpaired UTF-16 surrogate; Python can,

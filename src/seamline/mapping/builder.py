@@ -100,7 +100,7 @@ class Mapping:
             RetryableError: a SQL or HTTP lookup was unavailable.
         """
         if self._expression is not None:
-            return self._expression.evaluate(body, bindings)
+            return self._expression.evaluate(body, bindings) if bindings else self._expression.evaluate(body)
         out: dict[str, Any] = {}
         for field in self._fields:
             try:

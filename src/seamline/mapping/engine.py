@@ -19,6 +19,7 @@ import jsonatapy
 import orjson
 
 from seamline.core.errors import SeamlineError
+from seamline.mapping.compiler.parser import Node
 from seamline.mapping.errors import MappingError, error_from_engine_message
 from seamline.mapping.functions import max_positional
 from seamline.mapping.values import UNDEFINED
@@ -78,6 +79,97 @@ def _host(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     return host
 
 
+_GUARD_NAME = "__seamline_limit"
+#: functions whose result can be a much longer string than their arguments
+_GROWING = frozenset({"join", "replace", "string", "pad"})
+
+
+def _guard_spans(tree: Node) -> list[tuple[int, int]]:
+    """Source spans to pass through the size guard.
+
+    * every argument of ``$pad`` (its width decides how much is allocated);
+    * inside function bodies, where recursion or ``$reduce`` can repeat them
+      without bound, every string concatenation (``&``) and every call of a
+      function that can lengthen a string (``$join``, ``$replace``, ...).
+    """
+    spans: list[tuple[int, int]] = []
+
+    def visit(node: Any, in_lambda: bool) -> None:
+        if isinstance(node, Node):
+            if node.type == "lambda":
+                in_lambda = True
+            elif node.type == "function" and node.procedure.type == "variable":
+                name = node.procedure.value
+                if name == "pad":
+                    spans.extend(arg.span for arg in node.arguments if arg.span is not None)
+                if in_lambda and name in _GROWING and node.span is not None:
+                    spans.append(node.span)
+            elif node.type == "binary" and node.value == "&" and in_lambda and node.span is not None:
+                spans.append(node.span)
+            for value in node.__dict__.values():
+                visit(value, in_lambda)
+        elif isinstance(node, list | tuple):
+            for item in node:
+                visit(item, in_lambda)
+        elif isinstance(node, dict):
+            for item in node.values():
+                visit(item, in_lambda)
+
+    visit(tree, False)
+    return sorted(set(spans))
+
+
+def guard_source(source: str, tree: Node | None) -> str:
+    """Rewrite ``source`` so that values which could exhaust memory pass a size guard first.
+
+    The engine allocates whatever it is asked for -- ``$pad("x", 2000000000)``,
+    or a string doubled in every step of a recursive function -- and cannot
+    recover from running out of memory. Each guarded sub-expression ``E``
+    becomes ``($v := (E); $guard($v); $v)``: evaluated once, checked, then used
+    unchanged (undefined stays undefined), so results below the limits are
+    exactly as before.
+    """
+    if tree is None:
+        return source
+    spans = _guard_spans(tree)
+    if not spans:
+        return source
+    # apply innermost-last: a span nested in another is rewritten first (higher start, or same start and shorter)
+    out = source
+    edits = sorted(spans, key=lambda span: (span[0], -span[1]), reverse=True)
+    applied: list[tuple[int, int, int]] = []  # (start, old_end, growth)
+    for start, end in edits:
+        growth_inside = sum(g for (s0, e0, g) in applied if s0 >= start and e0 <= end)
+        new_end = end + growth_inside
+        variable = f"$__seamline_v{start}_{end}"
+        wrapped = f"({variable} := ({out[start:new_end]}); ${_GUARD_NAME}({variable}); {variable})"
+        out = out[:start] + wrapped + out[new_end:]
+        applied.append((start, end, len(wrapped) - (new_end - start) + growth_inside))
+    return out
+
+
+def _limit_guard(max_sequence: int) -> Callable[..., Any]:
+    max_string = 10 * max_sequence
+
+    def guard(value: Any = None) -> None:
+        if isinstance(value, str):
+            if len(value) > max_string:
+                raise MappingError(
+                    f"string of {len(value)} characters exceeds the limit of {max_string}",
+                    jsonata_code="D2015",
+                    details={"limit": "string"},
+                )
+        elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > max_sequence:
+            raise MappingError(
+                f"$pad width {value} exceeds the limit of {max_sequence} characters",
+                jsonata_code="D2015",
+                details={"limit": "sequence"},
+            )
+        return None
+
+    return guard
+
+
 class EngineExpression:
     """One expression compiled by the full engine, with seamline's functions registered."""
 
@@ -89,17 +181,21 @@ class EngineExpression:
         timeout_ms: int,
         max_depth: int,
         max_sequence: int,
+        tree: Node | None = None,
     ) -> None:
         self.source = source
         self._limits = (timeout_ms, max_depth, max_sequence)
         self._functions = dict(functions)
+        self._run_source = guard_source(source, tree)
+        if self._run_source != source:
+            self._functions[_GUARD_NAME] = _limit_guard(max_sequence)
         self._expr = self._build(self._functions)
 
     def _build(self, functions: Mapping[str, Callable[..., Any]]) -> jsonatapy.JsonataExpression:
         timeout_ms, max_depth, max_sequence = self._limits
         try:
             expr = jsonatapy.compile(
-                self.source,
+                self._run_source,
                 timeout=timeout_ms,
                 max_stack_depth=max_depth,
                 max_sequence_length=max_sequence,

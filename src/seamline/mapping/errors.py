@@ -21,7 +21,7 @@ from seamline.core.errors import FatalError
 __all__ = ["MappingError", "error_from_engine_message"]
 
 _CODE_RE = re.compile(r"\b([STDU]\d{4})\b")
-_PREFIX_RE = re.compile(r"^(?:Parse error:\s*)?([STDU]\d{4}):\s*")
+_PREFIX_RE = re.compile(r"\b([STDU]\d{4}):\s*")
 
 #: JSONata's reference implementation reports both evaluation guardrails
 #: (stack depth and time limit) as ``U1001``; we do the same and say which
@@ -126,7 +126,7 @@ def error_from_engine_message(
     position: int | None = None,
 ) -> MappingError:
     """Turn an engine's error text (``"T2002: The right side ..."``) into a :class:`MappingError`."""
-    match = _PREFIX_RE.match(text)
+    match = _PREFIX_RE.search(text)
     if match:
         code = match.group(1)
         message = text[match.end() :]

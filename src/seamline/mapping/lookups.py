@@ -140,13 +140,21 @@ class SqlTable:
     def _load(self) -> dict[Any, Any]:
         import sqlalchemy  # heavy: imported only when a SQL lookup is used
 
+        if self._engine is None:
+            self._engine = sqlalchemy.create_engine(self.url)
         try:
-            if self._engine is None:
-                self._engine = sqlalchemy.create_engine(self.url)
-            with self._engine.connect() as conn:
+            conn = self._engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise RetryableError(f"SQL lookup unavailable: {exc}", code="mapping.lookup_unavailable") from exc
+        try:
+            with conn:
                 rows = conn.execute(sqlalchemy.text(self.query)).all()
-        except sqlalchemy.exc.OperationalError as exc:
-            raise RetryableError(f"SQL lookup unavailable: {exc.orig}", code="mapping.lookup_unavailable") from exc
+        except sqlalchemy.exc.DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise RetryableError(
+                    f"SQL lookup connection lost: {exc.orig}", code="mapping.lookup_unavailable"
+                ) from exc
+            raise MappingError(f"SQL lookup query failed: {exc.orig}", jsonata_code="lookup_config") from exc
         except sqlalchemy.exc.SQLAlchemyError as exc:
             raise MappingError(f"SQL lookup query failed: {exc}", jsonata_code="lookup_config") from exc
         data: dict[Any, Any] = {}

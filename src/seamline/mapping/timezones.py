@@ -190,5 +190,3 @@ def parse_datetime(text: Any, fmt: Any, zone_name: Any = None, policy: Any = "co
     elif zone_name is not None:
         parsed = parsed.astimezone(zone(zone_name))
     return parsed.isoformat(timespec=spec)
-
-

@@ -6,7 +6,6 @@ import os
 from collections.abc import Iterator
 
 import pytest
-
 from tests.integration.brokers.broker_services import (
     Tansu,
     kafka_url,

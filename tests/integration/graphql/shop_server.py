@@ -166,6 +166,11 @@ def build_app(shop: Shop) -> Callable[..., Awaitable[None]]:
         if scope["type"] != "http":
             return await graphql_app(scope, receive, send)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if scope["path"] == "/redirect":  # a hostile redirect to the cloud metadata address
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", b"http://169.254.169.254/latest/meta-data/")]})
+            await send({"type": "http.response.body", "body": b""})
+            return None
         status = shop._take_failure()
         if shop.delay:
             await asyncio.sleep(shop.delay)
@@ -189,6 +194,8 @@ class ShopServer:
         self.shop = shop
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: no Nagle/delayed-ACK stall of ~40 ms per request
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         config = uvicorn.Config(build_app(shop), log_level="warning", lifespan="off", ws="none",

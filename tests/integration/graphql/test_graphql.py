@@ -151,6 +151,20 @@ async def test_http_statuses_timeouts_and_refusals_are_classified(shop: ShopServ
     assert refused.value.code == "graphql.connection"
 
 
+async def test_the_egress_guard_checks_the_endpoint_and_every_redirect(shop: ShopServer, tmp_path: Path) -> None:
+    from seamline.security.errors import EgressError
+
+    with pytest.raises(EgressError) as loopback:
+        GraphQLClient(GraphQLEndpoint.model_validate({"url": shop.url, "query": CUSTOMER}),
+                      BuildContext(flow="t", base_dir=tmp_path, store=None))  # type: ignore[arg-type]
+    assert loopback.value.code == "egress.blocked"
+    redirect = shop.url.replace("/graphql/", "/redirect")
+    with pytest.raises(EgressError) as redirected:
+        await _execute(tmp_path, {"id": "x"}, url=redirect, bearer_token=AUTH, query=CUSTOMER)
+    assert redirected.value.code == "egress.blocked"
+    assert "169.254.169.254" in redirected.value.message
+
+
 async def test_documents_are_checked_when_built(shop: ShopServer, tmp_path: Path) -> None:
     with pytest.raises(FatalError) as syntax:
         _client(tmp_path, url=shop.url, query="query { customer(id: ")
@@ -326,14 +340,32 @@ async def test_the_token_never_reaches_errors_the_dlq_the_journal_or_logs(
         assert TOKEN not in text
 
 
+def test_validate_reports_a_broken_document_with_the_step(tmp_path: Path) -> None:
+    from tests.helpers import cli
+
+    flow = """
+flow: check
+source: {{file: {{path: in.ndjson}}}}
+steps:
+  - graphql:
+      label: lookup
+      url: https://api.example.com/graphql
+      query: "{query}"
+sinks: [{{file: {{path: out.ndjson}}}}]
+"""
+    (tmp_path / "flow.yaml").write_text(flow.format(query="query { customer(id: 1) { id } }"))
+    ok = cli("validate", "flow.yaml", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / "flow.yaml").write_text(flow.format(query="query { customer(id: "))
+    bad = cli("validate", "flow.yaml", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "step 'lookup' (graphql)" in bad.stdout + bad.stderr
+    assert "graphql.query.invalid" in bad.stdout + bad.stderr
+
+
 def test_importing_the_connector_does_not_import_gql() -> None:
     code = ("import sys, seamline.connectors.graphql; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'gql', 'graphql', 'zeep'}))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
-
-
-def test_message_type_is_untouched_by_merge_headers() -> None:
-    m = Message({"a": 1}, headers={"x": "y"})
-    assert m.evolve({"b": 2}).headers == {"x": "y"}

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from tests.integration.services import tcp_proxy
 from tests.integration.services.crash import sigkill_mid_stream
 from tests.integration.services.flows import COLLECTED, make_flow, running
+from tests.integration.services.flows import count_dead as _count_dead
 
 from seamline.connectors.redis import RedisSink, RedisSinkConfig, RedisSource, RedisSourceConfig
 from seamline.core.component import BuildContext, Delivery
@@ -143,12 +144,13 @@ async def test_poison_goes_to_dlq_and_is_acked(redis_url: str, stream: str, tmp_
                      steps=[step("python", function="tests.integration.services.flows:poison_check")])
     async with running(flow, tmp_path / "state.db") as run:
         await run.wait_for(lambda: len(COLLECTED.get(key, [])) >= 19, 30, "good messages")
-        await run.wait_for(lambda: run.engine.runners[0].stats.dead >= 2, 10, "two dead letters")
+        await run.wait_for(lambda: _count_dead(run, "redis-poison", 2), 10, "two dead letters")
         from seamline.store.base import DlqFilter
 
         dead = {d.msg_id: d for d in await run.store.list_dead(DlqFilter(flow="redis-poison"))}
     assert set(dead) == {"m3", "bad"}
     assert dead["m3"].error_code == "test.poison"
+    assert dead["bad"].error_code == "format.json.syntax"
     assert {m.id for m in COLLECTED.pop(key)} == {f"m{i}" for i in range(20)} - {"m3"}
     assert await _pending(redis_url, stream, "g") == 0
 

@@ -71,6 +71,9 @@ class Running:
         self.task = task
         self.store = store
 
+    def _stats(self) -> Any:
+        return {r.flow.name: r.stats.as_dict() for r in self.engine.runners}
+
     async def wait_for(self, predicate: Callable[[], bool | Awaitable[bool]], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -83,7 +86,7 @@ class Running:
             if r:
                 return
             await asyncio.sleep(0.05)
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        pytest.fail(f"timed out after {timeout}s waiting for {what}; stats: {self._stats()}")
 
 
 @contextlib.asynccontextmanager
@@ -99,6 +102,11 @@ async def running(flow: Flow, state: Path, *, stop_timeout: float = 30) -> Async
         engine.request_stop()
         res = await asyncio.wait_for(task, stop_timeout)
         assert res.ok, res.errors
+
+
+async def count_dead(run: Running, flow: str, n: int) -> bool:
+    """True once at least ``n`` dead letters of ``flow`` are committed to the store."""
+    return len(await run.store.list_dead(DlqFilter(flow=flow))) >= n
 
 
 async def dead_ids(state: Path, flow: str) -> set[str]:

@@ -15,7 +15,7 @@ from seamline import Engine, Flow, Message, open_store, sink, source, step
 from seamline.config.types import parse_duration
 from seamline.connectors.soap import SoapCaller, SoapOptions, fault_error
 from seamline.core.component import BuildContext
-from seamline.core.errors import FatalError, RetryableError, SeamlineError
+from seamline.core.errors import FatalError, RetryableError
 from seamline.store.base import DlqFilter
 from seamline.testing.memory import channel, reset_channels
 
@@ -338,4 +338,26 @@ def test_config_spec_is_registered_and_rejects_merge_with_target() -> None:
         step("soap", **LOCAL, wsdl="x.wsdl", operation="Op", merge="body", target="a")
     cfg = step("soap", **LOCAL, wsdl="x.wsdl", operation="Op", timeout="2s").config
     assert cfg.timeout == parse_duration("2s")  # type: ignore[attr-defined]
-    assert isinstance(SeamlineError, type)
+
+
+def test_validate_reports_a_broken_request_mapping_with_the_step(tmp_path: Path) -> None:
+    from tests.helpers import cli
+
+    flow = """
+flow: check
+source: {{file: {{path: in.ndjson}}}}
+steps:
+  - soap:
+      label: create
+      wsdl: crm.wsdl
+      operation: CreateCustomer
+      request: "{request}"
+sinks: [{{file: {{path: out.ndjson}}}}]
+"""
+    (tmp_path / "flow.yaml").write_text(flow.format(request="{'id': id}"))
+    ok = cli("validate", "flow.yaml", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    (tmp_path / "flow.yaml").write_text(flow.format(request="{'id': id"))
+    bad = cli("validate", "flow.yaml", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert "step 'create' (soap)" in bad.stdout + bad.stderr

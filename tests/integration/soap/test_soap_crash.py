@@ -20,7 +20,7 @@ import orjson
 from tests.helpers import cli, write_ndjson
 from tests.integration.soap.conftest import PASSWORD, Crm
 
-N = 1500
+N = 1000
 BATCH = 25
 
 

@@ -393,3 +393,24 @@ async def test_a_sender_that_never_sends_its_body_holds_nothing(receiver: Any) -
     finally:
         sock.close()
     assert [r["id"] for r in await rx.stored()] == ["live-1"]
+
+
+async def test_jwt_route_with_a_jwks_url(receiver: Any, rsa_keys: tuple[Any, str, Any]) -> None:
+    from jwt.algorithms import RSAAlgorithm
+
+    from seamline.testing.faultserver import FaultServer, Respond
+
+    key, _pem, other = rsa_keys
+    jwk = {**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "live-1", "use": "sig"}
+    async with FaultServer() as jwks:
+        jwks.script("/jwks", default=Respond(200, json={"keys": [jwk]}))
+        rx = await receiver([{"path": "/api", "jwt": {
+            "algorithms": ["RS256"], "jwks_url": jwks.url_for("/jwks"), "audience": "seamline",
+            "jwks_allow_http": True, "jwks_allow_loopback": True}}])
+        now = int(rx.clock.now())
+        claims = {"aud": "seamline", "exp": now + 60}
+        good = pyjwt.encode(claims, key, algorithm="RS256", headers={"kid": "live-1"})
+        assert (await rx.post("/api", b"{}", {"Authorization": f"Bearer {good}"}))[0] == 200
+        forged = pyjwt.encode(claims, other, algorithm="RS256", headers={"kid": "live-1"})
+        await assert_refused(rx, "/api", b"{}", {"Authorization": f"Bearer {forged}"}, 401, "auth.jwt.signature")
+        assert jwks.count("/jwks") == 1, "the key set is cached"

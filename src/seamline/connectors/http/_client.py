@@ -91,7 +91,7 @@ class Template:
 
     def render(self, context: Any) -> str:
         if self.static:
-            return "".join(self._parts)  # type: ignore[arg-type]
+            return "".join(self._parts)
         out: list[str] = []
         for part in self._parts:
             if isinstance(part, str):
@@ -194,6 +194,15 @@ def _decompress(data: bytes, encoding: str, limit: int, url: str, truncate: bool
     return out, False
 
 
+_LIMIT_HEADERS = ("Retry-After", "RateLimit", "RateLimit-Remaining", "X-RateLimit-Remaining",
+                  "X-Rate-Limit-Remaining")
+
+
+def _limits_said(headers: Mapping[str, str]) -> bool:
+    """Whether a successful answer carries rate-limit headers worth reading."""
+    return any(name in headers for name in _LIMIT_HEADERS)
+
+
 # -- the client ----------------------------------------------------------------------------------
 
 
@@ -221,6 +230,8 @@ class HttpClient:
         self.max_response = cfg.max_response_bytes
         self._ok_hosts: set[tuple[str, str]] = set()
         self._guards: dict[str, tuple[CircuitBreaker | None, TokenBucket]] = {}
+        self._by_url: dict[str, tuple[CircuitBreaker | None, TokenBucket]] = {}
+        self._urls: dict[str, URL] = {}
         self._session: aiohttp.ClientSession | None = None
         #: requests sent (for metrics and tests)
         self.requests = 0
@@ -269,9 +280,17 @@ class HttpClient:
         return self._session
 
     # -- guards -----------------------------------------------------------------------------------
+    def _parse(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = URL(url, encoded=False)
+            if len(self._urls) < 1024:
+                self._urls[url] = parsed
+        return parsed
+
     def check_url(self, url: str | URL) -> URL:
         """Egress check of a URL (cached per scheme and host)."""
-        parsed = url if isinstance(url, URL) else URL(url, encoded=False)
+        parsed = url if isinstance(url, URL) else self._parse(url)
         key = (parsed.scheme, parsed.raw_host or "")
         if key not in self._ok_hosts:
             self.policy.check_url(parsed)
@@ -281,7 +300,15 @@ class HttpClient:
 
     def guards(self, url: str) -> tuple[CircuitBreaker | None, TokenBucket]:
         """The breaker (None when there is none) and rate limiter of ``url``'s endpoint."""
-        key = endpoint_key(url)
+        cached = self._by_url.get(url)
+        if cached is not None:
+            return cached
+        found = self._guards_of(endpoint_key(url))
+        if len(self._by_url) < 1024:
+            self._by_url[url] = found
+        return found
+
+    def _guards_of(self, key: str) -> tuple[CircuitBreaker | None, TokenBucket]:
         found = self._guards.get(key)
         if found is not None:
             return found
@@ -354,10 +381,12 @@ class HttpClient:
             async with AsyncExitStack() as stack:
                 if breaker is not None:
                     await self._enter_breaker(stack, breaker)
-                await bucket.acquire()
+                if not bucket.try_acquire():
+                    await bucket.acquire()
                 resp = await self._exchange(method, url, h, p, body, limit, truncate, follow_redirects,
                                             strip=(auth is not None))
-                bucket.observe_headers(resp.headers, status=resp.status)
+                if resp.status >= 400 or _limits_said(resp.headers):
+                    bucket.observe_headers(resp.headers, status=resp.status)
                 verdict = classify_status(resp.status, resp.headers, self.overrides)
                 if verdict != "ok":
                     if resp.status == 401 and auth is not None and auth.refreshable and not refreshed:
@@ -387,7 +416,7 @@ class HttpClient:
         strip: bool,
     ) -> HttpResponse:
         session = self.session
-        target = URL(url, encoded=False)
+        target = self._parse(url)
         origin = target.origin()
         hops = self.cfg.max_redirects if follow else 0
         for _hop in range(hops + 1):
@@ -453,6 +482,11 @@ class HttpClient:
         encoding = resp.headers.get("Content-Encoding", "")
         # compressed bodies: allow a generous wire size, the decompressed size is what is limited
         wire_limit = limit if not encoding else max(limit, 1 << 20)
+        if length is not None and length <= wire_limit:
+            data = await resp.read()
+            if encoding:
+                return _decompress(data, encoding, limit, url, truncate)
+            return data, False
         buf = bytearray()
         cut = False
         async for chunk in resp.content.iter_chunked(_CHUNK):

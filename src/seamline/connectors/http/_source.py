@@ -84,7 +84,7 @@ class HttpSource(Source):
             raise FatalError("pagination type next_url needs next_url_path", code="config.http.pagination")
         wm = cfg.watermark
         self.wm_expr = compile_expr(wm.field) if wm is not None else None
-        self.scope = f"http-source:{ctx.flow}:{ctx.label or 'source'}"
+        self.scope = f"http-source:{ctx.flow}"
         self.batch_size = ctx.batch_size
         self._tracker: OffsetTracker | None = None
         self._state: dict[str, Any] = {}

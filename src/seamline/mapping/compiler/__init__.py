@@ -46,16 +46,13 @@ class CompiledExpression:
 
     def needs_engine_for(self, bindings: Mapping[str, Any]) -> bool:
         """Bindings that are functions, or shadow a function the expression calls, need the engine."""
-        for key, value in bindings.items():
-            if callable(value) or key.lstrip("$") in self._called:
-                return True
-        return False
+        return any(callable(value) or key.lstrip("$") in self._called for key, value in bindings.items())
 
     def evaluate(self, data: Any, bindings: Mapping[str, Any] | None) -> Any:
         """Evaluate; returns :data:`~seamline.mapping.UNDEFINED` for an undefined result."""
         if bindings and any(key.startswith("$") for key in bindings):
             bindings = {key.lstrip("$"): value for key, value in bindings.items()}
-        state = State(self.timeout_ms, self.max_sequence, self._seconds)
+        state = State.start(self.timeout_ms, self.max_sequence, self._seconds)
         try:
             result = self._fn(data, bindings or _EMPTY, state)
         except JError as exc:
@@ -91,6 +88,4 @@ def try_compile(
         fn, python_source, called = generate(ast, hosts)
     except (NotCompilable, RecursionError):
         return None
-    return CompiledExpression(
-        fn, python_source, source, called, timeout_ms=timeout_ms, max_sequence=max_sequence
-    )
+    return CompiledExpression(fn, python_source, source, called, timeout_ms=timeout_ms, max_sequence=max_sequence)

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from seamline.mapping.compiler import runtime as rt
 from seamline.mapping.compiler.signature import Signature
@@ -566,7 +566,9 @@ def _single(state: rt.State, arr: Any, fn: Any = U) -> Any:
         positive = True if fn is U else rt.to_bool(fn(*_hof_args(fn, value, i, arr))) is True
         if positive:
             if found:
-                raise JError("D3138", "The $single() function expected exactly 1 matching result. Instead it matched more.")
+                raise JError(
+                    "D3138", "The $single() function expected exactly 1 matching result. Instead it matched more."
+                )
             result, found = value, True
     if not found:
         raise JError("D3139", "The $single() function expected exactly 1 matching result. Instead it matched 0.")
@@ -613,8 +615,11 @@ def _sort(state: rt.State, arr: Any, fn: Any = U) -> Any:
         numbers = all(v.__class__ in (int, float) for v in arr)
         strings = all(v.__class__ is str for v in arr)
         if not numbers and not strings:
-            raise JError("D3070", "The single argument form of the sort function can only be applied to an array "
-                         "of strings or an array of numbers.  Use the second argument to specify a comparison function")
+            raise JError(
+                "D3070",
+                "The single argument form of the sort function can only be applied to an array "
+                "of strings or an array of numbers.  Use the second argument to specify a comparison function",
+            )
         return _merge_sort(list(arr), lambda a, b: a > b)
     return _merge_sort(list(arr), lambda a, b: _js_truthy(fn(a, b)))
 
@@ -703,18 +708,18 @@ def _fast_boolean(state: rt.State, ctx: Any, value: Any) -> Any:
 
 
 def _fast_join(state: rt.State, ctx: Any, strings: Any, separator: Any = U) -> Any:
-    if isinstance(strings, list) and (separator is U or separator.__class__ is str):
-        if all(item.__class__ is str for item in strings):
-            return ("" if separator is U else separator).join(strings)
+    if (
+        isinstance(strings, list)
+        and (separator is U or separator.__class__ is str)
+        and all(item.__class__ is str for item in strings)
+    ):
+        glue: str = "" if separator is U else cast(str, separator)
+        return glue.join(strings)
     return call(BUILTINS["join"], state, ctx, [strings] if separator is U else [strings, separator])
 
 
 def _fast_substring(state: rt.State, ctx: Any, text: Any, start: Any, length: Any = U) -> Any:
-    if (
-        text.__class__ is str
-        and start.__class__ is int
-        and (length is U or length.__class__ is int)
-    ):
+    if text.__class__ is str and start.__class__ is int and (length is U or length.__class__ is int):
         return _substring(state, text, start, length)
     return call(BUILTINS["substring"], state, ctx, [text, start] if length is U else [text, start, length])
 
@@ -727,7 +732,7 @@ FAST: dict[tuple[str, int], Callable[..., Any]] = {
     ("uppercase", 1): _string_fast("uppercase", str.upper),
     ("lowercase", 1): _string_fast("lowercase", str.lower),
     ("length", 1): _string_fast("length", len),
-    ("trim", 1): _string_fast("trim", lambda text: _trim(None, text)),  # type: ignore[arg-type]
+    ("trim", 1): _string_fast("trim", lambda text: _trim(None, text)),
     ("string", 1): _fast_string,
     ("number", 1): _fast_number,
     ("exists", 1): _fast_exists,

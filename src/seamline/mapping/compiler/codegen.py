@@ -24,7 +24,13 @@ from seamline.mapping.compiler import runtime as rt
 from seamline.mapping.compiler.builtins import BUILTINS, FAST, RETURNS_SEQUENCE, Builtin, round_to
 from seamline.mapping.compiler.builtins import call as call_builtin
 from seamline.mapping.compiler.parser import Node
-from seamline.mapping.compiler.speculative import NotSpeculative, Speculator, collapse_list, drop_undefined
+from seamline.mapping.compiler.speculative import (
+    Abandon,
+    NotSpeculative,
+    Speculator,
+    collapse_list,
+    drop_undefined,
+)
 from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
 from seamline.mapping.values import UNDEFINED
 
@@ -129,9 +135,8 @@ def _binds(node: Any, out: list[str]) -> None:
     if isinstance(node, Node):
         if node.type in ("block", "lambda"):
             return
-        if node.type == "bind":
-            if node.lhs.value not in out:
-                out.append(node.lhs.value)
+        if node.type == "bind" and node.lhs.value not in out:
+            out.append(node.lhs.value)
         for value in node.__dict__.values():
             _binds(value, out)
     elif isinstance(node, list | tuple):
@@ -364,9 +369,8 @@ class _Gen:
             return out
         if name == "$":
             return "D"
-        if name in BUILTINS or name in self.hosts:
-            if scope.resolve(name) is None:
-                raise NotCompilable("function as a value")
+        if (name in BUILTINS or name in self.hosts) and scope.resolve(name) is None:
+            raise NotCompilable("function as a value")
         ref = self.var_ref(name, scope)
         if not ref.isidentifier():
             out = self.tmp()
@@ -457,8 +461,11 @@ class _Gen:
             checks = [
                 f"{code}.__class__ in NUM"
                 for code in (left, right)
-                if not (_constant(code) and isinstance(ast.literal_eval(code), int | float)
-                        and not isinstance(ast.literal_eval(code), bool))
+                if not (
+                    _constant(code)
+                    and isinstance(ast.literal_eval(code), int | float)
+                    and not isinstance(ast.literal_eval(code), bool)
+                )
             ]
             slow = f"{self._OPS[op]}({left}, {right})"
             if checks:
@@ -482,15 +489,16 @@ class _Gen:
             value = self.expr(node.expression, ctx, scope)
             self.line(f"{out} = neg({value})")
             self.scalar.add(out)
-        elif node.value == "[" and len(node.expressions) == 1 and not node.consarray and not (
-            node.expressions[0].type == "unary" and node.expressions[0].value == "["
-        ) and not _literal(node.expressions[0]):
+        elif (
+            node.value == "["
+            and len(node.expressions) == 1
+            and not node.consarray
+            and not (node.expressions[0].type == "unary" and node.expressions[0].value == "[")
+            and not _literal(node.expressions[0])
+        ):
             # one item: the array is the item's sequence itself (a fresh list), or the single value
             value = self.expr(node.expressions[0], ctx, scope)
-            self.line(
-                f"{out} = {value} if {value}.__class__ is list else "
-                f"([] if {value} is U else array_of({value}))"
-            )
+            self.line(f"{out} = {value} if {value}.__class__ is list else ([] if {value} is U else array_of({value}))")
             self.scalar.add(out)
             self.present.add(out)
         elif node.value == "[":
@@ -585,9 +593,7 @@ class _Gen:
         for step in steps:
             if step.tuple or step.focus or step.index or step.type in ("sort", "parent", "wildcard", "descendant"):
                 raise NotCompilable(f"path step {step.type}")
-        names_only = all(
-            s.type == "name" and not s.stages and not s.keepArray and s.group is None for s in steps[1:]
-        )
+        names_only = all(s.type == "name" and not s.stages and not s.keepArray and s.group is None for s in steps[1:])
         first = steps[0]
         plain_first = (first.type == "name" and not first.stages and not first.keepArray and first.group is None) or (
             first.type == "variable" and not first.predicate and not first.stages and not first.keepArray
@@ -892,6 +898,7 @@ _GLOBALS["NUM"] = frozenset({int, float})
 _GLOBALS["SEQS"] = frozenset({Seq, Cons})
 _GLOBALS["finish"] = rt._finish
 _GLOBALS["collapse_list"] = collapse_list
+_GLOBALS["Abandon"] = Abandon
 _GLOBALS["drop_undefined"] = drop_undefined
 _GLOBALS["array_of"] = _array_of
 _GLOBALS["round_to"] = round_to
@@ -936,5 +943,3 @@ def _wrap(data: Any) -> Any:
         wrapper.outer = True
         return wrapper
     return data
-
-

@@ -76,9 +76,13 @@ class Node:
             raise AttributeError(name)
         return None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+
     def __repr__(self) -> str:
         extra = {k: v for k, v in self.__dict__.items() if k not in ("type", "value", "start", "position")}
-        return f"Node({self.type!r}, {self.value!r}{', ' if extra else ''}{', '.join(f'{k}={v!r}' for k, v in extra.items())})"
+        attrs = "".join(f", {k}={v!r}" for k, v in extra.items())
+        return f"Node({self.type!r}, {self.value!r}{attrs})"
 
 
 OPERATORS: dict[str, int] = {
@@ -547,7 +551,9 @@ class _Processor:
             op = expr.value
             if op == ".":
                 lstep = self.process(expr.lhs)
-                result = lstep if lstep.type == "path" else Node("path", None, lstep.start, lstep.position, steps=[lstep])
+                result = (
+                    lstep if lstep.type == "path" else Node("path", None, lstep.start, lstep.position, steps=[lstep])
+                )
                 rest = self.process(expr.rhs)
                 if rest.type == "path":
                     result.steps.extend(rest.steps)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from seamline.mapping.compiler.values import (
     Cons,
@@ -64,6 +64,7 @@ __all__ = [
 
 U = UNDEFINED
 _monotonic = time.monotonic
+_new = object.__new__
 
 
 class State:
@@ -76,6 +77,16 @@ class State:
         self.started = 0.0
         self.deadline = _monotonic() + (seconds if seconds is not None else timeout_ms / 1000.0)
         self.max_sequence = max_sequence
+
+    @classmethod
+    def start(cls, timeout_ms: int, max_sequence: int, seconds: float) -> State:
+        """A state for one evaluation (the fast constructor used on every call)."""
+        state = _new(cls)
+        state.deadline = _monotonic() + seconds
+        state.max_sequence = max_sequence
+        state.started = 0.0
+        state.timeout_ms = timeout_ms
+        return state
 
     def now(self) -> float:
         """Wall time of the evaluation: fixed at the first use, as ``$now()`` requires."""
@@ -165,10 +176,7 @@ def name_step(seq: Sequence[Any], key: str, last: bool, state: State | None = No
     """``evaluateStep`` for a field-name step."""
     result = []
     for item in seq:
-        if item.__class__ is dict:
-            res = item.get(key, U)
-        else:
-            res = collapse(lookup(item, key))
+        res = item.get(key, U) if item.__class__ is dict else collapse(lookup(item, key))
         if res is not U:
             result.append(res)
     return _finish(result, last, state)
@@ -202,7 +210,8 @@ def single_step(value: Any, last: bool) -> Any:
 
 
 def _floor(value: Any) -> int:
-    return int(math.floor(value))
+    result: int = math.floor(value)
+    return result
 
 
 def filter_index(value: Any, index: float) -> Any:
@@ -232,9 +241,7 @@ def filter_pred(state: State, value: Any, fn: Callable[[Any], Any]) -> Any:
         res = fn(item)
         if is_number(res):
             res = [res]
-        if isinstance(res, list) and all(
-            (r.__class__ is int or r.__class__ is float) for r in res
-        ):
+        if isinstance(res, list) and all((r.__class__ is int or r.__class__ is float) for r in res):
             for ires in res:
                 ii = _floor(ires)
                 if ii < 0:
@@ -296,9 +303,7 @@ def group(
                 groups[key] = [item, index]
             else:
                 if entry[1] != index:
-                    raise JError(
-                        "D1009", f"Multiple key definitions evaluate to same key: {_text(key)}"
-                    )
+                    raise JError("D1009", f"Multiple key definitions evaluate to same key: {_text(key)}")
                 entry[0] = _append(entry[0], item)
     out: dict[str, Any] = {}
     for key, (data, index) in groups.items():
@@ -497,7 +502,7 @@ def range_(state: State, a: Any, b: Any) -> Any:
         raise JError("T2004", "The right side of the range operator (..) must evaluate to an integer")
     if a is U or b is U:
         return U
-    lo, hi = int(a), int(b)
+    lo, hi = int(cast(float, a)), int(cast(float, b))
     if lo > hi:
         return U
     size = hi - lo + 1

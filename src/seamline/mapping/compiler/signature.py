@@ -140,8 +140,7 @@ class Signature:
                     else:
                         raise JError(
                             "T0411",
-                            f"Context value is not a compatible type with argument {index + 1} "
-                            f"of function {self.name}",
+                            f"Context value is not a compatible type with argument {index + 1} of function {self.name}",
                             index=index + 1,
                         )
                 else:
@@ -160,10 +159,7 @@ class Signature:
                                 ok = False
                             elif single == "a" and len(arg) > 0:
                                 first = type_symbol(arg[0])
-                                if first != param.subtype[0]:
-                                    ok = False
-                                else:
-                                    ok = all(type_symbol(v) == first for v in arg)
+                                ok = False if first != param.subtype[0] else all(type_symbol(v) == first for v in arg)
                         if not ok:
                             raise JError(
                                 "T0412",

@@ -21,6 +21,8 @@ whose step can give an array is not speculated).
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +33,14 @@ if TYPE_CHECKING:
     from seamline.mapping.compiler.codegen import _Gen
     from seamline.mapping.compiler.parser import Node
 
-__all__ = ["NotSpeculative", "Speculator", "collapse_list", "drop_undefined"]
+__all__ = ["Abandon", "NotSpeculative", "Speculator", "collapse_list", "drop_undefined"]
+
+
+_FIELD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
+
+
+class Abandon(TypeError):
+    """Raised inside speculative code when the data does not have the expected shape."""
 
 
 class NotSpeculative(Exception):
@@ -48,6 +57,7 @@ class Code:
     loop: str | None = None  # a list comprehension giving the sequence (before collapsing)
     reads: bool = False  # reads the data (worth speculating)
     number: bool = False  # always a number
+    data: bool = False  # read from the input document as is (so a finite number if a number)
 
 
 #: functions that never give undefined for defined arguments, and never an array
@@ -83,9 +93,12 @@ class Speculator:
             return text
         name = self.tmp()
         self.gen.line(f"{name} = {text}")
+        field = _FIELD_RE.fullmatch(text)
+        if field is not None:
+            self.gen.remember(("spec", field.group(1), ast.literal_eval(field.group(2))), name)
         return name
 
-    def expr(self, node: Node, ctx: str) -> Code:  # noqa: C901 - one case per node type
+    def expr(self, node: Node, ctx: str) -> Code:
         if not _plain_node(node):
             raise NotSpeculative("predicate")
         kind = node.type
@@ -124,6 +137,12 @@ class Speculator:
         self.gen.remember(key, out)
         return out
 
+    def list_of(self, source: str) -> str:
+        """``source`` in a temporary that is known to be a list (else speculation is abandoned)."""
+        name = self.bind(source)
+        self.gen.line(f"if {name}.__class__ is not list: raise Abandon")
+        return name
+
     def value(self, node: Node, ctx: str) -> Code:
         """An expression as a value (a loop's sequence collapsed)."""
         code = self.expr(node, ctx)
@@ -137,18 +156,24 @@ class Speculator:
             raise NotSpeculative("path step")
         if steps[0].type != "name":
             raise NotSpeculative("path start")
-        names = [step.value for step in steps if step.type == "name"]
-        if len(names) > 1 or len(names) < len(steps):
-            ctx, names = self.field(ctx, names[0]), names[1:]
-        source = ctx + "".join(f"[{name!r}]" for name in names)
-        if len(names) + 1 == len(steps) or not names and len(steps) == 1:
-            pass
-        if all(step.type == "name" for step in steps):
-            return Code(source, array=True, reads=True)
-        if sum(step.type == "name" for step in steps) != len(steps) - 1 or steps[-1].type in ("name", "function"):
+        names_only = all(step.type == "name" for step in steps)
+        if not names_only and (
+            any(step.type != "name" for step in steps[:-1]) or steps[-1].type in ("name", "function")
+        ):
             raise NotSpeculative("path shape")
+        names = [step.value for step in (steps if names_only else steps[:-1])]
+        if names_only and len(names) == 1 and ("spec", ctx, names[0]) in self.gen.memo:
+            return Code(self.gen.memo[("spec", ctx, names[0])][0], array=True, reads=True, data=True)
+        if len(names) > 1 or not names_only:
+            base, names = self.field(ctx, names[0]), names[1:]
+        else:
+            base = ctx
+        source = base + "".join(f"[{name!r}]" for name in names)
+        if names_only:
+            return Code(source, array=True, reads=True, data=True)
         results, item = self.gen.tmp("r"), self.gen.tmp("i")
         gen = self.gen
+        source = self.list_of(source)
         gen.line(f"{results} = []")
         gen.line(f"for {item} in {source}:")
         with gen.block():
@@ -171,6 +196,7 @@ class Speculator:
         source = base + "".join(f"[{name!r}]" for name in names[1:])
         total, count, item = self.tmp(), self.tmp(), gen.tmp("i")
         mark = len(gen.lines)
+        source = self.list_of(source)
         gen.line(f"{total} = 0")
         gen.line(f"{count} = 0")
         gen.line(f"for {item} in {source}:")
@@ -246,8 +272,10 @@ class Speculator:
             checks = [f"{v}.__class__ in NUM" for v in (a, b) if not v[:1].isdigit()]
             if checks:
                 gen.line(f"{out} = {a} {op} {b} if {' and '.join(checks)} else {helper}({a}, {b})")
-                # a non-finite result: a non-finite operand (an error) or an overflow; the helper decides
-                gen.line(f"if {out} - {out} != 0: {out} = {helper}({a}, {b})")
+                if not (left.data and right.data):
+                    # a non-finite result: a non-finite operand (an error) or an overflow; the helper decides.
+                    # Numbers read from a JSON document are finite, so two of them need no check.
+                    gen.line(f"if {out} - {out} != 0: {out} = {helper}({a}, {b})")
             else:
                 gen.line(f"{out} = {helper}({a}, {b})")
             return Code(out, reads=reads, number=True)
@@ -324,4 +352,3 @@ def collapse_list(items: list[Any]) -> Any:
     if len(items) == 1:
         return items[0]
     return items if items else UNDEFINED
-

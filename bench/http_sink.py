@@ -1,0 +1,165 @@
+"""Benchmark: the REST sink alone next to a plain aiohttp loop posting the same messages.
+
+A local target (aiohttp, in a child process) answers 201 to every POST.
+Both sides post the same N JSON messages with an ``Idempotency-Key`` header
+and the same number of requests in flight. The seamline side is a whole
+engine run: memory source -> ``http`` sink (breaker, rate limiter, egress
+guard, classification, journal and store commits included). Prints msgs/s
+for each, the ratio (goal >= 0.8) and checks the target got every message.
+
+    python bench/http_sink.py [--n 20000] [--inflight 16] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+
+def serve(port: int) -> None:
+    """The target: counts and answers 201 (runs in the child process)."""
+    from aiohttp import web
+
+    count = 0
+
+    async def ingest(request: web.Request) -> web.Response:
+        nonlocal count
+        await request.read()
+        count += 1
+        return web.Response(status=201, body=b'{"ok":true}', content_type="application/json")
+
+    async def get_count(request: web.Request) -> web.Response:
+        return web.json_response({"count": count})
+
+    async def reset(request: web.Request) -> web.Response:
+        nonlocal count
+        count = 0
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/ingest", ingest)
+    app.router.add_get("/count", get_count)
+    app.router.add_post("/reset", reset)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def call(url: str, method: str = "GET") -> dict:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    with opener.open(req, timeout=10) as r:
+        return orjson.loads(r.read())
+
+
+def messages(n: int) -> list[dict]:
+    return [{"id": f"m-{i}", "customer": {"id": f"C{i % 5000:05d}", "name": f"Customer {i}"},
+             "amount": round(i * 1.37, 2), "currency": "EUR", "lines": [{"sku": f"S{i % 97}", "qty": 1 + i % 3}]}
+            for i in range(n)]
+
+
+async def plain(url: str, bodies: list[dict], inflight: int) -> float:
+    import aiohttp
+
+    items = iter(bodies)
+    t0 = time.perf_counter()
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=inflight)) as s:
+        async def worker() -> None:
+            for b in items:
+                async with s.post(url, data=orjson.dumps(b), headers={
+                        "Content-Type": "application/json", "Idempotency-Key": b["id"]}) as r:
+                    await r.read()
+                    if r.status >= 300:
+                        raise RuntimeError(f"HTTP {r.status}")
+
+        await asyncio.gather(*(worker() for _ in range(inflight)))
+    return time.perf_counter() - t0
+
+
+async def seamline(url: str, bodies: list[dict], inflight: int, state: Path) -> float:
+    from seamline.core.engine import Engine
+    from seamline.core.flow import Flow, sink, source
+    from seamline.store.sqlite import SqliteStore
+    from seamline.testing.memory import channel, reset_channels
+
+    reset_channels()
+    ch = channel("bench-in")
+    for b in bodies:
+        ch.put(b, id=b["id"])
+    fl = Flow("bench", source=source("memory", channel="bench-in"),
+              sinks=[sink("http", url=url, max_in_flight=inflight, egress={"allow_loopback": True})])
+    engine = Engine([fl], SqliteStore(state))
+    t0 = time.perf_counter()
+    result = await engine.run(until_idle=True, idle_horizon=0, install_signals=False)
+    elapsed = time.perf_counter() - t0
+    if not result.ok or result.stats["bench"].delivered != len(bodies):
+        raise RuntimeError(f"seamline run incomplete: {result.stats['bench'].as_dict()} {result.errors}")
+    return elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000)
+    ap.add_argument("--inflight", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)])
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                call(base + "/count")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        bodies = messages(args.n)
+        best_plain = best_seam = float("inf")
+        with tempfile.TemporaryDirectory() as tmp:
+            for r in range(args.rounds):
+                for side in ("plain", "seamline"):
+                    call(base + "/reset", "POST")
+                    if side == "plain":
+                        t = asyncio.run(plain(base + "/ingest", bodies, args.inflight))
+                        best_plain = min(best_plain, t)
+                    else:
+                        t = asyncio.run(seamline(base + "/ingest", bodies, args.inflight, Path(tmp) / f"s{r}.db"))
+                        best_seam = min(best_seam, t)
+                    got = call(base + "/count")["count"]
+                    if got != args.n:
+                        raise RuntimeError(f"{side}: the target received {got} of {args.n}")
+                    print(f"round {r + 1} {side:>8}: {args.n / t:8.0f} msgs/s ({t:.2f} s)", flush=True)
+        plain_rate, seam_rate = args.n / best_plain, args.n / best_seam
+        print(f"\nplain aiohttp loop : {plain_rate:8.0f} msgs/s")
+        print(f"seamline http sink : {seam_rate:8.0f} msgs/s")
+        print(f"ratio              : {seam_rate / plain_rate:.2f}x (goal >= 0.8x); n={args.n}, "
+              f"in flight={args.inflight}, cpus={os.cpu_count()}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Integration functions ($xref, $translate, $uuid, $hash, ...) and user functions, on both paths."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from tests.unit.mapping.helpers import PATHS, run
+
+from seamline.core.errors import RetryableError
+from seamline.mapping import MappingError, compile, register_function, unregister_function
+from seamline.mapping.functions import ValueMaps
+from seamline.mapping.lookups import InlineTable, Lookups
+
+
+@pytest.fixture
+def tables() -> dict[str, Any]:
+    lookups = Lookups()
+    lookups.add("countries", InlineTable({"DE": "Germany", "42": "Answer"}))
+    lookups.add("segments", InlineTable({"C-1": "gold"}), on_miss="default", default="standard")
+    maps = ValueMaps({"status": {"A": "active", "1": "one"}})
+    return {"xref": lookups.xref, "translate": maps.translate}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_xref_finds_the_value(path: str, tables: dict[str, Any]) -> None:
+    expression = compile("$xref('countries', c)", functions=tables)
+    assert run(expression, {"c": "DE"}, path) == "Germany"
+    assert run(expression, {"c": 42}, path) == "Answer"  # keys are also tried as text
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_xref_miss_fails_naming_table_and_key(path: str, tables: dict[str, Any]) -> None:
+    expression = compile("$xref('countries', c)", functions=tables)
+    with pytest.raises(MappingError) as info:
+        run(expression, {"c": "FR"}, path)
+    assert info.value.code == "mapping.xref_miss"
+    assert info.value.details == {"table": "countries", "key": "FR"}
+    assert "'FR'" in info.value.message and "'countries'" in info.value.message
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_xref_default_argument_and_on_miss_default(path: str, tables: dict[str, Any]) -> None:
+    assert run(compile("$xref('countries', 'FR', 'unknown')", functions=tables), {}, path) == "unknown"
+    assert run(compile("$xref('segments', 'C-9')", functions=tables), {}, path) == "standard"
+    assert run(compile("$xref('segments', 'C-1')", functions=tables), {}, path) == "gold"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_xref_of_a_missing_key_is_null(path: str, tables: dict[str, Any]) -> None:
+    assert run(compile("$xref('countries', nothing)", functions=tables), {}, path) is None
+
+
+def test_xref_unknown_table() -> None:
+    with pytest.raises(MappingError) as info:
+        compile("$xref('nope', 'x')").evaluate({})
+    assert info.value.code == "mapping.xref_table"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_translate(path: str, tables: dict[str, Any]) -> None:
+    assert run(compile("$translate('status', s)", functions=tables), {"s": "A"}, path) == "active"
+    assert run(compile("$translate('status', 1)", functions=tables), {}, path) == "one"
+    assert run(compile("$translate('status', 'Z', 'other')", functions=tables), {}, path) == "other"
+    with pytest.raises(MappingError) as info:
+        run(compile("$translate('status', 'Z')", functions=tables), {}, path)
+    assert info.value.code == "mapping.translate_miss"
+    assert info.value.details == {"value_map": "status", "code": "Z"}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_uuid_is_a_fresh_v4(path: str) -> None:
+    expression = compile("[$uuid(), $uuid()]")
+    first, second = run(expression, {}, path)
+    assert first != second
+    assert uuid.UUID(first).version == 4
+    assert re.fullmatch(r"[0-9a-f-]{36}", first)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("algorithm", ["sha256", "sha1", "md5", "sha512", "blake2b"])
+def test_hash(path: str, algorithm: str) -> None:
+    expected = hashlib.new(algorithm, "héllo".encode()).hexdigest()
+    assert run(compile(f"$hash('{algorithm}', text)"), {"text": "héllo"}, path) == expected
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_hash_rejects_unknown_algorithms_and_passes_null(path: str) -> None:
+    with pytest.raises(MappingError) as info:
+        run(compile("$hash('crc32', 'x')"), {}, path)
+    assert info.value.code == "mapping.hash"
+    assert run(compile("$hash('md5', nothing)"), {}, path) is None
+
+
+@pytest.fixture
+def registered() -> Iterator[list[tuple[Any, ...]]]:
+    calls: list[tuple[Any, ...]] = []
+
+    def score(value: Any, weight: Any = 1) -> Any:
+        calls.append((value, weight))
+        return None if value is None else value * weight
+
+    register_function("score", score)
+    yield calls
+    unregister_function("score")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_registered_function_receives_plain_values(path: str, registered: list[tuple[Any, ...]]) -> None:
+    expression = compile("$score(n, 3)")
+    assert run(expression, {"n": 2}, path) == 6
+    assert run(expression, {}, path) is None  # undefined arrives as None; None comes back as null
+    assert registered == [(2, 3), (None, 3)]
+
+
+def test_register_function_applies_to_later_compiles(registered: list[tuple[Any, ...]]) -> None:
+    assert compile("$score(2)").evaluate({}) == 2
+    unregister_function("score")
+    with pytest.raises(MappingError) as info:
+        compile("$score(2)").evaluate({})
+    assert info.value.jsonata_code == "T1006"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_per_compile_functions(path: str) -> None:
+    expression = compile("$slug(name)", functions={"slug": lambda s: s.lower().replace(" ", "-")})
+    assert run(expression, {"name": "Hello World"}, path) == "hello-world"
+
+
+def test_extra_arguments_are_dropped_for_narrow_functions() -> None:
+    expression = compile("$map([1, 2], $double)", functions={"double": lambda v: v * 2})
+    assert expression.evaluate_engine({}) == [2, 4]
+    assert compile("$double(2, 3, 4)", functions={"double": lambda v: v * 2}).evaluate({}) == 4
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_function_exceptions_become_mapping_errors(path: str) -> None:
+    def broken(_: Any) -> Any:
+        raise KeyError("nope")
+
+    with pytest.raises(MappingError) as info:
+        run(compile("$broken(1)", functions={"broken": broken}), {}, path)
+    assert info.value.code == "mapping.function_error"
+    assert info.value.details == {"function": "broken"}
+    assert "KeyError" in info.value.message
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_retryable_errors_pass_through(path: str) -> None:
+    def flaky(_: Any) -> Any:
+        raise RetryableError("CRM timed out", code="sink.http.timeout")
+
+    with pytest.raises(RetryableError) as info:
+        run(compile("$flaky(1)", functions={"flaky": flaky}), {}, path)
+    assert info.value.code == "sink.http.timeout"
+
+
+def test_function_names_are_checked() -> None:
+    with pytest.raises(ValueError, match="built-in"):
+        register_function("sum", lambda *a: 0)
+    with pytest.raises(ValueError, match="identifier"):
+        register_function("$bad", lambda *a: 0)
+    with pytest.raises(TypeError):
+        register_function("fine", "not callable")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="built-in"):
+        compile("1", functions={"count": lambda *a: 0})
