@@ -280,6 +280,12 @@ class FlowRunner:
                 await comp.close()
             except Exception:
                 log.exception("closing %s failed", comp)
+        # drop the components here, on the event loop's thread: some hold native objects that
+        # must not be freed by a garbage collection that happens to run on another thread
+        self.source = None
+        self.steps = []
+        self.sinks = {}
+        self.guards = {}
 
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
