@@ -442,10 +442,8 @@ class NatsSink(Sink):
                             f"no acknowledgement for message {batch[i].id} within {self.cfg.publish_timeout}s",
                             code="nats.timeout",
                         )
-                    elif f.exception() is not None:
-                        exc = f.exception()
-                        assert exc is not None
-                        errors[i] = _error(exc, f"publishing message {batch[i].id} to {self.cfg.subject}")
+                    elif (failure := f.exception()) is not None:
+                        errors[i] = _error(failure, f"publishing message {batch[i].id} to {self.cfg.subject}")
             if errors:
                 raise BatchError(errors)
 

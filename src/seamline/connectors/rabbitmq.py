@@ -60,7 +60,7 @@ log = logging.getLogger("seamline.connectors.rabbitmq")
 ExchangeKind = Literal["direct", "topic", "fanout", "headers"]
 
 
-class Binding(BaseModel):
+class RabbitMQBinding(BaseModel):
     """Bind the queue to an exchange."""
 
     model_config = ConfigDict(extra="forbid")
@@ -85,7 +85,7 @@ class RabbitMQSourceConfig(SourceConfig):
         description="Arguments of the declared queue, e.g. `x-dead-letter-exchange`, `x-queue-type: quorum`; "
         "they must match an existing queue's.",
     )
-    bindings: list[Binding] = Field(default_factory=list, description="Bind the queue to these exchanges.")
+    bindings: list[RabbitMQBinding] = Field(default_factory=list, description="Bind the queue to these exchanges.")
     prefetch: int = Field(1000, ge=1, le=65535, description="Unacknowledged messages the broker may send ahead.")
     batch_wait: Duration = Field(0.05, description="How long to wait for a batch to fill before handing it on.")
     content_type: str = Field(
@@ -487,7 +487,7 @@ class RabbitMQSink(Sink):
             message_id=m.id,
             correlation_id=m.correlation_id,
             content_type=m.content_type,
-            headers=outgoing_headers(m, message_id=False, correlation_id=False, content_type=False),
+            headers=dict[str, Any](outgoing_headers(m, message_id=False, correlation_id=False, content_type=False)),
             delivery_mode=mode,
         )
 

@@ -344,28 +344,31 @@ class SqsSource(Source):
             await asyncio.sleep(every)
             cutoff = time.monotonic() - every * 0.9
             handles = [h for h, t in list(self._inflight.items()) if t <= cutoff]
-            for i in range(0, len(handles), 10):
-                chunk = handles[i : i + 10]
-                try:
-                    resp = await self._client.change_message_visibility_batch(
-                        QueueUrl=self._url,
-                        Entries=[
-                            {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": int(self.cfg.visibility_timeout)}
-                            for j, h in enumerate(chunk)
-                        ],
-                    )
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("sqs source %s: extending visibility failed: %s", self.cfg.queue, exc)
-                    continue
-                now = time.monotonic()
-                for h in chunk:
-                    if h in self._inflight:
-                        self._inflight[h] = now
-                for f in resp.get("Failed") or []:
-                    log.warning("sqs source %s: visibility of a message not extended: %s", self.cfg.queue,
-                                f.get("Message") or f.get("Code"))
+            chunks = [handles[i : i + 10] for i in range(0, len(handles), 10)]
+            # in parallel: with thousands in flight one tick must still end well inside the timeout
+            for i in range(0, len(chunks), 16):
+                await asyncio.gather(*(self._extend(c) for c in chunks[i : i + 16]))
+
+    async def _extend(self, chunk: list[str]) -> None:
+        try:
+            resp = await self._client.change_message_visibility_batch(
+                QueueUrl=self._url,
+                Entries=[
+                    {"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": int(self.cfg.visibility_timeout)}
+                    for j, h in enumerate(chunk)
+                ],
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("sqs source %s: extending visibility failed: %s", self.cfg.queue, exc)
+            return
+        now = time.monotonic()
+        for h in chunk:
+            if h in self._inflight:
+                self._inflight[h] = now
+        for f in resp.get("Failed") or []:
+            log.warning("sqs source %s: visibility of a message not extended (%s)", self.cfg.queue, f.get("Code"))
 
     async def _flush_deletes(self) -> None:
         if not self._to_delete or self._client is None:
@@ -385,8 +388,8 @@ class SqsSource(Source):
             QueueUrl=self._url, Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(handles)]
         )
         for f in resp.get("Failed") or []:
-            log.warning("sqs source %s: a delete failed: %s (the message may come again)", self.cfg.queue,
-                        f.get("Message") or f.get("Code"))
+            log.warning("sqs source %s: a delete failed (%s); the message may come again", self.cfg.queue,
+                        f.get("Code"))
 
     async def commit_acks(self) -> None:
         await self._flush_deletes()

@@ -451,11 +451,11 @@ class _InboxWriter:
                 remember.setdefault(scope, []).append((key, expires))
             records.append(record)
             outcomes.append("stored")
-        if records:
-            await store.inbox_put(self.src.ctx.flow, records)
-        # after the inbox: a crash in between may let a redelivery through twice, never lose one
-        for scope, pairs in remember.items():
-            await store.remember(scope, pairs)
+        # the messages and their delivery ids in one transaction: a redelivery after a crash is
+        # recognised exactly when the first copy was stored
+        idem = [(scope, key, expires) for scope, pairs in remember.items() for key, expires in pairs]
+        if records or idem:
+            await store.inbox_put(self.src.ctx.flow, records, idem)
         return outcomes
 
     async def close(self) -> None:

@@ -29,7 +29,8 @@ class SinkGuard:
     def __init__(self, sink: Sink, cfg: Any, *, flow: str, breakers: Any, limiters: Any) -> None:
         self.sink = sink
         self.endpoint = sink.endpoint or f"{flow}/{sink.label}"
-        self.timeout: float | None = getattr(cfg, "timeout", None)
+        # a sink that guards itself times out per request, and must not lose a breaker wait to a timeout
+        self.timeout: float | None = None if sink.guards_itself else getattr(cfg, "timeout", None)
         concurrency = getattr(cfg, "concurrency", None)
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self.breaker: Any = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
@@ -73,12 +74,15 @@ class Mapping:
         value_maps: ValueMaps,
         expression: Expression | None,
         fields: list[_Field],
+        combined: Expression | None = None,
     ) -> None:
         self.config = config
         self.lookups = lookups
         self.value_maps = value_maps
         self._expression = expression
         self._fields = fields
+        #: all fields as one compiled object constructor (used when every field compiles)
+        self._combined = combined
 
     @property
     def expressions(self) -> dict[str, Expression]:
@@ -91,8 +95,9 @@ class Mapping:
         """Transform ``body``; returns the new body.
 
         With ``expression`` an undefined result gives ``None``. With
-        ``fields`` the result is a new object; fields whose expression has no
-        value are left out.
+        ``fields`` the result is a new object with the structure of the target
+        paths (as a JSONata object constructor builds it): a field whose
+        expression gives no value is left out, its parent objects are always there.
 
         Raises:
             MappingError: an expression failed; for ``fields`` the target field
@@ -101,6 +106,17 @@ class Mapping:
         """
         if self._expression is not None:
             return self._expression.evaluate(body, bindings) if bindings else self._expression.evaluate(body)
+        combined = self._combined
+        if combined is not None:
+            try:
+                result = combined.evaluate(body, bindings)
+            except MappingError:
+                # name the failing field: evaluate field by field, which raises the same error
+                return self._apply_fields(body, bindings)
+            return result
+        return self._apply_fields(body, bindings)
+
+    def _apply_fields(self, body: Any, bindings: MappingABC[str, Any] | None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for field in self._fields:
             try:
@@ -109,15 +125,14 @@ class Mapping:
                 exc.message = f"field {field.target!r}: {exc.message}"
                 exc.args = (exc.message,)
                 raise exc.with_details(field=field.target) from None
-            if value is UNDEFINED:
-                continue
             node = out
             for part in field.parts[:-1]:
                 child = node.get(part)
                 if not isinstance(child, dict):
                     child = node[part] = {}
                 node = child
-            node[field.parts[-1]] = value
+            if value is not UNDEFINED:
+                node[field.parts[-1]] = value
         return out
 
     def spec_rows(self) -> list[SpecRow]:
@@ -138,6 +153,25 @@ class Mapping:
                 )
             )
         return rows
+
+
+def _combined_source(fields: list[_Field]) -> str:
+    """One object constructor holding every field, nested by the target paths."""
+    tree: dict[str, Any] = {}
+    for field in fields:
+        node = tree
+        for part in field.parts[:-1]:
+            node = node.setdefault(part, {})
+        node[field.parts[-1]] = field.expression.source
+
+    def render(node: dict[str, Any]) -> str:
+        items = []
+        for key, value in node.items():
+            text = render(value) if isinstance(value, dict) else f"(\n{value}\n)"
+            items.append(f"{json.dumps(key)}: {text}")
+        return "{" + ", ".join(items) + "}"
+
+    return render(tree)
 
 
 def build_mapping(
@@ -201,4 +235,18 @@ def build_mapping(
         return Mapping(config, lookups, value_maps, make(config.expression, None), [])
     assert config.fields is not None
     fields = [_Field(target, tuple(target.split(".")), make(expr, target)) for target, expr in config.fields.items()]
-    return Mapping(config, lookups, value_maps, None, fields)
+    combined: Expression | None = None
+    if all(field.expression.is_compiled for field in fields):
+        try:
+            combined = compile_expression(
+                _combined_source(fields),
+                timeout_ms=limits.timeout_ms,
+                max_depth=limits.max_depth,
+                max_sequence=limits.max_sequence,
+                functions=table,
+            )
+        except MappingError:
+            combined = None
+        if combined is not None and not combined.is_compiled:
+            combined = None
+    return Mapping(config, lookups, value_maps, None, fields, combined)

@@ -128,7 +128,7 @@ class MapConfig(BaseModel):
         None,
         description="Target field (dotted path, e.g. `customer.id`) to JSONata expression, each "
         "evaluated against the input body. The output is built as nested objects; a field "
-        "whose expression gives no value is left out.",
+        "whose expression gives no value is left out (its parent objects are still there).",
     )
     lookups: dict[str, LookupConfig] = Field(
         default_factory=dict,

@@ -568,17 +568,30 @@ class SqliteStore:
         return await self._run(self.parked_sync, scope)
 
     # -- inbox ---------------------------------------------------------------------------
-    def inbox_put_sync(self, flow: str, records: Sequence[dict[str, Any]]) -> None:
+    def inbox_put_sync(
+        self, flow: str, records: Sequence[dict[str, Any]], idempotency: Sequence[tuple[str, str, float]] = ()
+    ) -> None:
         now = time.time()
-        self._tx(
-            lambda c: c.executemany(
+
+        def tx(c: sqlite3.Connection) -> None:
+            c.executemany(
                 "INSERT INTO inbox(flow, msg_id, record, received_at, lease_until) VALUES (?,?,?,?,NULL)",
                 [(flow, r["id"], _dumps(r), now) for r in records],
             )
-        )
+            if idempotency:
+                c.executemany(
+                    "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
+                    " ON CONFLICT(scope, key) DO UPDATE SET expires_at=excluded.expires_at",
+                    list(idempotency),
+                )
 
-    async def inbox_put(self, flow: str, records: Sequence[dict[str, Any]]) -> None:
-        await self._run(self.inbox_put_sync, flow, records)
+        self._tx(tx)
+
+    async def inbox_put(
+        self, flow: str, records: Sequence[dict[str, Any]], idempotency: Sequence[tuple[str, str, float]] = ()
+    ) -> None:
+        """Store pushed messages and the delivery ids that must not be accepted twice, in one transaction."""
+        await self._run(self.inbox_put_sync, flow, records, idempotency)
 
     def inbox_take_sync(self, flow: str, limit: int, now: float, lease: float) -> list[tuple[int, dict[str, Any]]]:
         def tx(c: sqlite3.Connection) -> list[tuple[int, dict[str, Any]]]:

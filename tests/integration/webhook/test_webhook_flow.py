@@ -113,12 +113,14 @@ class GatedStore(SqliteStore):
         self.broken = False
         self.puts = 0
 
-    async def inbox_put(self, flow: str, records: Sequence[dict[str, Any]]) -> None:
+    async def inbox_put(
+        self, flow: str, records: Sequence[dict[str, Any]], idempotency: Sequence[tuple[str, str, float]] = ()
+    ) -> None:
         await self.gate.wait()
         if self.broken:
             raise OSError("disk full")
         self.puts += 1
-        await super().inbox_put(flow, records)
+        await super().inbox_put(flow, records, idempotency)
 
 
 async def test_the_2xx_waits_for_the_inbox_and_a_store_failure_is_503(tmp_path: Path) -> None:

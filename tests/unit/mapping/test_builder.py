@@ -160,3 +160,19 @@ def test_rendered_specification(flow_dir: Path) -> None:
     html = render_html(mapping.spec_rows())
     assert html.startswith('<table class="mapping-spec">')
     assert "&lt;DE&gt;" in html and "<DE>" not in html
+
+
+def test_fields_form_runs_as_one_compiled_function(flow_dir: Path) -> None:
+    fields = {"a.x": "p", "a.y": "q", "b": "$uppercase(r)", "c.d.e": "missing"}
+    mapping = build_mapping(_config(fields=fields), base_dir=flow_dir)
+    assert mapping._combined is not None
+    data = {"p": 1, "q": [1, 2], "r": "s"}
+    expected = {"a": {"x": 1, "y": [1, 2]}, "b": "S", "c": {"d": {}}}
+    assert mapping.apply(data) == expected
+    assert mapping._apply_fields(data, None) == expected  # the field-by-field form agrees
+
+
+def test_fields_that_need_the_engine_run_one_by_one(flow_dir: Path) -> None:
+    mapping = build_mapping(_config(fields={"a": "p", "b": "$replace(q, /x/, 'y')"}), base_dir=flow_dir)
+    assert mapping._combined is None
+    assert mapping.apply({"p": 1, "q": "xx"}) == {"a": 1, "b": "yy"}

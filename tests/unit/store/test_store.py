@@ -193,3 +193,10 @@ def test_two_processes_opening_a_new_database_at_once_migrate_once(tmp_path: Pat
     procs = [subprocess.Popen([sys.executable, "-c", code, db], stderr=subprocess.PIPE) for _ in range(4)]
     errors = [p.communicate(timeout=60)[1].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
+
+
+async def test_inbox_put_with_delivery_ids_is_atomic(store: Store) -> None:
+    rec = Message({"i": 1}, id="w1").to_record()
+    await store.inbox_put("hook", [rec], [("webhook:hook", "delivery-1", 1e12)])
+    assert await store.seen("webhook:hook", ["delivery-1"], now=0.0) == {"delivery-1"}
+    assert [r["id"] for _s, r in await store.inbox_take("hook", limit=5, now=1.0, lease=5.0)] == ["w1"]

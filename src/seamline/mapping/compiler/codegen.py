@@ -70,14 +70,6 @@ class HostFunction:
         self.limit = limit
         self.trusted = trusted
 
-    def __call__(self, *args: Any) -> Any:
-        from seamline.mapping.engine import call_host_function
-
-        values = tuple(None if a is UNDEFINED else plain(a) for a in args)
-        if self.limit is not None and len(values) > self.limit:
-            values = values[: self.limit]
-        return call_host_function(self.name, self.fn, values)
-
 
 def _host_arg(value: Any) -> Any:
     """An argument for a Python function: undefined is None, sequences are plain lists."""

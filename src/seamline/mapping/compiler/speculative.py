@@ -294,7 +294,7 @@ class Speculator:
         name = proc.value
         if any(arg.type in ("lambda", "regex") for arg in node.arguments):
             raise NotSpeculative("argument")
-        if name == "sum" and len(node.arguments) == 1 and name not in gen_hosts(self.gen):
+        if name == "sum" and len(node.arguments) == 1 and name not in self.gen.hosts:
             summed = self.sum_loop(node.arguments[0], ctx)
             if summed is not None:
                 self.gen.called.add(name)
@@ -336,10 +336,6 @@ class Speculator:
             return Code(out, reads=reads, missing=missing)
         gen.line(f"{out} = {ref}(R, {ctx}, {', '.join(texts)})")
         return Code(out, reads=reads, missing=missing or name == "sum")
-
-
-def gen_hosts(gen: _Gen) -> Any:
-    return gen.hosts
 
 
 def drop_undefined(obj: dict[str, Any]) -> dict[str, Any]:
