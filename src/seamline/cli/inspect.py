@@ -43,6 +43,19 @@ def trace_command(any_id: str, state: str | None, json_out: bool) -> None:
     console().print(t)
 
 
+def _breaker_row(scope: str, value: bytes, updated: float) -> dict[str, Any]:
+    import msgspec
+
+    snap = msgspec.msgpack.decode(value) if value else {}
+    return {
+        "endpoint": scope[len("breaker:") :],
+        "state": snap.get("state"),
+        "consecutive_failures": snap.get("consecutive_failures"),
+        "last_error": snap.get("last_error"),
+        "updated": _iso(updated),
+    }
+
+
 def status_command(state: str | None, json_out: bool) -> None:
     async def go(store: Any) -> dict[str, Any]:
         conn = store.conn
@@ -63,7 +76,7 @@ def status_command(state: str | None, json_out: bool) -> None:
                 "retries": [{"flow": f, "count": n, "next_due": _iso(d)} for f, n, d in retries],
                 "checkpoints": [{"scope": s, "updated": _iso(u)} for s, u in cps if not s.startswith("breaker:")],
                 "journal": [{"flow": f, "messages": n, "last": _iso(t)} for f, n, t in journal],
-                "breakers": [{"endpoint": s[len("breaker:"):], "updated": _iso(u)} for s, _v, u in breakers],
+                "breakers": [_breaker_row(s, v, u) for s, v, u in breakers],
             }
 
         return await store._run(q)  # type: ignore[no-any-return]

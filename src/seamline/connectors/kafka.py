@@ -610,13 +610,7 @@ class KafkaSink(Sink):
             # failed. Reports come for failures only (delivery.report.only.error): a success report per
             # record, called back on the flushing thread, would queue for the GIL behind the event loop.
             # Every record is settled within message.timeout.ms; wait a little longer than that.
-            deadline = time.monotonic() + self.cfg.delivery_timeout + 5.0
-            pause = 0.0005
-            left = producer.flush(0)
-            while left and time.monotonic() < deadline:
-                await asyncio.sleep(pause)
-                pause = min(pause * 1.5, 0.005)
-                left = producer.flush(0)
+            left = await loop.run_in_executor(self._pool, producer.flush, self.cfg.delivery_timeout + 5.0)
             if left == 0:
                 reported = [True] * n
             errors: dict[int, BaseException] = {}

@@ -79,6 +79,14 @@ async def test_breaker_opens_waits_probes_once_and_drops_nothing(tmp_path: Path)
     await store.close()
     assert outcomes[:3] == ["breaker-open", "breaker-half_open", "breaker-open"]
     assert outcomes[-1] == "breaker-closed"
+    import orjson
+
+    from tests.helpers import cli
+
+    st = cli("status", "--json", "--state", str(tmp_path / "s.db"))
+    assert st.returncode == 0, st.stderr
+    (row,) = orjson.loads(st.stdout)["breakers"]
+    assert row["endpoint"] == "t/out" and row["state"] == "closed"
 
 
 async def test_a_hung_sink_times_out_and_does_not_stall_the_other_sink(tmp_path: Path) -> None:
