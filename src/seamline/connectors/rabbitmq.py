@@ -38,6 +38,7 @@ import functools
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -46,7 +47,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, SecretStr
-from seamline.connectors.offsets import OffsetTracker
 from seamline.connectors.wire import decode_message, outgoing_headers, safe_url
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
@@ -202,14 +202,50 @@ class _Quiet:
 # -- source --------------------------------------------------------------------------------------------------------
 
 
+class _Tags:
+    """Delivery tags in arrival order, each settled as acked (True) or given back (False).
+
+    ``take()`` pops the settled prefix and returns the highest *acked* tag in it: a
+    ``basic.ack(multiple)`` up to that tag acknowledges exactly the acked messages (given-back ones
+    are no longer outstanding), while a multiple-ack naming a given-back tag would be refused by the
+    broker (unknown delivery tag) and close the channel.
+    """
+
+    __slots__ = ("_pending", "_state", "dirty")
+
+    def __init__(self) -> None:
+        self._pending: deque[int] = deque()
+        self._state: dict[int, bool | None] = {}
+        self.dirty = False
+
+    def track(self, tag: int) -> None:
+        self._pending.append(tag)
+        self._state[tag] = None
+
+    def settle(self, tag: int, acked: bool) -> None:
+        if tag in self._state:
+            self._state[tag] = acked
+            self.dirty = True
+
+    def take(self) -> int:
+        upto = 0
+        pending, state = self._pending, self._state
+        while pending and state[pending[0]] is not None:
+            tag = pending.popleft()
+            if state.pop(tag):
+                upto = tag
+        self.dirty = False
+        return upto
+
+
 class _Gen:
     """One channel's worth of deliveries: tags are only meaningful on the channel that sent them."""
 
-    __slots__ = ("alive", "raw", "tracker")
+    __slots__ = ("alive", "raw", "tags")
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
-        self.tracker = OffsetTracker(0)
+        self.tags = _Tags()
         self.alive = True
 
 
@@ -356,7 +392,7 @@ class RabbitMQSource(Source):
 
     async def _delivery(self, gen: _Gen, message: Any) -> Delivery | None:
         tag = message.delivery_tag
-        ticket = gen.tracker.track(tag)
+        gen.tags.track(tag)
         wire = {str(k): _header_text(v) for k, v in (message.headers or {}).items()}
         transport = {
             "amqp.exchange": message.exchange or "",
@@ -378,16 +414,16 @@ class RabbitMQSource(Source):
         if error is not None and self.cfg.on_decode_error == "reject":
             log.warning("rabbitmq: rejecting message %s from %s to its dead-letter exchange: %s",
                         msg.id, self.cfg.queue, error)
-            await self._settle(gen, ticket, tag, requeue=False, reject=True)
+            await self._settle(gen, tag, requeue=False, reject=True)
             return None
         return Delivery(
             msg,
-            functools.partial(gen.tracker.ack, ticket),
-            functools.partial(self._nack, gen, ticket, tag),
+            functools.partial(gen.tags.settle, tag, True),
+            functools.partial(self._nack, gen, tag),
             error,
         )
 
-    async def _settle(self, gen: _Gen, ticket: int, tag: int, *, requeue: bool, reject: bool = False) -> None:
+    async def _settle(self, gen: _Gen, tag: int, *, requeue: bool, reject: bool = False) -> None:
         if gen.alive:
             try:
                 if reject:
@@ -397,17 +433,18 @@ class RabbitMQSource(Source):
             except Exception as exc:
                 # the channel is gone: the broker requeues the message by itself
                 log.debug("rabbitmq: nack of %s failed: %s", tag, exc)
-        gen.tracker.ack(ticket)
+        gen.tags.settle(tag, False)
 
-    async def _nack(self, gen: _Gen, ticket: int, tag: int, requeue: bool) -> None:
-        await self._settle(gen, ticket, tag, requeue=True)
+    async def _nack(self, gen: _Gen, tag: int, requeue: bool) -> None:
+        await self._settle(gen, tag, requeue=True)
 
     async def commit_acks(self) -> None:
         gen = self._gen
-        if gen is None or not gen.alive or not gen.tracker.dirty:
+        if gen is None or not gen.alive or not gen.tags.dirty:
             return
-        gen.tracker.dirty = False
-        upto = gen.tracker.committed
+        upto = gen.tags.take()
+        if not upto:
+            return
         try:
             await gen.raw.basic_ack(upto, multiple=True)
         except Exception as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -30,6 +31,7 @@ class Message:
 
     __slots__ = (
         "_body",
+        "_digest",
         "_raw",
         "attempt",
         "content_type",
@@ -62,6 +64,7 @@ class Message:
             body = None
         self._body: Any = body
         self._raw: bytes | None = raw
+        self._digest: str | None = None
         self.id: str = id or new_id()
         self.correlation_id: str = correlation_id or self.id
         self.headers: dict[str, str] = dict(headers) if headers else {}
@@ -95,6 +98,7 @@ class Message:
     def body(self, value: Any) -> None:
         self._body = value
         self._raw = None
+        self._digest = None
 
     @property
     def raw(self) -> bytes:
@@ -110,6 +114,14 @@ class Message:
         return self._raw
 
     @property
+    def digest(self) -> str:
+        """A short fingerprint of the body bytes (for the journal), computed once."""
+        d = self._digest
+        if d is None:
+            d = self._digest = hashlib.blake2b(self.raw, digest_size=8).hexdigest()
+        return d
+
+    @property
     def is_decoded(self) -> bool:
         return self._body is not _UNSET
 
@@ -119,6 +131,7 @@ class Message:
         m = Message.__new__(Message)
         m._body = self._body if body is _UNSET else body
         m._raw = self._raw if body is _UNSET else None
+        m._digest = self._digest if body is _UNSET else None
         m.id = self.id
         m.correlation_id = self.correlation_id
         m.headers = dict(self.headers)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import inspect
 import logging
 import time
@@ -37,7 +36,7 @@ _SINKS = "sinks"
 
 
 def _digest(m: Message) -> str:
-    return hashlib.blake2b(m.raw, digest_size=8).hexdigest()
+    return m.digest
 
 
 def _error_chain(exc: BaseException) -> list[dict[str, Any]]:

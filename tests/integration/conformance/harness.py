@@ -49,12 +49,21 @@ How to plug a connector in
 
 2. Subclass :class:`ConformanceSuite` with a ``backend`` fixture::
 
+       from tests.integration.conformance.harness import Backend, ConformanceSuite, ...
+
        class TestMqttConformance(ConformanceSuite):
            @pytest.fixture
            async def backend(self, mqtt_url):
                b = MqttBackend(mqtt_url)
                yield b
                await b.aclose()
+
+   A service-URL fixture such as ``mqtt_url`` belongs in
+   ``tests/integration/brokers/fixtures.py`` (imported by this folder's
+   ``conftest.py``); it should call ``broker_services.require_service`` so an
+   unreachable service skips locally and fails in CI. ``test_conformance_kafka.py``,
+   ``test_conformance_rabbitmq.py`` and ``test_conformance_nats.py`` are complete
+   examples, including ``behind_proxy`` and ``private_broker``.
 
    Class attributes tune the suite for slow brokers (``messages``,
    ``deadline``, ``pace``). Cases that do not apply to a connector can be

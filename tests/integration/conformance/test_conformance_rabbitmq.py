@@ -300,3 +300,50 @@ async def test_unroutable_message_is_dead_lettered(rabbit_backend: RabbitBackend
         await eng.stop()
     dl = await dead_letters(state)
     assert {d.error_code for d in dl} == {"rabbitmq.unroutable"}
+
+
+async def test_multiple_ack_never_names_a_given_back_tag(rabbit_backend: RabbitBackend, tmp_path: Path) -> None:
+    """Acks go out as one ``basic.ack(multiple)``; when the newest settled message was given back
+    (nack), the ack must stop at the last acked tag, or the broker closes the channel."""
+    from seamline.core.component import BuildContext, Delivery
+    from seamline.core.registry import get_spec
+    from seamline.store import open_store
+
+    b = rabbit_backend
+    src = await b.new_channel("multi-ack")
+    msgs = make_messages(4, keys=1)
+    await b.publish(src, msgs)
+    spec = get_spec("source", "rabbitmq")
+    assert spec is not None
+    store = open_store(str(tmp_path / "state.db"))
+    await store.open()
+    source = spec.factory(spec.config.model_validate(b.source_config(src, group="")),
+                          BuildContext(flow="multi-ack", base_dir=tmp_path, store=store, batch_size=10))
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def emit(batch: list[Delivery]) -> None:
+        for d in batch:
+            seen.append(d.message.id)
+            if d.message.id == msgs[-1].id and seen.count(d.message.id) == 1:
+                await d.nack(True)  # type: ignore[misc]
+            else:
+                d.ack()
+        await source.commit_acks()
+        if seen.count(msgs[-1].id) == 2:
+            done.set()
+
+    await source.open()
+    first_channel = source._gen
+    task = asyncio.create_task(source.run(emit))
+    try:
+        await asyncio.wait_for(done.wait(), 20)
+        assert source._gen is first_channel, "the channel was closed and reopened"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await source.close()
+        await store.close()
+    assert seen[:4] == [m.id for m in msgs] and seen[4:] == [msgs[-1].id]
+    assert await b.unacked(src, "") == 0
