@@ -230,14 +230,14 @@ def _converter(col: Any, dialect: str) -> Callable[[Any], Any] | None:
     from sqlalchemy import types as t
 
     typ = col.type
-    if dialect == "sqlite":
-        return None  # SQLite stores text and numbers as given
     if isinstance(typ, t.DateTime):
         return _to_datetime
     if isinstance(typ, t.Date):
         return _to_date
     if isinstance(typ, t.Time):
         return _to_time
+    if dialect == "sqlite":
+        return None  # SQLite stores text and numbers as given
     if isinstance(typ, t.Numeric) and not isinstance(typ, t.Float):
         return _to_decimal
     if isinstance(typ, t.Integer):
@@ -527,7 +527,7 @@ class SqlSource(Source):
     # -- messages --------------------------------------------------------------------------------------------
     def _message(self, row: Any) -> Message:
         cfg = self.cfg
-        data = {k: _jsonable(v) for k, v in row.items()}
+        data = {str(k): _jsonable(v) for k, v in row.items()}  # str(): column names may be str subclasses
         if cfg.id_column:
             mid = str(row[cfg.id_column])
         elif cfg.key:

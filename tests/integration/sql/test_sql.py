@@ -1,0 +1,208 @@
+"""The sql connector against SQLite, PostgreSQL and MariaDB: sink modes, watermark source, outbox source."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import decimal
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.services.crash import sigkill_mid_stream
+from tests.integration.services.flows import COLLECTED, make_flow
+
+from seamline.connectors.sql import SqlSink, SqlSinkConfig
+from seamline.core.component import BatchError, BuildContext
+from seamline.core.engine import Engine
+from seamline.core.errors import FatalError
+from seamline.core.flow import sink, source
+from seamline.core.message import Message
+from seamline.store import open_store
+from seamline.store.base import DlqFilter
+
+BASE = dt.datetime(2026, 3, 1, 12, 0, 0)
+
+
+def _ts(dialect: str) -> str:
+    return {"postgresql": "TIMESTAMP", "mysql": "DATETIME(6)", "mariadb": "DATETIME(6)"}.get(dialect, "DATETIME")
+
+
+def _ctx(tmp: Path) -> BuildContext:
+    return BuildContext(flow="t", base_dir=tmp, store=None, batch_size=100)  # type: ignore[arg-type]
+
+
+async def _sink(db: Any, tmp: Path, **kw: Any) -> SqlSink:
+    s = SqlSink(SqlSinkConfig(url=db.url_plain, **kw), _ctx(tmp))
+    await s.open()
+    return s
+
+
+async def test_sink_upsert_merge_and_correlation(db: Any, tmp_path: Path) -> None:
+    t = await db.table(lambda n, d: f"CREATE TABLE {n} (order_id VARCHAR(64) PRIMARY KEY, status VARCHAR(32), "
+                                    f"total NUMERIC(10,2), ordered_at {_ts(d)}, note VARCHAR(64), corr VARCHAR(64))",
+                       "orders")
+    up = await _sink(db, tmp_path, table=t, mode="upsert", key=["order_id"], correlation_column="corr")
+    merge = await _sink(db, tmp_path, table=t, mode="merge", key=["order_id"])
+    try:
+        await up.write([
+            Message({"order_id": f"o{i}", "status": "new", "total": "10.50", "ordered_at": "2026-03-01T10:00:00",
+                     "note": "first"}, correlation_id=f"c{i}")
+            for i in range(50)
+        ])
+        # upsert replaces the other columns: `note` is not in these records, so it becomes NULL
+        await up.write([
+            *(Message({"order_id": f"o{i}", "status": "paid", "total": 11.25, "ordered_at": "2026-03-02T10:00:00"},
+                      correlation_id=f"u{i}") for i in range(0, 50, 2)),
+            *(Message({"order_id": f"o{i}", "status": "new", "total": 1}, correlation_id=f"c{i}")
+              for i in range(50, 60)),
+        ])
+        # merge updates only the columns the record carries
+        await merge.write([Message({"order_id": "o1", "status": "shipped"}),
+                           Message({"order_id": "o99", "status": "new", "total": 2})])
+    finally:
+        await up.close()
+        await merge.close()
+    rows = {r[0]: r for r in await db.rows(f"SELECT order_id, status, total, note, corr, ordered_at FROM {t}")}
+    assert len(rows) == 61
+    assert rows["o0"][1:5] == ("paid", decimal.Decimal("11.25") if db.dialect.name != "sqlite" else 11.25, None,
+                               "u0")
+    assert rows["o1"][1] == "shipped" and rows["o1"][3] == "first" and rows["o1"][4] == "c1"
+    assert float(rows["o1"][2]) == 10.5
+    assert rows["o55"][1] == "new" and rows["o99"][4] is None
+    assert str(rows["o2"][5]).startswith("2026-03-02")
+
+
+async def test_sink_batch_is_one_transaction(db: Any, tmp_path: Path) -> None:
+    t = await db.table(lambda n, d: f"CREATE TABLE {n} (id INTEGER PRIMARY KEY, name VARCHAR(20))", "tx")
+    s = await _sink(db, tmp_path, table=t)
+    try:
+        with pytest.raises(FatalError) as err:
+            await s.write([Message({"id": 1, "name": "a"}), Message({"id": 2, "name": "b"}),
+                           Message({"id": 1, "name": "duplicate"})])
+        assert err.value.code == "sql.rejected"
+        assert await db.rows(f"SELECT id FROM {t}") == [], "a failed batch must write nothing"
+        # records that cannot become rows fail alone; the others are written
+        with pytest.raises(BatchError) as be:
+            await s.write([Message({"id": 3, "name": "c"}), Message(["not", "an", "object"])])
+        assert list(be.value.errors) == [1]
+        assert [r[0] for r in await db.rows(f"SELECT id FROM {t}")] == [3]
+    finally:
+        await s.close()
+
+
+async def _run_until_idle(flow: Any, state: Path) -> Any:
+    engine = Engine([flow], open_store(str(state)), retry_poll=0.05)
+    res = await asyncio.wait_for(engine.run(until_idle=True, idle_horizon=1, install_signals=False), 60)
+    assert res.ok, res.errors
+    return res
+
+
+async def test_source_watermark_with_ties_survives_restart(db: Any, tmp_path: Path) -> None:
+    from sqlalchemy import MetaData, Table
+
+    t = await db.table(lambda n, d: f"CREATE TABLE {n} (id INTEGER PRIMARY KEY, updated_at {_ts(d)} NOT NULL, "
+                                    "name VARCHAR(40))", "events")
+    async with db.connect() as conn:
+        table = await conn.run_sync(lambda c: Table(t, MetaData(), autoload_with=c))
+
+    async def insert(rows: list[dict[str, Any]]) -> None:
+        async with db.begin() as conn:
+            await conn.execute(table.insert(), rows)
+
+    # three rows share each timestamp; a page of 7 rows ends in the middle of a tie
+    await insert([{"id": i, "updated_at": BASE + dt.timedelta(seconds=i // 3), "name": f"n{i}"}
+                  for i in range(1, 31)])
+    key = f"wm-{uuid.uuid4().hex[:8]}"
+    state = tmp_path / "state.db"
+
+    def flow() -> Any:
+        return make_flow("sql-wm", source("sql", url=db.url_plain, table=t, watermark="updated_at", key="id",
+                                          limit=7, stop_when_idle=True, interval=0.05),
+                         [sink("test-collect", key=key)])
+
+    await _run_until_idle(flow(), state)
+    first = COLLECTED.pop(key)
+    assert sorted(m.body["id"] for m in first) == list(range(1, 31))
+    assert first[0].id == f"{t}:1" and first[0].headers["sql.table"] == t
+    last = BASE + dt.timedelta(seconds=30 // 3)
+    # new rows tie with the last watermark delivered; later rows; and an old row that changed
+    await insert([{"id": i, "updated_at": last, "name": f"tie{i}"} for i in range(31, 36)])
+    await insert([{"id": i, "updated_at": last + dt.timedelta(seconds=5), "name": f"n{i}"} for i in range(36, 41)])
+    async with db.begin() as conn:
+        await conn.execute(table.update().where(table.c.id == 5).values(updated_at=last + dt.timedelta(seconds=9)))
+    await _run_until_idle(flow(), state)
+    second = COLLECTED.pop(key)
+    assert sorted(m.body["id"] for m in second) == [5, *range(31, 41)]
+    # a third run has nothing new
+    await _run_until_idle(flow(), state)
+    assert COLLECTED.pop(key, []) == []
+
+
+@pytest.mark.parametrize("on_delivery", ["delete", "mark"])
+async def test_outbox_rows_go_once_delivered(db: Any, tmp_path: Path, on_delivery: str) -> None:
+    t = await db.table(lambda n, d: f"CREATE TABLE {n} (seq INTEGER PRIMARY KEY, payload TEXT NOT NULL, "
+                                    f"corr VARCHAR(40), sent_at {_ts(d)} NULL)", "outbox")
+    rows = [{"seq": i, "payload": f'{{"order": {i}}}', "corr": f"c{i}"} for i in range(1, 26)]
+    rows[9]["payload"] = "{not json"
+    for r in rows:
+        await db.run(f"INSERT INTO {t} (seq, payload, corr) VALUES (:seq, :payload, :corr)", r)
+    key = f"ob-{uuid.uuid4().hex[:8]}"
+    state = tmp_path / "state.db"
+    flow = make_flow("sql-outbox", source("sql", url=db.url_plain, table=t, mode="outbox", key="seq",
+                                          payload_column="payload", correlation_column="corr", id_column="seq",
+                                          on_delivery=on_delivery, mark_column="sent_at", stop_when_idle=True,
+                                          limit=10, interval=0.05),
+                     [sink("test-collect", key=key)])
+    await _run_until_idle(flow, state)
+    got = COLLECTED.pop(key)
+    assert sorted(m.body["order"] for m in got) == [i for i in range(1, 26) if i != 10]
+    assert {m.correlation_id for m in got if m.id == "1"} == {"c1"}
+    store = open_store(str(state))
+    await store.open()
+    try:
+        dead = await store.list_dead(DlqFilter(flow="sql-outbox"))
+    finally:
+        await store.close()
+    assert [(d.msg_id, d.error_code) for d in dead] == [("10", "format.json.syntax")]
+    if on_delivery == "delete":
+        assert await db.rows(f"SELECT seq FROM {t}") == []
+    else:
+        assert await db.rows(f"SELECT seq FROM {t} WHERE sent_at IS NULL") == []
+        assert len(await db.rows(f"SELECT seq FROM {t}")) == 25
+
+
+def test_sigkill_mid_stream_loses_nothing(pg_url: str, tmp_path: Path) -> None:
+    import asyncpg
+
+    n = 1500
+    table = f"crash_{uuid.uuid4().hex[:10]}"
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, updated_at TIMESTAMPTZ NOT NULL, "
+                               "poison BOOLEAN NOT NULL)")
+            now = dt.datetime.now(dt.UTC)
+            await conn.executemany(f"INSERT INTO {table} VALUES ($1, $2, $3)",
+                                   [(i, now + dt.timedelta(milliseconds=i // 4), i % 250 == 7) for i in range(n)])
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    try:
+        src = (f"source:\n  sql: {{url: '{pg_url}', table: {table}, watermark: updated_at, key: id, "
+               "id_column: id, interval: 100ms}")
+        res = sigkill_mid_stream(tmp_path, src, "sql-crash", {str(i) for i in range(n)},
+                                 {str(i) for i in range(n) if i % 250 == 7})
+        assert res.duplicates <= 50 * 6
+    finally:
+        asyncio.run(drop())
