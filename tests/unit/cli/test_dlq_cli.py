@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 
 import orjson
-
 from tests.helpers import cli
 
 FLOW = """
