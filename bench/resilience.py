@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline import EXPR, make_orders  # noqa: E402
+from pipeline import EXPR, make_orders
 
 PLAIN = """
 flow: plain

@@ -80,7 +80,6 @@ async def test_breaker_opens_waits_probes_once_and_drops_nothing(tmp_path: Path)
     assert outcomes[:3] == ["breaker-open", "breaker-half_open", "breaker-open"]
     assert outcomes[-1] == "breaker-closed"
     import orjson
-
     from tests.helpers import cli
 
     st = cli("status", "--json", "--state", str(tmp_path / "s.db"))
