@@ -398,60 +398,62 @@ class KafkaSource(Source):
         return consumer.consume(self.batch_size, self.cfg.batch_wait)  # type: ignore[no-any-return]
 
     def _deliveries(self, msgs: list[Any]) -> list[Delivery]:
+        """Records → deliveries, on the event loop's thread, between two polls (so no rebalance
+        callback runs meanwhile)."""
         from confluent_kafka import KafkaError, KafkaException
 
         out: list[Delivery] = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
-                if err.fatal():
-                    raise KafkaException(err)
-                self._quiet(err.name(), logging.WARNING, "kafka: consuming for group %s: %s", self.cfg.group,
-                            err.str())
-                continue
-            d = self._delivery(m)
-            if d is not None:
-                out.append(d)
-        return out
-
-    def _delivery(self, m: Any) -> Delivery | None:
-        topic, part, offset = m.topic(), m.partition(), m.offset()
-        key = (topic, part)
+        append = out.append
+        parts, starts = self._parts, self._starts
+        ctype, max_bytes = self.cfg.content_type, self.cfg.max_message_bytes
+        nack = self._nack
+        partial = functools.partial
         with self._lock:
-            tracker = self._parts.get(key)
-            if tracker is None:
-                start = self._starts.pop(key, None)
-                if start is not None and offset != start:
-                    # fetched before the rewind took effect: it comes again from the rewound position
-                    self._starts[key] = start
-                    return None
-                tracker = self._parts[key] = OffsetTracker(offset)
-        ticket = tracker.track(offset + 1)
-        transport = {"kafka.topic": topic, "kafka.partition": str(part), "kafka.offset": str(offset)}
-        k = m.key()
-        if k is not None:
-            try:
-                transport[KEY_HEADER] = k.decode("utf-8")
-            except UnicodeDecodeError:
-                transport[KEY_HEADER + ".b64"] = base64.b64encode(k).decode("ascii")
-        ts_type, ts = m.timestamp()
-        if ts_type:
-            transport["kafka.timestamp"] = str(ts)
-        wire: dict[str, str] = {}
-        for hk, hv in m.headers() or ():
-            wire[hk] = "" if hv is None else hv.decode("utf-8", "replace")
-        msg, error = decode_message(
-            m.value() or b"",
-            wire,
-            default_id=f"{topic}-{part}-{offset}",
-            default_content_type=self.cfg.content_type,
-            transport=transport,
-            max_bytes=self.cfg.max_message_bytes,
-            connector="kafka",
-        )
-        return Delivery(msg, functools.partial(tracker.ack, ticket), functools.partial(self._nack, key, tracker), error)
+            for m in msgs:
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    if err.fatal():
+                        raise KafkaException(err)
+                    self._quiet(err.name(), logging.WARNING, "kafka: consuming for group %s: %s", self.cfg.group,
+                                err.str())
+                    continue
+                topic, part, offset = m.topic(), m.partition(), m.offset()
+                key = (topic, part)
+                tracker = parts.get(key)
+                if tracker is None:
+                    start = starts.pop(key, None)
+                    if start is not None and offset != start:
+                        # fetched before a rewind took effect: it comes again from the rewound position
+                        starts[key] = start
+                        continue
+                    tracker = parts[key] = OffsetTracker(offset)
+                ticket = tracker.track(offset + 1)
+                spart, soffset = str(part), str(offset)
+                transport = {"kafka.topic": topic, "kafka.partition": spart, "kafka.offset": soffset}
+                k = m.key()
+                if k is not None:
+                    try:
+                        transport[KEY_HEADER] = k.decode("utf-8")
+                    except UnicodeDecodeError:
+                        transport[KEY_HEADER + ".b64"] = base64.b64encode(k).decode("ascii")
+                ts_type, ts = m.timestamp()
+                if ts_type:
+                    transport["kafka.timestamp"] = str(ts)
+                hdrs = m.headers()
+                wire = {hk: ("" if hv is None else hv.decode("utf-8", "replace")) for hk, hv in hdrs} if hdrs else {}
+                msg, error = decode_message(
+                    m.value() or b"",
+                    wire,
+                    default_id=f"{topic}-{spart}-{soffset}",
+                    default_content_type=ctype,
+                    transport=transport,
+                    max_bytes=max_bytes,
+                    connector="kafka",
+                )
+                append(Delivery(msg, partial(tracker.ack, ticket), partial(nack, key, tracker), error))
+        return out
 
     async def run(self, emit: Emit) -> None:
         from confluent_kafka import KafkaException

@@ -216,7 +216,7 @@ class S3Source(Source):
         resp = await self._client.get_object(Bucket=cfg.bucket, Key=key)
         async with resp["Body"] as stream:
             data = await stream.read()
-        if key.endswith(".gz"):
+        if key.endswith(".gz") and data[:2] == b"\x1f\x8b":  # (an HTTP layer may have decoded it already)
             try:
                 data = await asyncio.to_thread(gzip.decompress, data)
             except (OSError, EOFError) as exc:

@@ -161,6 +161,11 @@ class SqsSinkConfig(_SqsQueue, SinkConfig):
         True, description="FIFO queues: send the message id as deduplication id (retries are not enqueued twice)."
     )
     delay: Duration | None = Field(None, le=900, description="Delivery delay of each message (standard queues).")
+    parallel_requests: int = Field(
+        4, ge=1, le=64,
+        description="Standard queues: SendMessageBatch calls in parallel per batch (1 keeps the send order; "
+        "FIFO queues always send one after the other).",
+    )
     max_message_bytes: int = Field(
         262_144, ge=1024, le=1_048_576, description="Largest message the queue accepts; larger ones are dead-lettered."
     )
@@ -501,11 +506,9 @@ class SqsSink(Sink):
         if cur:
             chunks.append(cur)
         # FIFO: chunks go one after the other so the order within a group is kept
-        if self.fifo:
-            for c in chunks:
-                errors.update(await self._send(c))
-        else:
-            for r in await asyncio.gather(*(self._send(c) for c in chunks)):
+        step = 1 if self.fifo else self.cfg.parallel_requests
+        for i in range(0, len(chunks), step):
+            for r in await asyncio.gather(*(self._send(c) for c in chunks[i : i + step])):
                 errors.update(r)
         if errors:
             if len(errors) == len(batch):

@@ -232,9 +232,13 @@ class MotoServer:
     """moto's S3 server on a free port (object storage for a restartable Tansu)."""
 
     def __init__(self) -> None:
-        exe = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-        if not os.path.exists(exe):
+        # the one installed beside this interpreter first (the test dependency), then PATH
+        exe: str | None = str(Path(sys.executable).parent / "moto_server")
+        if not os.path.exists(str(exe)):
+            exe = shutil.which("moto_server")
+        if exe is None:
             unavailable("moto_server (PyPI moto[server]) is not installed")
+        assert exe is not None
         self.exe = exe
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None

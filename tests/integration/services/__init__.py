@@ -248,3 +248,88 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.05
 def engine_env() -> dict[str, str]:
     """Environment of an engine subprocess: this interpreter's import path."""
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+
+
+class _Private:
+    """A broker process of its own on a fixed free port (kept across stop/start), data in ``tmp``."""
+
+    binary = ""
+    default_port = 0
+
+    def __init__(self, tmp: Path) -> None:
+        import shutil
+
+        exe = shutil.which(self.binary) or next(
+            (str(p) for p in (Path("/usr/sbin") / self.binary, Path("/usr/bin") / self.binary) if p.exists()), None
+        )
+        if exe is None:
+            unavailable(f"{self.binary} is not installed (needed for a private broker)")
+        self.exe = str(exe)
+        self.tmp = tmp
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        log = (self.tmp / f"{self.binary}.log").open("ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.tmp)
+        log.close()
+        if not wait_port("127.0.0.1", self.port, time.monotonic() + 20):
+            self.stop()
+            raise RuntimeError(f"{self.binary} did not start on port {self.port}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and reachable("127.0.0.1", self.port, 0.2):
+            time.sleep(0.05)
+
+
+class PrivateMosquitto(_Private):
+    """mosquitto with persistence and no limit on the messages queued for an offline session.
+
+    (The stock configuration keeps at most 1,000 messages per offline session and drops the rest.)
+    """
+
+    binary = "mosquitto"
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        conf = self.tmp / "mosquitto.conf"
+        import getpass
+
+        conf.write_text(
+            # `user`: a broker started as root would switch to the user `mosquitto` and could not write here
+            f"user {getpass.getuser()}\n"
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"persistence_location {self.tmp}/\nautosave_interval 1\nmax_queued_messages 0\n"
+            "max_inflight_messages 100\nmax_keepalive 300\n"
+        )
+        return [self.exe, "-c", str(conf)]
+
+
+class PrivateRedis(_Private):
+    """redis-server with an append-only file in ``tmp`` (data survives stop/start)."""
+
+    binary = "redis-server"
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        return [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.tmp),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"]
