@@ -44,6 +44,14 @@ def flow_schema() -> dict[str, Any]:
             )
         return {"oneOf": options}
 
+    on_error = defs.get(OnErrorConfig.__name__)
+    if on_error is not None and "dlq" in on_error.get("properties", {}):
+        prop = on_error["properties"]["dlq"]
+        on_error["properties"]["dlq"] = {
+            "description": prop.get("description", ""),
+            "default": "store",
+            "anyOf": [{"const": "store"}, _ref("Sink")],
+        }
     defs["Source"] = choice("source")
     defs["Step"] = choice("step")
     defs["Sink"] = choice("sink")

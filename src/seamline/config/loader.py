@@ -108,6 +108,9 @@ class _FileLoader:
         if "sinks" not in data:
             self.issue("missing 'sinks' (at least one)", ())
         on_error = self._model(OnErrorConfig, data.get("on_error") or {}, ("on_error",), kind="on_error")
+        dlq_sink = None
+        if on_error is not None and isinstance(on_error.dlq, dict):
+            dlq_sink = self._component("sink", on_error.dlq, ("on_error", "dlq"))
         settings = self._model(FlowSettings, data.get("settings") or {}, ("settings",), kind="settings")
         tests = data.get("tests") or []
         if not isinstance(tests, list):
@@ -127,6 +130,7 @@ class _FileLoader:
                 file=self.display,
                 base_dir=self.file.parent.resolve(),
                 tests=tests,
+                dlq_sink=dlq_sink,
             )
         except ConfigError as exc:
             for i in exc.issues:

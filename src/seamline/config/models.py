@@ -49,7 +49,12 @@ class OnErrorConfig(Strict):
     """What happens when a message fails."""
 
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Default retry policy of the flow.")
-    dlq: Literal["store"] = Field("store", description="Where dead letters go: the state store.")
+    dlq: Literal["store"] | dict[str, Any] = Field(
+        "store",
+        description="Where dead letters go: `store` (the state store, always kept for `seamline dlq`), or a "
+        "sink such as `{kafka: {topic: orders.dlq}}` that each dead letter is also published to, with its "
+        "error in headers (published after it is safe in the store; retried until it succeeds).",
+    )
 
 
 class FlowSettings(Strict):

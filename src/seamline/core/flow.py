@@ -56,6 +56,8 @@ class Flow:
     base_dir: Path = field(default_factory=Path.cwd)
     tests: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    #: a sink that dead letters are also published to (e.g. a Kafka topic), besides the store
+    dlq_sink: ComponentRef | None = None
 
     def __post_init__(self) -> None:
         from seamline.config.models import FlowSettings, OnErrorConfig

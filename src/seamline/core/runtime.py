@@ -69,6 +69,25 @@ def _safe(v: Any) -> Any:
     return str(v)
 
 
+def _dead_letter_message(d: DeadLetter) -> Message:
+    """The original message, with the reason it died in its headers, for a broker DLQ."""
+    m = Message.from_record(d.original)
+    m.headers.update(
+        {
+            "seamline-dlq-id": d.dlq_id,
+            "seamline-flow": d.flow,
+            "seamline-step": d.step,
+            "seamline-error-code": d.error_code,
+            "seamline-error-class": d.error_class,
+            "seamline-error": d.error_message[:500],
+            "seamline-attempts": str(d.attempts),
+            "seamline-dead-at": f"{d.dead_at:.3f}",
+        }
+    )
+    m.route = None
+    return m
+
+
 def _settle(batch: Batch, m: Message, *, delivered: bool) -> None:
     """Commit what a step asked to commit once this message is settled (see ``Message.effects``)."""
     if m.custody:
@@ -226,6 +245,12 @@ class FlowRunner:
         self._retries_inflight = 0
         self._tick_task: asyncio.Task[None] | None = None
         self.tick_interval = 1.0
+        self.dlq_sink: Sink | None = None
+        self.dlq_guard: SinkGuard | None = None
+        self._forward_task: asyncio.Task[None] | None = None
+        self._forward_wake = asyncio.Event()
+        self._forward_pending = True
+        self.forward_interval = 5.0
 
     # -- building --------------------------------------------------------------------
     def _ctx(self, ref: ComponentRef) -> BuildContext:
@@ -262,6 +287,13 @@ class FlowRunner:
             retry = getattr(ref.config, "retry", None)
             self.sink_policies[ref.label] = retry.policy() if retry is not None else self.policy
             self._sink_turn[ref.label] = 0
+        if self.flow.dlq_sink is not None:
+            self.dlq_sink = self._build(self.flow.dlq_sink)
+            self.dlq_guard = SinkGuard(
+                self.dlq_sink, self.flow.dlq_sink.config, flow=self.flow.name,
+                breakers=self.breakers, limiters=self.limiters,
+            )
+            await self.dlq_sink.open()
         for st in self.steps:
             await st.open()
         for sk in self.sinks.values():
@@ -272,7 +304,7 @@ class FlowRunner:
             await release([self.flow.name])
 
     async def close(self) -> None:
-        for comp in [self.source, *self.steps, *self.sinks.values()]:
+        for comp in [self.source, *self.steps, *self.sinks.values(), self.dlq_sink]:
             if comp is None:
                 continue
             try:
@@ -285,12 +317,16 @@ class FlowRunner:
         self.steps = []
         self.sinks = {}
         self.guards = {}
+        self.dlq_sink = None
+        self.dlq_guard = None
 
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
         self._source_task = asyncio.create_task(self._run_source(), name=f"{self.flow.name}:source")
         for i in range(self.settings.concurrency):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"{self.flow.name}:worker{i}"))
+        if self.dlq_guard is not None:
+            self._forward_task = asyncio.create_task(self._forward_loop(), name=f"{self.flow.name}:dlq")
         ticking = [i for i, st in enumerate(self.steps) if type(st).tick is not Step.tick]
         if ticking:
             self._tick_task = asyncio.create_task(self._tick_loop(ticking), name=f"{self.flow.name}:tick")
@@ -355,6 +391,44 @@ class FlowRunner:
             finally:
                 self._inflight.pop(seq, None)
                 self._queue.task_done()
+
+    async def _forward_loop(self) -> None:
+        """Publish dead letters to the flow's DLQ destination once they are safe in the store."""
+        assert self.dlq_guard is not None
+        guard = self.dlq_guard
+        while not self._stopping:
+            try:
+                dead = await self.store.to_forward(self.flow.name, self.settings.batch_size)
+            except Exception:
+                log.exception("flow %s: reading dead letters to forward failed", self.flow.name)
+                dead = []
+            if dead:
+                msgs = [_dead_letter_message(d) for d in dead]
+                done: list[str] = []
+                try:
+                    await guard.write(msgs)
+                    done = [d.dlq_id for d in dead]
+                except BatchError as be:
+                    done = [d.dlq_id for i, d in enumerate(dead) if i not in be.errors]
+                except Exception as exc:
+                    log.warning("flow %s: publishing %d dead letter(s) failed, will retry: %s",
+                                self.flow.name, len(dead), _text(exc))
+                if done:
+                    await self.store.mark_forwarded(done)
+                if len(done) == len(dead):
+                    continue
+                self._forward_pending = False  # failing: the store keeps them; try again later
+            else:
+                self._forward_pending = False
+            self._forward_wake.clear()
+            sleeper = asyncio.ensure_future(self.clock.sleep(self.forward_interval))
+            waker = asyncio.ensure_future(self._forward_wake.wait())
+            try:
+                await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                sleeper.cancel()
+                waker.cancel()
+            self._forward_pending = True
 
     async def _tick_loop(self, indexes: list[int]) -> None:
         """Give steps that hold messages (resequence, aggregate) a chance to release them."""
@@ -559,6 +633,9 @@ class FlowRunner:
             await self.source.commit_acks()
         if batch.retries:
             self._retry_wake.set()
+        if batch.dead and self.dlq_guard is not None:
+            self._forward_pending = True
+            self._forward_wake.set()
 
     def _fail(
         self,
@@ -692,7 +769,8 @@ class FlowRunner:
                 if due is not None and (nxt is None or due < nxt):
                     nxt = due
             now = self.clock.now()
-            if (nxt is None or nxt > now + horizon) and not self.busy():
+            forwarding = self._forward_task is not None and self._forward_pending
+            if (nxt is None or nxt > now + horizon) and not self.busy() and not forwarding:
                 return
             await asyncio.sleep(min(0.05, self.retry_poll))
 
@@ -704,6 +782,11 @@ class FlowRunner:
             self._source_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._source_task
+        for extra in (self._forward_task,):
+            if extra is not None:
+                extra.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await extra
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

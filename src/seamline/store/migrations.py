@@ -42,4 +42,9 @@ SQLITE_MIGRATIONS: list[list[str]] = [
             record BLOB NOT NULL, parked_at REAL NOT NULL)""",
         "CREATE INDEX parked_scope ON parked(scope, key, seq)",
     ],
+    # 3: dead letters published to a broker DLQ (on_error.dlq)
+    [
+        "ALTER TABLE dlq ADD COLUMN forwarded INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX dlq_forward ON dlq(flow, forwarded)",
+    ],
 ]

@@ -506,6 +506,21 @@ class SqliteStore:
 
         return self._tx(tx)
 
+    def to_forward_sync(self, flow: str, limit: int) -> list[DeadLetter]:
+        rows = self.conn.execute(
+            f"SELECT {self._DLQ_COLS} FROM dlq WHERE flow=? AND forwarded=0 ORDER BY dead_at LIMIT ?", (flow, limit)
+        ).fetchall()
+        return [self._dead_from_row(r) for r in rows]
+
+    async def to_forward(self, flow: str, limit: int = 500) -> list[DeadLetter]:
+        """Dead letters not yet published to the flow's DLQ destination."""
+        return await self._run(self.to_forward_sync, flow, limit)
+
+    async def mark_forwarded(self, dlq_ids: Sequence[str]) -> None:
+        await self._run(
+            self._tx, lambda c: c.executemany("UPDATE dlq SET forwarded=1 WHERE dlq_id=?", [(i,) for i in dlq_ids])
+        )
+
     async def purge_dead(self, dlq_ids: Sequence[str], *, actor: str) -> int:
         return await self._run(self.purge_dead_sync, dlq_ids, actor)
 
