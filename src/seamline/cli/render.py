@@ -27,10 +27,27 @@ def run_summary(result: Any, state_url: str) -> None:
     for name, err in result.errors.items():
         c.print(f"[red]flow {name} failed:[/red] {err}")
     state = "" if state_url == ".seamline/state.db" else f" --state {state_url}"
+    prog = _program()
     if any_dead:
         c.print("\nInspect and replay dead letters:")
-        c.print(f"  seamline dlq list{state}")
-        c.print(f"  seamline dlq show ID{state}")
-        c.print(f"  seamline dlq edit ID --set field=value{state}")
-        c.print(f"  seamline dlq replay ID{state}        (or --all)")
-        c.print(f"  seamline trace MESSAGE_ID{state}")
+        c.print(f"  {prog} dlq list{state}")
+        c.print(f"  {prog} dlq show ID{state}")
+        c.print(f"  {prog} dlq edit ID --set field=value{state}")
+        c.print(f"  {prog} dlq replay ID{state}        (or --all)")
+        c.print(f"  {prog} trace MESSAGE_ID{state}")
+
+
+def _program() -> str:
+    """How the user started us, so the printed commands can be pasted as they are."""
+    import os
+    import shutil
+    import sys
+
+    argv0 = sys.argv[0] if sys.argv else "seamline"
+    if os.path.basename(argv0) == "seamline" and os.sep in argv0:
+        found = shutil.which("seamline")
+        if found and os.path.realpath(found) == os.path.realpath(argv0):
+            return "seamline"
+        rel = os.path.relpath(argv0)
+        return rel if not rel.startswith("..") else argv0
+    return "seamline"

@@ -249,6 +249,18 @@ def _converter(col: Any, dialect: str) -> Callable[[Any], Any] | None:
     return None
 
 
+def _is_json(col: Any) -> bool:
+    from sqlalchemy import types as t
+
+    return isinstance(col.type, t.JSON)
+
+
+def _to_json_text(v: Any) -> Any:
+    import orjson
+
+    return orjson.dumps(v).decode()
+
+
 def _jsonable(v: Any) -> Any:
     """Row values as JSON: timestamps as ISO 8601, decimals as strings (lossless), bytes as base64."""
     if v is None or isinstance(v, str | int | float | bool):
@@ -309,6 +321,8 @@ class SqlSink(Sink):
         self._names: list[str] = []
         self._convert: dict[str, Callable[[Any], Any]] = {}
         self._merge_stmts: dict[tuple[str, ...], Any] = {}
+        self._sql_cache: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
+        self._driver_path = False
 
     async def open(self) -> None:
         self._engine = _engine(self._url)
@@ -324,8 +338,14 @@ class SqlSink(Sink):
         if missing:
             await self.close()
             raise FatalError(f"key column(s) {missing} not in table {self.cfg.table}", code="sql.no_column")
+        # PostgreSQL: statements are compiled once per column set and run with the driver's own
+        # executemany (SQLAlchemy's per-row parameter processing costs a third of the throughput);
+        # values are converted to driver types here, JSON columns to JSON text
+        self._driver_path = dialect == "postgresql"
         for c in self._table.columns:
             fn = _converter(c, dialect)
+            if fn is None and self._driver_path and _is_json(c):
+                fn = _to_json_text
             if fn is not None:
                 self._convert[c.name] = fn
         self._stmt = self._statement(None)
@@ -388,6 +408,18 @@ class SqlSink(Sink):
             stmt = self._merge_stmts[cols] = self._statement(cols)
         return stmt
 
+    def _compiled(self, cols: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+        """Driver SQL and parameter order for rows with these columns (PostgreSQL)."""
+        hit = self._sql_cache.get(cols)
+        if hit is None:
+            from sqlalchemy import bindparam
+
+            stmt = self._stmt_for(cols).values({c: bindparam(c) for c in cols})
+            compiled = stmt.compile(dialect=self._engine.dialect)
+            order = tuple(compiled.positiontup or ())
+            hit = self._sql_cache[cols] = (compiled.string, order)
+        return hit
+
     async def write(self, batch: Sequence[Message]) -> None:
         errors: dict[int, BaseException] = {}
         # rows with different column sets cannot share one executemany
@@ -403,7 +435,11 @@ class SqlSink(Sink):
             try:
                 async with self._engine.begin() as conn:
                     for cols, group in groups.items():
-                        await conn.execute(self._stmt_for(cols), group)
+                        if self._driver_path:
+                            sql, order = self._compiled(cols)
+                            await conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in group])
+                        else:
+                            await conn.execute(self._stmt_for(cols), group)
             except Exception as exc:
                 raise _classify(exc, f"writing to {self.cfg.table} failed") from exc
         if errors:
