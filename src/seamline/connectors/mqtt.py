@@ -271,6 +271,11 @@ class MqttSource(Source):
         self._acks: _InOrderAcks | None = None
         self._reconnect = asyncio.Event()
         self.connected = asyncio.Event()
+        self._lingering: Any = None
+
+    async def open(self) -> None:
+        # configuration errors surface here; the connection itself is made (and remade) by run()
+        self._new_client()
 
     def _new_client(self) -> Any:
         from paho.mqtt.packettypes import PacketTypes
@@ -291,28 +296,53 @@ class MqttSource(Source):
         while True:
             client = self._new_client()
             send = _hold_pubrec(client._client)
+            acks = _InOrderAcks(send)
             try:
-                async with client:
-                    acks = _InOrderAcks(send)
-                    self._acks = acks
-                    try:
-                        opts = SubscribeOptions(
-                            qos=self.cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
-                        )
-                        await client.subscribe([(t, opts) for t in self.cfg.topics])
-                        self.connected.set()
-                        backoff = 0.2
-                        await self._consume(client, acks, emit)
-                    finally:
-                        acks.alive = False
-                        self.connected.clear()
+                await client.__aenter__()
             except aiomqtt.MqttError as exc:
                 _consume_disconnect(client)
                 log.warning("mqtt source %s: %s; reconnecting in %.1fs", self.client_id, exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
+                continue
+            self._acks = acks
+            try:
+                opts = SubscribeOptions(qos=self.cfg.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                await client.subscribe([(t, opts) for t in self.cfg.topics])
+                self.connected.set()
+                backoff = 0.2
+                await self._consume(client, acks, emit)
+            except asyncio.CancelledError:
+                # shutdown: the runtime still drains what is in flight and acks it; the connection
+                # stays open until close() so those acknowledgements reach the broker
+                self._lingering = client
+                raise
+            except aiomqtt.MqttError as exc:
+                log.warning("mqtt source %s: %s; reconnecting in %.1fs", self.client_id, exc, backoff)
+                acks.alive = False
+                await self._disconnect(client)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
             finally:
-                _consume_disconnect(client)
+                self.connected.clear()
+            # a nack asked for redelivery: reconnect
+            acks.alive = False
+            await self._disconnect(client)
+
+    async def _disconnect(self, client: Any) -> None:
+        _consume_disconnect(client)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(client.__aexit__(None, None, None), self.cfg.connect_timeout)
+        _consume_disconnect(client)
+
+    async def close(self) -> None:
+        client, self._lingering = self._lingering, None
+        if self._acks is not None:
+            self._acks.alive = False
+        if client is not None:
+            # acknowledgements queued during the drain go out before the DISCONNECT (paho keeps order)
+            await self._disconnect(client)
 
     async def _consume(self, client: Any, acks: _InOrderAcks, emit: Emit) -> None:
         # Read aiomqtt's queue directly: cancelling its message iterator can drop a message it
@@ -390,9 +420,10 @@ class MqttSource(Source):
             acks.ack(ticket)
 
         def nack(requeue: bool) -> None:
-            # no negative acknowledgement in MQTT: reconnect so the broker sends it again
+            # No negative acknowledgement in MQTT. The message stays unacknowledged (and, acks being in
+            # order, so do the ones after it); a reconnect makes the broker send them again. During a
+            # shutdown there is no reconnect: the next session gets them.
             if acks.alive:
-                acks.alive = False
                 self._reconnect.set()
 
         return Delivery(msg, ack, nack, error)

@@ -175,10 +175,10 @@ async def _reflect(engine: Any, table: str) -> Any:
         return await conn.run_sync(lambda c: Table(name, md, autoload_with=c))
 
 
-def _engine(url: str) -> Any:
+def _engine(url: str, *, pre_ping: bool = True) -> Any:
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    return create_async_engine(url, pool_pre_ping=True)
+    return create_async_engine(url, pool_pre_ping=pre_ping)
 
 
 # -- value conversion -----------------------------------------------------------------------------------------
@@ -322,10 +322,13 @@ class SqlSink(Sink):
         self._convert: dict[str, Callable[[Any], Any]] = {}
         self._merge_stmts: dict[tuple[str, ...], Any] = {}
         self._sql_cache: dict[tuple[str, ...], tuple[str, tuple[str, ...]]] = {}
+        self._plan: list[tuple[str, Callable[[Any], Any] | None]] = []
         self._driver_path = False
 
     async def open(self) -> None:
-        self._engine = _engine(self._url)
+        # no ping per checkout (a round trip per batch): a connection that went stale fails the batch
+        # with a retryable error, SQLAlchemy drops it, and the retry gets a fresh one
+        self._engine = _engine(self._url, pre_ping=False)
         try:
             self._table = await _reflect(self._engine, self.cfg.table)
         except Exception as exc:
@@ -348,6 +351,7 @@ class SqlSink(Sink):
                 fn = _to_json_text
             if fn is not None:
                 self._convert[c.name] = fn
+        self._plan = [(n, self._convert.get(n)) for n in self._names]
         self._stmt = self._statement(None)
 
     def _statement(self, update: Sequence[str] | None) -> Any:
@@ -380,24 +384,31 @@ class SqlSink(Sink):
         body = m.body
         if not isinstance(body, dict):
             raise FatalError("the sql sink needs an object body", code="sql.record_type")
+        conv = self._convert
         if self.cfg.columns:
             row = {col: _get(body, path) for col, path in self.cfg.columns.items()}
+            if self.cfg.correlation_column:
+                row[self.cfg.correlation_column] = m.correlation_id
+            items = [(k, v, conv.get(k)) for k, v in row.items()]
         else:
-            row = {k: body[k] for k in self._names if k in body}
-        if self.cfg.correlation_column:
-            row[self.cfg.correlation_column] = m.correlation_id
+            row = {}
+            items = []
+            for name, fn in self._plan:
+                if name in body:
+                    row[name] = body[name]
+                    if fn is not None:
+                        items.append((name, body[name], fn))
+            if self.cfg.correlation_column:
+                row[self.cfg.correlation_column] = m.correlation_id
         for k in self.cfg.key:
             if row.get(k) is None:
                 raise FatalError(f"key column {k!r} has no value", code="sql.key_missing")
-        conv = self._convert
-        if conv:
-            for k, v in row.items():
-                fn = conv.get(k)
-                if fn is not None and v is not None:
-                    try:
-                        row[k] = fn(v)
-                    except (ValueError, TypeError, ArithmeticError) as exc:
-                        raise FatalError(f"column {k!r}: cannot use {v!r}: {exc}", code="sql.value") from None
+        for k, v, fn in items:
+            if fn is not None and v is not None:
+                try:
+                    row[k] = fn(v)
+                except (ValueError, TypeError, ArithmeticError) as exc:
+                    raise FatalError(f"column {k!r}: cannot use {v!r}: {exc}", code="sql.value") from None
         return row
 
     def _stmt_for(self, cols: tuple[str, ...]) -> Any:
@@ -433,22 +444,48 @@ class SqlSink(Sink):
             groups.setdefault(tuple(sorted(r)), []).append(r)
         if groups:
             try:
-                async with self._engine.begin() as conn:
-                    for cols, group in groups.items():
-                        if self._driver_path:
-                            sql, order = self._compiled(cols)
-                            await conn.exec_driver_sql(sql, [tuple(r[k] for k in order) for r in group])
-                        else:
+                if self._driver_path:
+                    await self._write_asyncpg(groups)
+                else:
+                    async with self._engine.begin() as conn:
+                        for cols, group in groups.items():
                             await conn.execute(self._stmt_for(cols), group)
             except Exception as exc:
                 raise _classify(exc, f"writing to {self.cfg.table} failed") from exc
         if errors:
             raise BatchError(errors)
 
+    async def _write_asyncpg(self, groups: dict[tuple[str, ...], list[dict[str, Any]]]) -> None:
+        """One transaction on a pooled connection, straight through asyncpg's executemany."""
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            try:
+                async with driver.transaction():
+                    for cols, group in groups.items():
+                        sql, order = self._compiled(cols)
+                        await driver.executemany(sql, [tuple(r[k] for k in order) for r in group])
+            except BaseException as exc:
+                if driver.is_closed() or not _is_pg_data_error(exc):
+                    # the connection may be broken: never hand it out again
+                    with contextlib.suppress(Exception):
+                        await conn.invalidate()
+                raise
+
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
+
+
+def _is_pg_data_error(exc: BaseException) -> bool:
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, asyncpg.PostgresError) and not isinstance(
+        exc, asyncpg.exceptions.PostgresConnectionError | asyncpg.exceptions.InternalServerError
+    )
 
 
 def _classify(exc: Exception, what: str) -> Exception:
@@ -457,6 +494,9 @@ def _classify(exc: Exception, what: str) -> Exception:
     if isinstance(exc, FatalError | RetryableError):
         return exc
     text = (str(getattr(exc, "orig", exc) or exc).splitlines() or [type(exc).__name__])[0][:300]
+    pg = _classify_asyncpg(exc, what, text)
+    if pg is not None:
+        return pg
     if isinstance(exc, sa_exc.IntegrityError | sa_exc.DataError | sa_exc.ProgrammingError):
         return FatalError(f"{what}: {text}", code="sql.rejected")
     if isinstance(exc, sa_exc.NoSuchTableError):
@@ -748,6 +788,23 @@ class _OutboxNack:
     def __call__(self, requeue: bool) -> None:
         # the row stays in the outbox: it is read again
         self.src._inflight.discard(self.key)
+
+
+def _classify_asyncpg(exc: BaseException, what: str, text: str) -> Exception | None:
+    """Errors of asyncpg used directly (the PostgreSQL sink path)."""
+    mod = type(exc).__module__
+    if not mod.startswith("asyncpg"):
+        return None
+    import asyncpg
+
+    if isinstance(exc, asyncpg.exceptions.PostgresConnectionError | asyncpg.exceptions.InterfaceError):
+        return RetryableError(f"{what}: {text}", code="sql.unavailable")
+    sqlstate = str(getattr(exc, "sqlstate", "") or "")
+    # 40: transaction rollback (serialization failure, deadlock); 53: insufficient resources;
+    # 57: operator intervention (shutdown); 08: connection exception
+    if sqlstate[:2] in ("40", "53", "57", "08") or _TRANSIENT.search(text):
+        return RetryableError(f"{what}: {text}", code="sql.unavailable")
+    return FatalError(f"{what}: {text}", code="sql.rejected")
 
 
 @register(

@@ -244,6 +244,7 @@ class SqsSource(Source):
         self._inflight: dict[str, float] = {}  # receipt handle -> when received
         self._to_delete: list[str] = []
         self._delete_lock = asyncio.Lock()
+        self._heartbeat_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         stack = contextlib.AsyncExitStack()
@@ -258,29 +259,26 @@ class SqsSource(Source):
         self._stack = stack
 
     async def run(self, emit: Emit) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(), name="sqs-heartbeat")
+        # the heartbeat outlives run(): during a shutdown the runtime still drains in-flight messages
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.create_task(self._heartbeat(), name="sqs-heartbeat")
         backoff = 0.2
-        try:
-            while True:
-                try:
-                    msgs = await self._receive()
-                    backoff = 0.2
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    err = aws_error(exc, f"receiving from {self.cfg.queue!r} failed", "sqs")
-                    if isinstance(err, FatalError):
-                        raise err from exc
-                    log.warning("sqs source %s: %s; retrying in %.1fs", self.cfg.queue, err, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 5.0)
-                    continue
-                if msgs:
-                    await emit([self._delivery(m) for m in msgs])
-        finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await heartbeat
+        while True:
+            try:
+                msgs = await self._receive()
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                err = aws_error(exc, f"receiving from {self.cfg.queue!r} failed", "sqs")
+                if isinstance(err, FatalError):
+                    raise err from exc
+                log.warning("sqs source %s: %s; retrying in %.1fs", self.cfg.queue, err, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if msgs:
+                await emit([self._delivery(m) for m in msgs])
 
     async def _receive(self) -> list[dict[str, Any]]:
         want = min(self.batch_size, 10 * self.cfg.receivers)
@@ -400,6 +398,11 @@ class SqsSource(Source):
         await self._flush_deletes()
 
     async def close(self) -> None:
+        hb, self._heartbeat_task = self._heartbeat_task, None
+        if hb is not None:
+            hb.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await hb
         if self._stack is None:
             return
         with contextlib.suppress(Exception):

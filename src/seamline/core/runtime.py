@@ -20,7 +20,7 @@ from typing import Any
 
 from seamline.core.clock import SYSTEM_CLOCK, Clock
 from seamline.core.component import BatchError, BuildContext, Defer, Delivery, Drop, Held, Sink, Source, Step
-from seamline.core.errors import SeamlineError, classify
+from seamline.core.errors import FatalError, SeamlineError, classify
 from seamline.core.flow import ComponentRef, Flow
 from seamline.core.message import Message
 from seamline.core.registry import get_spec
@@ -35,8 +35,19 @@ log = logging.getLogger("seamline.runtime")
 _SINKS = "sinks"
 
 
-def _digest(m: Message) -> str:
-    return m.digest
+def _digest(m: Message) -> str | None:
+    try:
+        return m.digest
+    except (TypeError, ValueError):  # not encodable: the sink stage dead-letters it
+        return None
+
+
+def _encodable(m: Message) -> bool:
+    try:
+        m.raw  # noqa: B018 - encodes once and caches
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _error_chain(exc: BaseException) -> list[dict[str, Any]]:
@@ -579,6 +590,13 @@ class FlowRunner:
         # sinks, in batch order per sink
         by_sink: dict[str, list[_Unit]] = {}
         for u in units:
+            if u.message.is_decoded and not _encodable(u.message):
+                bad = FatalError(
+                    "the body cannot be encoded (not JSON-compatible data)", code="encode.body"
+                )
+                for s in u.targets:
+                    u.failed[s] = bad
+                continue
             for s in u.targets:
                 by_sink.setdefault(s, []).append(u)
         if by_sink:

@@ -241,3 +241,34 @@ def test_sigkill_mid_stream_loses_nothing(mqtt_url: str, topic: str, tmp_path: P
         assert res.duplicates <= 100 + 50 * 6
     finally:
         asyncio.run(_end_session(mqtt_url, cid))
+
+
+async def test_graceful_stop_mid_stream_acknowledges_what_was_delivered(mqtt_url: str, topic: str,
+                                                                        tmp_path: Path) -> None:
+    """A SIGTERM-style stop drains the flow; the acknowledgements of the drain reach the broker before the
+    connection closes, so a restart delivers the rest and nothing twice."""
+    cid = f"seamline-test-{uuid.uuid4().hex[:8]}"
+    key = f"stop-{cid}"
+    (tmp_path / "slowmq.py").write_text(
+        "import asyncio\n\nasync def slow(body):\n    await asyncio.sleep(0.003)\n    return body\n")
+
+    def make() -> Any:
+        return make_flow("mqtt-stop", source("mqtt", url=mqtt_url, topics=[topic], client_id=cid, session_expiry=60,
+                                             receive_maximum=100),
+                         [sink("test-collect", key=key)], steps=[step("python", function="slowmq:slow")],
+                         batch_size=20, base_dir=tmp_path)
+
+    try:
+        async with running(make(), tmp_path / "state.db") as run:
+            await _connected(run)
+            await _publish(mqtt_url, topic, _msgs(400))
+            await run.wait_for(lambda: len(COLLECTED.get(key, [])) >= 60, 30, "the first messages")
+        first = len(COLLECTED[key])
+        assert first < 400, "the stream finished before the stop"
+        async with running(make(), tmp_path / "state.db") as run:
+            await run.wait_for(lambda: len({m.id for m in COLLECTED.get(key, [])}) >= 400, 30, "the rest")
+    finally:
+        await _end_session(mqtt_url, cid)
+    ids = [m.id for m in COLLECTED.pop(key)]
+    assert sorted(set(ids)) == sorted(f"m{i}" for i in range(400))
+    assert len(ids) == 400, f"{len(ids) - 400} delivered twice after a graceful stop"

@@ -19,7 +19,7 @@ from tests.integration.services.flows import COLLECTED, make_flow
 from seamline.connectors.s3 import S3Sink, S3SinkConfig
 from seamline.core.component import BuildContext
 from seamline.core.engine import Engine
-from seamline.core.flow import sink, source
+from seamline.core.flow import sink, source, step
 from seamline.core.message import Message
 from seamline.store import open_store
 from seamline.store.base import DlqFilter
@@ -170,3 +170,71 @@ def test_sigkill_mid_stream_loses_nothing(moto_server: MotoServer, bucket: str, 
            f"endpoint_url: '{moto_server.url}', region: us-east-1, access_key_id: test, secret_access_key: test}}")
     res = sigkill_mid_stream(tmp_path, src, "s3-crash", ids, poison)
     assert res.duplicates <= 50 * 6
+
+
+async def test_source_nack_redelivers(moto_server: MotoServer, s3: Any, bucket: str, tmp_path: Path) -> None:
+    from seamline.connectors.s3 import S3Source, S3SourceConfig
+    from seamline.core.component import Delivery
+
+    await _put(s3, bucket, "n/a.ndjson", _ndjson([{"id": f"r{i}"} for i in range(6)]))
+    store = open_store(str(tmp_path / "state.db"))
+    await store.open()
+    ctx = BuildContext(flow="s3-nack", base_dir=tmp_path, store=store, batch_size=4)
+    src = S3Source(S3SourceConfig(bucket=bucket, prefix="n/", id_field="id", interval=0.05, **aws(moto_server.url)),
+                   ctx)
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def emit(batch: list[Delivery]) -> None:
+        for d in batch:
+            seen.append(d.message.id)
+            if d.message.id == "r2" and seen.count("r2") == 1:
+                d.nack(True)
+            else:
+                d.ack()
+        await src.commit_acks()
+        if seen.count("r2") == 2 and {"r5"} <= set(seen):
+            done.set()
+
+    await src.open()
+    task = asyncio.create_task(src.run(emit))
+    try:
+        await asyncio.wait_for(done.wait(), 15)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await src.close()
+    try:
+        assert seen.count("r2") == 2
+        assert await store.get_checkpoint(src.scope) == {"key": "n/a.ndjson", "records": 6, "complete": True}
+    finally:
+        await store.close()
+
+
+async def test_source_and_sink_through_dropped_connections(moto_server: MotoServer, s3: Any, bucket: str,
+                                                           tmp_path: Path) -> None:
+    from tests.integration.services import tcp_proxy
+
+    for o in range(20):
+        await _put(s3, bucket, f"d/{o:03d}.ndjson", _ndjson([{"id": f"{o}-{i}"} for i in range(50)]))
+    key = f"s3-{uuid.uuid4().hex[:8]}"
+    with tcp_proxy(moto_server.url, 80) as (proxy, via):
+        (tmp_path / "slow.py").write_text(
+            "import asyncio\n\nasync def slow(body):\n    await asyncio.sleep(0.002)\n    return body\n")
+        flow = make_flow("s3-drop", source("s3", bucket=bucket, prefix="d/", id_field="id", interval=0.05,
+                                           **aws(via)),
+                         [sink("test-collect", key=key),
+                          sink("s3", label="archive", bucket=bucket, key="out/{batch}.{ext}", **aws(via))],
+                         steps=[step("python", function="slow:slow")], batch_size=50, base_dir=tmp_path)
+        from tests.integration.services.flows import running
+
+        async with running(flow, tmp_path / "state.db") as run:
+            for share in (200, 500):
+                await run.wait_for(lambda s=share: len(COLLECTED.get(key, [])) >= s, 60, f"{share} records")
+                assert proxy.drop() > 0
+            await run.wait_for(lambda: len({m.id for m in COLLECTED.get(key, [])}) >= 1000, 60, "all records")
+    assert {m.id for m in COLLECTED.pop(key)} == {f"{o}-{i}" for o in range(20) for i in range(50)}
+    archived: set[str] = set()
+    for k in await _keys(s3, bucket, "out/"):
+        archived |= {orjson.loads(x)["id"] for x in (await _get(s3, bucket, k)).splitlines()}
+    assert len(archived) == 1000

@@ -206,3 +206,154 @@ def test_sigkill_mid_stream_loses_nothing(pg_url: str, tmp_path: Path) -> None:
         assert res.duplicates <= 50 * 6
     finally:
         asyncio.run(drop())
+
+
+async def test_postgres_types_and_a_killed_connection(pg_url: str, tmp_path: Path) -> None:
+    """JSON-ish record values reach jsonb/timestamptz/uuid/boolean columns; a connection killed by the
+    server fails one batch as retryable and the next batch gets a fresh connection."""
+    import asyncpg
+
+    from seamline.core.errors import RetryableError
+
+    table = f"types_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(pg_url)
+    await admin.execute(f"CREATE TABLE {table} (id UUID PRIMARY KEY, doc JSONB, at TIMESTAMPTZ, ok BOOLEAN, "
+                        "n BIGINT, amount NUMERIC(12,2), day DATE)")
+    s = SqlSink(SqlSinkConfig(url=pg_url, table=table, mode="upsert", key=["id"]), _ctx(tmp_path))
+    await s.open()
+    try:
+        u1, u2 = str(uuid.uuid4()), str(uuid.uuid4())
+        await s.write([
+            Message({"id": u1, "doc": {"a": [1, 2], "s": "x"}, "at": "2026-03-01T10:00:00Z", "ok": "true",
+                     "n": "42", "amount": 19.99, "day": "2026-03-01"}),
+            Message({"id": u2, "doc": "just a string", "at": "2026-03-01T10:00:00+02:00", "ok": False, "n": 7,
+                     "amount": "0.10", "day": "2026-03-02T00:00:00"}),
+        ])
+        rows = {str(r["id"]): r for r in await admin.fetch(f"SELECT * FROM {table}")}
+        assert rows[u1]["doc"] == '{"a": [1, 2], "s": "x"}' and rows[u2]["doc"] == '"just a string"'
+        assert rows[u1]["at"] == dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+        assert rows[u2]["at"] == dt.datetime(2026, 3, 1, 8, tzinfo=dt.UTC)
+        assert rows[u1]["ok"] is True and rows[u1]["n"] == 42 and rows[u1]["amount"] == decimal.Decimal("19.99")
+        assert rows[u2]["day"] == dt.date(2026, 3, 2)
+        with pytest.raises(BatchError) as bad:
+            await s.write([Message({"id": "not-a-uuid"})])
+        assert bad.value.errors[0].code == "sql.value"  # type: ignore[attr-defined]
+        # the server drops the sink's pooled connection
+        async with s._engine.connect() as conn:
+            pid = (await conn.get_raw_connection()).driver_connection.get_server_pid()
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        u3 = str(uuid.uuid4())
+        with pytest.raises(RetryableError) as lost:
+            await s.write([Message({"id": u3, "n": 1})])
+        assert lost.value.code == "sql.unavailable"
+        await s.write([Message({"id": u3, "n": 1})])  # what the runtime's retry does
+        assert await admin.fetchval(f"SELECT n FROM {table} WHERE id = $1", uuid.UUID(u3)) == 1
+    finally:
+        await s.close()
+        await admin.execute(f"DROP TABLE {table}")
+        await admin.close()
+
+
+async def test_source_nack_redelivers_poll_and_outbox(db: Any, tmp_path: Path) -> None:
+    from seamline.connectors.sql import SqlSource, SqlSourceConfig
+    from seamline.core.component import Delivery
+
+    t = await db.table(lambda n, d: f"CREATE TABLE {n} (id INTEGER PRIMARY KEY, v INTEGER NOT NULL, "
+                                    f"sent_at {_ts(d)} NULL)", "nack")
+    for i in range(1, 8):
+        await db.run(f"INSERT INTO {t} (id, v) VALUES (:i, :i)", {"i": i})
+    store = open_store(str(tmp_path / "state.db"))
+    await store.open()
+    try:
+        for mode in ("poll", "outbox"):
+            ctx = BuildContext(flow=f"nack-{mode}", base_dir=tmp_path, store=store, batch_size=3)
+            extra = {"watermark": "v", "key": "id"} if mode == "poll" else {"key": "id", "on_delivery": "mark",
+                                                                             "mark_column": "sent_at"}
+            src = SqlSource(SqlSourceConfig(url=db.url_plain, table=t, mode=mode, interval=0.02, **extra), ctx)
+            seen: list[int] = []
+            done = asyncio.Event()
+
+            async def emit(batch: list[Delivery], src: Any = src, seen: list[int] = seen,
+                           done: asyncio.Event = done) -> None:
+                for d in batch:
+                    n = d.message.body["id"]
+                    seen.append(n)
+                    if n == 4 and seen.count(4) == 1:
+                        d.nack(True)
+                    else:
+                        d.ack()
+                await src.commit_acks()
+                if seen.count(4) == 2 and set(seen) == set(range(1, 8)):
+                    done.set()
+
+            await src.open()
+            task = asyncio.create_task(src.run(emit))
+            try:
+                await asyncio.wait_for(done.wait(), 15)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await src.close()
+            assert seen.count(4) == 2, (mode, seen)
+        assert await db.rows(f"SELECT id FROM {t} WHERE sent_at IS NULL") == []
+    finally:
+        await store.close()
+
+
+def test_source_and_sink_through_dropped_connections(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL → PostgreSQL through a TCP proxy that cuts every connection twice mid-stream."""
+    import asyncpg
+    from tests.integration.services import tcp_proxy, wait_until
+
+    n = 2000
+    src_t, dst_t = f"drop_src_{uuid.uuid4().hex[:8]}", f"drop_dst_{uuid.uuid4().hex[:8]}"
+
+    async def sql(stmt: str, *args: Any) -> Any:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            return await conn.fetchval(stmt, *args)
+        finally:
+            await conn.close()
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(f"CREATE TABLE {src_t} (id INTEGER PRIMARY KEY, v TEXT)")
+            await conn.execute(f"CREATE TABLE {dst_t} (id INTEGER PRIMARY KEY, v TEXT)")
+            await conn.executemany(f"INSERT INTO {src_t} VALUES ($1, $2)", [(i, f"v{i}") for i in range(n)])
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    try:
+        with tcp_proxy(pg_url, 5432) as (proxy, via):
+            (tmp_path / "slow.py").write_text(
+                "import asyncio\n\nasync def slow(body):\n    await asyncio.sleep(0.001)\n    return body\n")
+            (tmp_path / "flow.yaml").write_text(
+                f"flow: sql-drop\nsource:\n  sql: {{url: '{via}', table: {src_t}, watermark: id, interval: 50ms}}\n"
+                "steps:\n  - python: {function: 'slow:slow'}\n"
+                f"sinks:\n  - sql: {{url: '{via}', table: {dst_t}, mode: upsert, key: [id]}}\n"
+                "settings: {batch_size: 50}\n"
+                "on_error: {retry: {max_attempts: 30, initial: 50ms, max: 500ms}}\n")
+            import signal
+            import subprocess
+            import sys
+
+            from tests.integration.services import engine_env
+
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "seamline.cli", "run", "flow.yaml", "--state", "state.db", "-q"],
+                cwd=tmp_path, env=engine_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                for share in (0.2, 0.5):
+                    wait_until(lambda s=share: asyncio.run(sql(f"SELECT count(*) FROM {dst_t}")) >= n * s, 60,
+                               f"{share:.0%} of the rows")
+                    assert proxy.drop() > 0
+                wait_until(lambda: asyncio.run(sql(f"SELECT count(*) FROM {dst_t}")) == n, 60, "every row")
+                assert proxy.accepted > 2, "the connectors must have reconnected"
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+        assert asyncio.run(sql(f"SELECT count(*) FROM {dst_t} d JOIN {src_t} s USING (id, v)")) == n
+    finally:
+        asyncio.run(sql(f"DROP TABLE IF EXISTS {src_t}, {dst_t}"))

@@ -210,3 +210,20 @@ async def test_shutdown_gives_unfinished_work_back(tmp_path: Path) -> None:
     handed_over = acked | nacked | {m.id for m in channel("in").pending}
     assert handed_over == {f"m{i}" for i in range(50)}, "every message is acked, nacked or never taken"
     assert len(nacked) > 0 and res.interrupted
+
+
+def _maybe_unencodable(body: Any) -> Any:
+    return {"tags": {1, 2}} if body["n"] == 1 else body
+
+
+async def test_a_body_that_cannot_be_encoded_is_dead_lettered_alone(tmp_path: Path) -> None:
+    for i in range(3):
+        channel("in").put({"n": i}, id=f"m{i}")
+    await run(flow(step("python", function=_maybe_unencodable, label="tagger")), tmp_path / "s.db")
+    assert [m.id for m in channel("out").written] == ["m0", "m2"]
+    store = open_store(str(tmp_path / "s.db"))
+    await store.open()
+    (d,) = await store.list_dead(DlqFilter())
+    await store.close()
+    assert d.msg_id == "m1" and d.error_code == "encode.body"
+    assert sorted(channel("in").acked) == ["m0", "m1", "m2"]
