@@ -51,8 +51,8 @@ _VERDICTS: frozenset[str] = frozenset({"ok", "retryable", "fatal"})
 #: 4xx codes worth retrying: Request Timeout, Too Early, Too Many Requests
 RETRYABLE_STATUSES: frozenset[int] = frozenset({408, 425, 429})
 
-#: the longest wait any server header can impose (seconds); larger values are capped
-DEFAULT_MAX_RETRY_AFTER = 3600.0
+#: the longest wait any server header can impose (a day, e.g. a long maintenance window); larger values are capped
+DEFAULT_MAX_RETRY_AFTER = 86400.0
 
 _DELTA = re.compile(r"\d{1,30}(?:\.\d{1,9})?")
 _INT = re.compile(r"\d{1,18}")
