@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -170,6 +171,25 @@ def _limit_guard(max_sequence: int) -> Callable[..., Any]:
     return guard
 
 
+# A compiled native expression must be freed on the thread that created it. Python frees an
+# object on whatever thread runs the cyclic garbage collector, which may be a store or executor
+# thread; there the expression is parked instead, and freed later by its own thread.
+_GRAVEYARD: deque[tuple[int, Any]] = deque()
+
+
+def _drain_graveyard() -> None:
+    """Free parked native expressions that belong to this thread (deque operations are atomic)."""
+    me = threading.get_ident()
+    for _ in range(len(_GRAVEYARD)):
+        try:
+            owner, native = _GRAVEYARD.popleft()
+        except IndexError:
+            return
+        if owner != me:
+            _GRAVEYARD.append((owner, native))
+        del native
+
+
 class EngineExpression:
     """One expression compiled by the full engine, with seamline's functions registered."""
 
@@ -183,6 +203,8 @@ class EngineExpression:
         max_sequence: int,
         tree: Node | None = None,
     ) -> None:
+        _drain_graveyard()
+        self._owner = threading.get_ident()
         self.source = source
         self._limits = (timeout_ms, max_depth, max_sequence)
         self._functions = dict(functions)
@@ -190,6 +212,11 @@ class EngineExpression:
         if self._run_source != source:
             self._functions[_GUARD_NAME] = _limit_guard(max_sequence)
         self._expr = self._build(self._functions)
+
+    def __del__(self) -> None:
+        native = self.__dict__.pop("_expr", None)
+        if native is not None and threading.get_ident() != self.__dict__.get("_owner"):
+            _GRAVEYARD.append((self.__dict__.get("_owner", 0), native))
 
     def _build(self, functions: Mapping[str, Callable[..., Any]]) -> jsonatapy.JsonataExpression:
         timeout_ms, max_depth, max_sequence = self._limits
