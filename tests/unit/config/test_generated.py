@@ -10,10 +10,10 @@ from pathlib import Path
 
 import jsonschema_rs
 import orjson
+from tests.helpers import ROOT, cli
 
 from seamline.config.jsonschema import flow_schema
 from seamline.core.registry import all_specs
-from tests.helpers import ROOT, cli
 
 REGENERATE = "run `make docs` and commit the result"
 
