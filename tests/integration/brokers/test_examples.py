@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,12 +78,19 @@ async def test_outbox_to_rabbitmq(rabbitmq: str, tmp_path: Path) -> None:
     conn = await aio_pika.connect(rabbitmq, timeout=10)
     try:
         ch = await conn.channel()
-        ex = await ch.declare_exchange("shop.events", aio_pika.ExchangeType.TOPIC, durable=True)
+        # a private exchange per run, so other publishers on the shared broker cannot interfere
+        exchange = f"shop.events.{uuid.uuid4().hex[:8]}"
+        ex = await ch.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
         queue = await ch.declare_queue(queue_name, durable=True, arguments={"x-expires": 600_000})
         await queue.bind(ex, "order.#")
         env = dict(os.environ, AMQP_URL=rabbitmq)
         state = tmp_path / "outbox.db"
-        run = _seamline("run", str(OUTBOX_EXAMPLE / "flows"), "--until-idle", "--state", str(state), "--json",
+        example = tmp_path / "example"
+        shutil.copytree(OUTBOX_EXAMPLE, example, ignore=shutil.ignore_patterns("out", "__pycache__"))
+        subprocess.run([sys.executable, str(example / "prepare.py")], check=True, capture_output=True)
+        flow_file = next((example / "flows").glob("*.yaml"))
+        flow_file.write_text(flow_file.read_text().replace("exchange: shop.events", f"exchange: {exchange}"))
+        run = _seamline("run", str(example / "flows"), "--until-idle", "--state", str(state), "--json",
                         env=env)
         assert run.returncode == 0, run.stdout + run.stderr
         summary = json.loads(run.stdout)["flows"]["outbox-to-rabbitmq"]
@@ -109,11 +117,16 @@ async def test_outbox_to_rabbitmq(rabbitmq: str, tmp_path: Path) -> None:
         assert dlq.returncode == 0, dlq.stderr
         assert "evt-0002" in dlq.stdout and "rabbitmq.unroutable" in dlq.stdout
 
-        again = _seamline("run", str(OUTBOX_EXAMPLE / "flows"), "--until-idle", "--state", str(state), "--json",
+        import sqlite3
+
+        with sqlite3.connect(example / "out" / "shop.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0, "relayed rows leave the outbox"
+        again = _seamline("run", str(example / "flows"), "--until-idle", "--state", str(state), "--json",
                           env=env)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["flows"]["outbox-to-rabbitmq"]["received"] == 0
         assert await queue.get(no_ack=True, fail=False) is None
         await queue.delete()
+        await ex.delete()
     finally:
         await conn.close()
