@@ -10,6 +10,7 @@ from seamline.config.types import Duration
 from seamline.resilience.retry import RetryPolicy
 
 __all__ = [
+    "CallStepConfig",
     "ComponentConfig",
     "FlowSettings",
     "OnErrorConfig",
@@ -49,6 +50,11 @@ class OnErrorConfig(Strict):
     """What happens when a message fails."""
 
     retry: RetryConfig = Field(default_factory=RetryConfig, description="Default retry policy of the flow.")
+    classify: dict[str, Literal["retryable", "fatal"]] = Field(
+        default_factory=dict,
+        description="Override whether an error is retried, by error code (`http.status.409`), code prefix "
+        "(`http.status.4*`) or exception type (`TimeoutError`): `{http.status.409: retryable}`.",
+    )
     dlq: Literal["store"] | dict[str, Any] = Field(
         "store",
         description="Where dead letters go: `store` (the state store, always kept for `seamline dlq`), or a "
@@ -117,6 +123,12 @@ class RateLimitSettings(Strict):
 
     rate: str = Field(..., description="Sustained rate, e.g. `100/s`, `600/min`.")
     burst: int | None = Field(None, ge=1, description="Tokens that may be spent at once (default: one second's worth).")
+
+
+class CallStepConfig(StepConfig):
+    """Base of steps that call an external system per message (enrichment): they may retry on their own terms."""
+
+    retry: RetryConfig | None = Field(None, description="Retry policy of this call (default: the flow's).")
 
 
 class SinkConfig(ComponentConfig):

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import Field, model_validator
 
-from seamline.config.models import ComponentConfig, RetryConfig, SinkConfig, SourceConfig, StepConfig
+from seamline.config.models import CallStepConfig, ComponentConfig, RetryConfig, SinkConfig, SourceConfig
 from seamline.config.types import Duration, MaybeSecret, SecretStr
 from seamline.connectors.http import EgressSettings, TlsSettings
 from seamline.connectors.offsets import OffsetTracker
@@ -174,7 +174,7 @@ class GraphQLSinkConfig(SinkConfig, GraphQLEndpoint, _CallOptions):
     concurrency: int = Field(4, ge=1, le=64, description="Requests of one batch in flight at once.")
 
 
-class GraphQLStepConfig(StepConfig, GraphQLEndpoint, _CallOptions):
+class GraphQLStepConfig(CallStepConfig, GraphQLEndpoint, _CallOptions):
     """Run a query per message and merge the answer's data into the message."""
 
     merge: str | None = Field(

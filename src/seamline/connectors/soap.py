@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from seamline.config.models import ComponentConfig, SinkConfig, StepConfig
+from seamline.config.models import CallStepConfig, ComponentConfig, SinkConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.http import EgressSettings, TlsSettings
 from seamline.core.component import BatchError, BuildContext, Sink, Step
@@ -166,7 +166,7 @@ class SoapSinkConfig(SinkConfig, SoapOptions):
     concurrency: int = Field(4, ge=1, le=64, description="Calls of one batch in flight at once.")
 
 
-class SoapStepConfig(StepConfig, SoapOptions):
+class SoapStepConfig(CallStepConfig, SoapOptions):
     """Call a SOAP operation and merge the response into the message."""
 
     merge: str | None = Field(

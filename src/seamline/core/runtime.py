@@ -239,6 +239,8 @@ class FlowRunner:
         self.steps: list[Step] = []
         self.sinks: dict[str, Sink] = {}
         self.guards: dict[str, SinkGuard] = {}
+        self.step_policies: dict[str, RetryPolicy] = {}
+        self._overrides: dict[str, str] = dict(getattr(flow.on_error, "classify", None) or {})
         self.sink_policies: dict[str, RetryPolicy] = {}
         self._queue: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=self.settings.queue)
         self._tasks: list[asyncio.Task[Any]] = []
@@ -289,6 +291,10 @@ class FlowRunner:
     async def open(self) -> None:
         self.source = self._build(self.flow.source)
         self.steps = [self._build(r) for r in self.flow.steps]
+        for ref in self.flow.steps:
+            retry = getattr(ref.config, "retry", None)
+            if retry is not None and hasattr(retry, "policy"):
+                self.step_policies[ref.label] = retry.policy()
         for ref in self.flow.sinks:
             sk = self._build(ref)
             self.sinks[ref.label] = sk
@@ -617,7 +623,7 @@ class FlowRunner:
             if not u.failed:
                 self.stats.delivered += 1
                 continue
-            retryable = {s: e for s, e in u.failed.items() if classify(e)}
+            retryable = {s: e for s, e in u.failed.items() if self._retryable(e)}
             fatal = {s: e for s, e in u.failed.items() if s not in retryable}
             if edges:
                 for s, e in u.failed.items():
@@ -678,8 +684,11 @@ class FlowRunner:
         record = {"at": now, "attempt": attempts, "step": where, "code": _code(exc), "error": _text(exc)[:500]}
         history = [*w.history, record]
         retry_after = getattr(exc, "retry_after", None)
-        policy = self.sink_policies.get(policy_sink or "", self.policy) if policy_sink else self.policy
-        if not force_dead and classify(exc):
+        if policy_sink:
+            policy = self.sink_policies.get(policy_sink, self.policy)
+        else:
+            policy = self.step_policies.get(where, self.policy)
+        if not force_dead and self._retryable(exc):
             delay = policy.delay(attempts, retry_after=retry_after)
             if not policy.gives_up(attempts, first_attempt_at=w.first_at or now, now=now, next_delay=delay):
                 reuse = w.rid is not None and all(r.rid != w.rid for r in batch.retries)
@@ -703,7 +712,7 @@ class FlowRunner:
         batch.dead.append(
             DeadLetter(
                 dlq_id=dlq_id, flow=flow, msg_id=m.id, correlation_id=m.correlation_id, step=where,
-                error_code=_code(exc), error_class="retryable" if classify(exc) else "fatal",
+                error_code=_code(exc), error_class="retryable" if self._retryable(exc) else "fatal",
                 error_message=reason[:2000], error_chain=_error_chain(exc), attempts=attempts, history=history,
                 original=_record(w.original, m), current=m.to_record(), resume=resume,
                 pending_sinks=pending, first_failed_at=(w.history[0]["at"] if w.history else now), dead_at=now,
@@ -714,6 +723,21 @@ class FlowRunner:
                                   f"{_code(exc)}: {reason[:300]}"))
         self.stats.dead += 1
         self.stats.dead_reasons.append((m.id, where, f"{_code(exc)}: {reason[:200]}"))
+
+    def _retryable(self, exc: BaseException) -> bool:
+        """The error's own verdict, unless the flow's ``on_error.classify`` says otherwise."""
+        ov = self._overrides
+        if ov:
+            code = _code(exc)
+            verdict = ov.get(code) or ov.get(type(exc).__name__)
+            if verdict is None:
+                for pattern, v in ov.items():
+                    if pattern.endswith("*") and code.startswith(pattern[:-1]):
+                        verdict = v
+                        break
+            if verdict is not None:
+                return verdict == "retryable"
+        return classify(exc)
 
     def _defer(self, batch: Batch, w: _Work, m: Message, resume: int, where: str, d: Defer, now: float) -> None:
         """Continue ``m`` at step ``resume`` when ``d.until`` comes; the store holds it meanwhile."""

@@ -81,3 +81,23 @@ async def test_out_of_order_versions_reach_the_target_in_order(tmp_path: Path) -
         fl = _flow(server.url_for("/crm"), step("resequence", key="order", sequence="version"), batch_size=1)
         await _run(fl, tmp_path / "s.db", clock, steps=5)
         assert [orjson.loads(b)["version"] for b in server.received_bodies("/crm")] == [1, 2, 3]
+
+
+async def test_a_call_step_has_its_own_retry_policy(tmp_path: Path) -> None:
+    clock = ManualClock()
+    async with FaultServer(clock=clock) as server:
+        server.script("/customers", default=Respond(503))
+        server.script("/crm", default=Respond(201))
+        enrich = step("http", label="lookup", url=server.url_for("/customers"), egress={"allow_loopback": True},
+                      retry={"max_attempts": 2, "initial": 1, "max": 1, "jitter": False})
+        channel("in").put({"order": 1}, id="o-1")
+        await _run(_flow(server.url_for("/crm"), enrich), tmp_path / "s.db", clock, steps=20)
+        assert server.count("/customers") == 2, "the step's policy (2 attempts), not the flow's (5)"
+        assert server.count("/crm") == 0
+    store = open_store(str(tmp_path / "s.db"))
+    await store.open()
+    from seamline.store import DlqFilter
+
+    (d,) = await store.list_dead(DlqFilter())
+    await store.close()
+    assert d.step == "lookup" and d.attempts == 2

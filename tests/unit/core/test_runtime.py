@@ -227,3 +227,40 @@ async def test_a_body_that_cannot_be_encoded_is_dead_lettered_alone(tmp_path: Pa
     await store.close()
     assert d.msg_id == "m1" and d.error_code == "encode.body"
     assert sorted(channel("in").acked) == ["m0", "m1", "m2"]
+
+
+async def test_the_flow_can_override_the_classification_of_errors(tmp_path: Path) -> None:
+    from seamline.core.clock import ManualClock as _Clock
+
+    channel("in").put({"n": 1}, id="conflict")
+    channel("in").put({"n": 2}, id="outage")
+    calls: dict[str, int] = {}
+
+    def fail(m: Message) -> BaseException | None:
+        calls[m.id] = calls.get(m.id, 0) + 1
+        if m.id == "conflict" and calls[m.id] == 1:
+            return FatalError("409 conflict", code="http.status.409")  # retried by the override
+        if m.id == "outage":
+            return RetryableError("503", code="http.status.503")  # made fatal by the prefix override
+        return None
+
+    channel("out").fail_when = fail
+    fl = Flow("t", source=source("memory", channel="in"), sinks=[sink("memory", channel="out", label="out")],
+              on_error={"retry": {"max_attempts": 3, "initial": 1, "max": 1, "jitter": False},
+                        "classify": {"http.status.409": "retryable", "http.status.5*": "fatal"}})
+    clock = _Clock()
+    eng = Engine([fl], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
+    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=10, install_signals=False))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        clock.advance(1.0)
+        if task.done():
+            break
+    await asyncio.wait_for(task, 5)
+    assert [m.id for m in channel("out").written] == ["conflict"]
+    assert calls == {"conflict": 2, "outage": 1}
+    store = open_store(str(tmp_path / "s.db"))
+    await store.open()
+    (d,) = await store.list_dead(DlqFilter())
+    await store.close()
+    assert d.msg_id == "outage" and d.error_class == "fatal" and d.attempts == 1

@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from seamline.config.models import BreakerSettings, RateLimitSettings, SinkConfig, SourceConfig, StepConfig
+from seamline.config.models import (
+    BreakerSettings,
+    CallStepConfig,
+    RateLimitSettings,
+    SinkConfig,
+    SourceConfig,
+)
 from seamline.config.types import ByteSize, Duration, MaybeSecret
 from seamline.connectors.auth import AuthConfig
 
@@ -124,7 +130,7 @@ class HttpSinkConfig(SinkConfig, _Request):
     )
 
 
-class HttpCallConfig(StepConfig, _Request):
+class HttpCallConfig(CallStepConfig, _Request):
     """Call an HTTP endpoint for each message and merge the answer into it (enrichment)."""
 
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = Field("GET", description="HTTP method.")
