@@ -692,14 +692,18 @@ class SqlSource(Source):
         await self._flush_outbox()
         key_col = self.cfg.key
         assert key_col is not None
-        rows = await self._fetch(self._outbox_query(len(self._inflight)))
-        fresh = [r for r in rows if r[key_col] not in self._inflight]
+        # read and claim under the lock that marking delivered rows takes too: a read that started
+        # before rows were marked must not see them as new once they left the in-flight set
+        async with self._lock:
+            rows = await self._fetch(self._outbox_query(len(self._inflight)))
+            fresh = [r for r in rows if r[key_col] not in self._inflight][: self.limit]
+            for row in fresh:
+                self._inflight.add(row[key_col])
         if not fresh:
             return 0
         batch: list[Delivery] = []
-        for row in fresh[: self.limit]:
+        for row in fresh:
             k = row[key_col]
-            self._inflight.add(k)
             msg = self._message(row)
             err = self._decoded(msg)
             batch.append(Delivery(msg, _OutboxAck(self, k), _OutboxNack(self, k), err))
