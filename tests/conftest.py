@@ -22,3 +22,15 @@ def conformance_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
+
+
+def _hypothesis_profiles() -> None:
+    """In CI, property tests are reproducible (derandomized) and free of wall-clock deadlines."""
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+    settings.register_profile("dev", deadline=None)
+    settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+_hypothesis_profiles()
