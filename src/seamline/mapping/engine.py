@@ -213,10 +213,15 @@ class EngineExpression:
             self._functions[_GUARD_NAME] = _limit_guard(max_sequence)
         self._expr = self._build(self._functions)
 
-    def __del__(self) -> None:
+    def __del__(
+        self,
+        _get_ident: Callable[[], int] = threading.get_ident,
+        _graveyard: deque[tuple[int, Any]] = _GRAVEYARD,
+    ) -> None:
+        # module globals may already be gone at interpreter exit: use what was bound at definition
         native = self.__dict__.pop("_expr", None)
-        if native is not None and threading.get_ident() != self.__dict__.get("_owner"):
-            _GRAVEYARD.append((self.__dict__.get("_owner", 0), native))
+        if native is not None and _get_ident() != self.__dict__.get("_owner"):
+            _graveyard.append((self.__dict__.get("_owner", 0), native))
 
     def _build(self, functions: Mapping[str, Callable[..., Any]]) -> jsonatapy.JsonataExpression:
         timeout_ms, max_depth, max_sequence = self._limits
