@@ -801,7 +801,14 @@ def _classify_asyncpg(exc: BaseException, what: str, text: str) -> Exception | N
         return None
     import asyncpg
 
-    if isinstance(exc, asyncpg.exceptions.PostgresConnectionError | asyncpg.exceptions.InterfaceError):
+    # InternalClientError: the client's protocol state broke (e.g. the server dropped the connection
+    # mid-operation); the connection is invalidated and a retry gets a fresh one
+    if isinstance(
+        exc,
+        asyncpg.exceptions.PostgresConnectionError
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions._base.InternalClientError,
+    ):
         return RetryableError(f"{what}: {text}", code="sql.unavailable")
     sqlstate = str(getattr(exc, "sqlstate", "") or "")
     # 40: transaction rollback (serialization failure, deadlock); 53: insufficient resources;
