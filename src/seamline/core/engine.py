@@ -128,6 +128,9 @@ class Engine:
             for r in self.runners:
                 await r.stop(drain_timeout)
         finally:
+            # a run that was cancelled (not drained) still has tasks using the store: end them first
+            for r in self.runners:
+                await r.abort()
             if self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
             for r in self.runners:

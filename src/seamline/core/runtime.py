@@ -819,6 +819,17 @@ class FlowRunner:
                 return
             await asyncio.sleep(min(0.05, self.retry_poll))
 
+    async def abort(self) -> None:
+        """Cancel every task of this flow at once (the engine is being torn down without a drain)."""
+        self._stopping = True
+        tasks = [t for t in (self._source_task, self._tick_task, self._forward_task, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+
     async def stop(self, timeout: float | None = None) -> None:
         """Stop intake, drain in-flight work up to ``timeout``, give back the rest."""
         self._stopping = True

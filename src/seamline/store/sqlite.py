@@ -83,6 +83,7 @@ class SqliteStore:
         self._jconn: sqlite3.Connection | None = None
         self._jpool: ThreadPoolExecutor | None = None
         self._jpending: list[asyncio.Future[None]] = []
+        self._closing = False
         self.journal_backlog = 8
 
     # -- plumbing -------------------------------------------------------------
@@ -118,11 +119,13 @@ class SqliteStore:
             self._conn = None
 
     async def open(self) -> None:
+        self._closing = False
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seamline-store")
         await self._run(self.open_sync)
 
     async def close(self) -> None:
+        self._closing = True
         await self.flush_journal()
         if self._jpool is not None:
             self._jpool.shutdown(wait=True)
@@ -202,6 +205,8 @@ class SqliteStore:
         """Queue journal rows; written in order by the journal thread (bounded backlog)."""
         if not rows:
             return
+        if self._closing:
+            raise RuntimeError("the store is closing")
         if self.path == ":memory:":
             await self._run(self.write_journal_sync, rows)
             return
