@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
-from seamline.connectors.wire import decode_message, outgoing_headers, safe_url
+from seamline.connectors.wire import connect_again, decode_message, outgoing_headers, safe_url
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
@@ -409,14 +409,9 @@ class NatsSink(Sink):
     async def write(self, batch: Sequence[Message]) -> None:
         async with self._lock:
             if self._nc is None or self._nc.is_closed:
-                await self._disconnect()
-                try:
-                    await self._connect()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    await self._disconnect()
-                    raise _error(exc, f"cannot connect to {self.cfg.shown()}") from exc
+                await connect_again(
+                    self._connect, self._disconnect, lambda e: _error(e, f"cannot connect to {self.cfg.shown()}")
+                )
             js = self._js
             errors: dict[int, BaseException] = {}
             futures: dict[int, asyncio.Future[Any]] = {}

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, SecretStr
-from seamline.connectors.wire import decode_message, outgoing_headers, safe_url
+from seamline.connectors.wire import connect_again, decode_message, outgoing_headers, safe_url
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
@@ -531,14 +531,9 @@ class RabbitMQSink(Sink):
     async def write(self, batch: Sequence[Message]) -> None:
         async with self._lock:
             if self._conn is None or self._conn.is_closed:
-                await self._disconnect()
-                try:
-                    await self._connect()
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    await self._disconnect()
-                    raise _error(exc, f"cannot connect to {safe_url(self._url)}") from exc
+                await connect_again(
+                    self._connect, self._disconnect, lambda e: _error(e, f"cannot connect to {safe_url(self._url)}")
+                )
             exchange = self._exchange
             errors: dict[int, BaseException] = {}
             tasks: list[tuple[int, asyncio.Task[Any]]] = []

@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import orjson
 
@@ -45,6 +45,7 @@ __all__ = [
     "MESSAGE_ID_HEADER",
     "TRACEPARENT",
     "TRANSPORT_PREFIXES",
+    "connect_again",
     "decode_message",
     "ensure_traceparent",
     "incoming",
@@ -229,3 +230,21 @@ _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
 def safe_url(url: str) -> str:
     """``amqp://user:secret@host/`` → ``amqp://user:***@host/`` (for logs and errors)."""
     return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+async def connect_again(
+    connect: Callable[[], Awaitable[None]],
+    disconnect: Callable[[], Awaitable[None]],
+    error: Callable[[BaseException], BaseException],
+) -> None:
+    """Drop what is left of a broken connection and open a new one; a failure becomes ``error(exc)``.
+
+    Sinks call this (under their own lock) when their connection is gone, so a batch after a broker
+    restart reconnects instead of failing for good.
+    """
+    await disconnect()
+    try:
+        await connect()
+    except Exception as exc:  # CancelledError is a BaseException: it passes through untouched
+        await disconnect()
+        raise error(exc) from exc
