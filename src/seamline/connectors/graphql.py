@@ -81,7 +81,7 @@ from seamline.connectors.soap import (
     ssl_option,
     transport_error,
 )
-from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source, Step
+from seamline.core.component import BuildContext, Delivery, Emit, Sink, Source, Step, write_each
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message, new_id
 from seamline.core.registry import register
@@ -482,15 +482,7 @@ class GraphQLSink(Sink):
             async with sem:
                 await self._one(m)
 
-        results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
-        errors: dict[int, BaseException] = {}
-        for i, r in enumerate(results):
-            if isinstance(r, asyncio.CancelledError):
-                raise r
-            if isinstance(r, BaseException):
-                errors[i] = r
-        if errors:
-            raise BatchError(errors)
+        await write_each(one(m) for m in batch)
 
 
 class GraphQLCallStep(Step):

@@ -60,7 +60,7 @@ from pydantic import Field, model_validator
 from seamline.config.models import CallStepConfig, ComponentConfig, SinkConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.http import EgressSettings, TlsSettings
-from seamline.core.component import BatchError, BuildContext, Sink, Step
+from seamline.core.component import BuildContext, Sink, Step, write_each
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
 from seamline.core.registry import register
@@ -758,15 +758,7 @@ class SoapSink(Sink):
             async with sem:
                 await self.caller.call(m)
 
-        results = await asyncio.gather(*(one(m) for m in batch), return_exceptions=True)
-        errors: dict[int, BaseException] = {}
-        for i, r in enumerate(results):
-            if isinstance(r, asyncio.CancelledError):
-                raise r
-            if isinstance(r, BaseException):
-                errors[i] = r
-        if errors:
-            raise BatchError(errors)
+        await write_each(one(m) for m in batch)
 
 
 class SoapCallStep(Step):

@@ -7,8 +7,9 @@ A *sink* writes a batch and either returns (all confirmed) or raises.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -30,6 +31,7 @@ __all__ = [
     "Sink",
     "Source",
     "Step",
+    "write_each",
 ]
 
 AckFn = Callable[[], Awaitable[None] | None]
@@ -214,3 +216,20 @@ class Drop(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+async def write_each(calls: Iterable[Awaitable[Any]]) -> None:
+    """Run one call per message of a batch concurrently; raise :class:`BatchError` naming the failed ones.
+
+    For sinks that talk to their target message by message (SOAP, GraphQL). A cancellation is
+    re-raised, never reported as a message failure.
+    """
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    errors: dict[int, BaseException] = {}
+    for i, r in enumerate(results):
+        if isinstance(r, asyncio.CancelledError):
+            raise r
+        if isinstance(r, BaseException):
+            errors[i] = r
+    if errors:
+        raise BatchError(errors)
