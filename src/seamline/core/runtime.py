@@ -33,6 +33,7 @@ __all__ = ["FlowRunner", "FlowStats"]
 log = logging.getLogger("seamline.runtime")
 
 _SINKS = "sinks"
+_DLQ = "$dlq"
 
 
 def _digest(m: Message) -> str | None:
@@ -264,6 +265,10 @@ class FlowRunner:
         self._forward_wake = asyncio.Event()
         self._forward_pending = True
         self.forward_interval = 5.0
+        # sinks whose endpoint was unreachable when the flow started: opened again before each write
+        self._unopened: dict[str, BaseException] = {}
+        self._open_locks: dict[str, asyncio.Lock] = {}
+        self._opened: set[str] = set()
 
     # -- building --------------------------------------------------------------------
     def _ctx(self, ref: ComponentRef) -> BuildContext:
@@ -310,15 +315,41 @@ class FlowRunner:
                 self.dlq_sink, self.flow.dlq_sink.config, flow=self.flow.name,
                 breakers=self.breakers, limiters=self.limiters,
             )
-            await self.dlq_sink.open()
+            await self._open_sink(_DLQ, self.dlq_sink)
         for st in self.steps:
             await st.open()
-        for sk in self.sinks.values():
-            await sk.open()
+        for label, sk in self.sinks.items():
+            await self._open_sink(label, sk)
         await self.source.open()
         release = getattr(self.store, "release_leases", None)
         if release is not None:
             await release([self.flow.name])
+
+    async def _open_sink(self, label: str, sink: Sink) -> BaseException | None:
+        """Open a sink; an unreachable endpoint (a retryable error) does not stop the flow.
+
+        Its messages fail with that error and wait as scheduled retries, and every write
+        tries to open the sink again first. A fatal error (a missing table, bad
+        credentials) still stops the start-up: it needs a person, not patience.
+        """
+        lock = self._open_locks.setdefault(label, asyncio.Lock())
+        async with lock:
+            if label in self._opened:  # another worker opened it while this one waited
+                return None
+            try:
+                await sink.open()
+            except Exception as exc:
+                if not self._retryable(exc):
+                    raise
+                if label not in self._unopened:
+                    log.warning("flow %s: sink %s is unreachable (%s); its messages wait as retries until it is back",
+                                self.flow.name, label, _text(exc))
+                self._unopened[label] = exc
+                return exc
+            if self._unopened.pop(label, None) is not None:
+                log.info("flow %s: sink %s is reachable again", self.flow.name, label)
+            self._opened.add(label)
+            return None
 
     async def close(self) -> None:
         for comp in [self.source, *self.steps, *self.sinks.values(), self.dlq_sink]:
@@ -419,6 +450,9 @@ class FlowRunner:
             except Exception:
                 log.exception("flow %s: reading dead letters to forward failed", self.flow.name)
                 dead = []
+            if (dead and _DLQ in self._unopened and self.dlq_sink is not None
+                    and await self._open_sink(_DLQ, self.dlq_sink) is not None):
+                dead = []  # still unreachable: they stay in the store; try again later
             if dead:
                 msgs = [_dead_letter_message(d) for d in dead]
                 done: list[str] = []
@@ -774,6 +808,12 @@ class FlowRunner:
                 self._turn_changed.notify_all()
 
     async def _write_batch(self, sink: Sink, label: str, units: list[_Unit]) -> None:
+        if label in self._unopened:
+            err = await self._open_sink(label, sink)
+            if err is not None:
+                for u in units:
+                    u.failed[label] = err
+                return
         msgs = [u.message for u in units]
         guard = self.guards[label]
         try:

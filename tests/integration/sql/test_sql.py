@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.services import require
 from tests.integration.services.crash import sigkill_mid_stream
 from tests.integration.services.flows import COLLECTED, make_flow
 
@@ -357,3 +358,57 @@ def test_source_and_sink_through_dropped_connections(pg_url: str, tmp_path: Path
         assert asyncio.run(sql(f"SELECT count(*) FROM {dst_t} d JOIN {src_t} s USING (id, v)")) == n
     finally:
         asyncio.run(sql(f"DROP TABLE IF EXISTS {src_t}, {dst_t}"))
+
+
+@pytest.mark.parametrize("server", ["postgres", "mariadb"])
+async def test_a_database_down_at_start_up_delays_delivery_but_loses_nothing(server: str, tmp_path: Path) -> None:
+    """The target database refuses connections when the flow starts: the flow runs anyway, its
+    messages wait as scheduled retries, and they are written once the database is reachable."""
+    from tests.integration.services import tcp_proxy
+
+    from seamline.testing.memory import channel, reset_channels
+
+    from .conftest import Db
+
+    db = Db(require(server))
+    try:
+        await _late_database(db, tmp_path, channel, reset_channels, tcp_proxy)
+    finally:
+        await db.aclose()
+
+
+async def _late_database(db: Any, tmp_path: Path, channel: Any, reset_channels: Any, tcp_proxy: Any) -> None:
+    t = await db.table(lambda n, d: f"CREATE TABLE {n} (id VARCHAR(32) PRIMARY KEY, v INTEGER)", "late")
+    default_port = 5432 if db.dialect.name == "postgresql" else 3306
+    reset_channels()
+    with tcp_proxy(db.url_plain, default_port) as (proxy, url):
+        proxy.pause()
+        fl = make_flow(
+            "late-db",
+            source("memory", channel="in"),
+            [sink("sql", label="crm", url=url, table=t, mode="upsert", key=["id"])],
+            retry={"max_attempts": 100, "initial": 0.05, "max": 0.2, "jitter": False},
+        )
+        for i in range(20):
+            channel("in").put({"id": f"r{i}", "v": i}, id=f"r{i}")
+        eng = Engine([fl], open_store(str(tmp_path / "s.db")), retry_poll=0.02)
+        task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=30, install_signals=False))
+        deadline = asyncio.get_running_loop().time() + 20
+        while not eng.runners or eng.runners[0].stats.retried < 20:
+            assert not task.done(), "the flow must not stop because the database is down"
+            assert asyncio.get_running_loop().time() < deadline, "the messages were not scheduled as retries"
+            await asyncio.sleep(0.05)
+        assert await db.rows(f"SELECT id FROM {t}") == []
+        assert sorted(channel("in").acked) == sorted(f"r{i}" for i in range(20)), "acked once safe in the store"
+        proxy.resume()
+        await asyncio.wait_for(task, 30)
+    rows = await db.rows(f"SELECT id, v FROM {t} ORDER BY v")
+    assert [(r[0], r[1]) for r in rows] == [(f"r{i}", i) for i in range(20)]
+    store = open_store(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        assert await store.count_retries() == 0
+        assert await store.list_dead(DlqFilter()) == []
+    finally:
+        await store.close()
+    reset_channels()
