@@ -64,10 +64,7 @@ def status_command(state: str | None, json_out: bool) -> None:
             dead = conn.execute("SELECT flow, status, COUNT(*) FROM dlq GROUP BY flow, status").fetchall()
             retries = conn.execute("SELECT flow, COUNT(*), MIN(due_at) FROM retries GROUP BY flow").fetchall()
             cps = conn.execute("SELECT scope, updated_at FROM checkpoints ORDER BY scope").fetchall()
-            jconn = getattr(store, "_jconn", None) or conn
-            journal = jconn.execute(
-                "SELECT flow, COUNT(*), MAX(ts) FROM journal WHERE flow != '-' GROUP BY flow"
-            ).fetchall()
+            journal = store.journal_summary_sync()
             breakers = conn.execute(
                 "SELECT scope, value, updated_at FROM checkpoints WHERE scope LIKE 'breaker:%'"
             ).fetchall()
@@ -98,3 +95,25 @@ def status_command(state: str | None, json_out: bool) -> None:
             for r in rows:
                 t.add_row(*(str(v) for v in r.values()))
         c.print(t)
+
+
+def journal_prune_command(state: str | None, older_than: str, json_out: bool) -> None:
+    import time
+
+    from seamline.config.types import parse_duration
+
+    try:
+        age = parse_duration(older_than)
+    except (TypeError, ValueError) as exc:
+        fail(f"--older-than: {exc}", 2)
+    cutoff = time.time() - age
+
+    async def go(store: Any) -> int:
+        await store.flush_journal()
+        return await store._run(store.prune_journal_sync, cutoff)  # type: ignore[no-any-return]
+
+    removed = run_async(_with_store(state, go))
+    if json_out:
+        print_json({"removed_batches": removed, "before": _iso(cutoff)})
+        return
+    console().print(f"removed {removed} journal batch(es) written before {_iso(cutoff)} UTC")

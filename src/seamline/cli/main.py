@@ -212,6 +212,22 @@ def status(
     status_command(state, json_out)
 
 
+journal_app = typer.Typer(help="The journal of every hop: housekeeping.", no_args_is_help=True)
+app.add_typer(journal_app, name="journal")
+
+
+@journal_app.command("prune")
+def journal_prune(
+    older_than: Annotated[str, typer.Option("--older-than", help="Age, e.g. 7d, 12h, 30m.")],
+    state: StateOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """Delete journal records older than the given age (the journal is otherwise kept for ever)."""
+    from seamline.cli.inspect import journal_prune_command
+
+    journal_prune_command(state, older_than, json_out)
+
+
 def _register_dlq() -> None:
     from seamline.cli.dlq import dlq_app
 

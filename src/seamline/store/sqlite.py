@@ -8,6 +8,7 @@ checkpoints) in one transaction.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
 import threading
 import time
@@ -24,34 +25,59 @@ from seamline.store.migrations import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
 
-# One row holds the hops of one message in one pass through a flow (a batch); ``trace`` expands it
-# into one record per hop. Packing the hops keeps the journal's write cost per message, not per hop.
+# One row holds every hop of every message of one batch of one flow, packed; ``journal_key`` (a
+# full-text index, one document per batch row) maps each message id and correlation id to the
+# batches that mention it, and ``trace`` expands the matching entries into one record per hop.
+# The full-text index is appended to in segments, so a batch costs one row and one document
+# whatever its ids look like (a B-tree of random ids rewrites pages all over the file per commit).
 JOURNAL_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS journal (
-        seq INTEGER PRIMARY KEY AUTOINCREMENT,
-        ts REAL NOT NULL, flow TEXT NOT NULL, msg_id TEXT NOT NULL, correlation_id TEXT,
-        hops BLOB NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS journal_msg ON journal(msg_id)",
-    "CREATE INDEX IF NOT EXISTS journal_corr ON journal(correlation_id) WHERE correlation_id IS NOT NULL",
+    """CREATE TABLE IF NOT EXISTS journal_batch (
+        seq INTEGER PRIMARY KEY,
+        ts REAL NOT NULL, flow TEXT NOT NULL, messages INTEGER NOT NULL, entries BLOB NOT NULL)""",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS journal_key USING fts5(keys, detail=none, columnsize=0)",
+    "CREATE INDEX IF NOT EXISTS journal_batch_ts ON journal_batch(ts)",
 )
-_JOURNAL_INSERT = "INSERT INTO journal(ts, flow, msg_id, correlation_id, hops) VALUES (?,?,?,?,?)"
+_JOURNAL_INSERT = "INSERT INTO journal_batch(ts, flow, messages, entries) VALUES (?,?,?,?)"
+_JOURNAL_KEY = "INSERT INTO journal_key(rowid, keys) VALUES (?,?)"
 
 
-def _pack_journal(rows: list[Any]) -> list[tuple[Any, ...]]:
-    """Group hop rows by message, keeping their order: one packed row per message."""
-    groups: dict[tuple[str, str, str], list[Any]] = {}
+def _key_token(key: str) -> str:
+    """One index token per id whatever characters it has: its UTF-8 in hex (a digest if long)."""
+    b = key.encode("utf-8", "surrogatepass")
+    return b.hex() if len(b) <= 48 else "h" + hashlib.blake2b(b, digest_size=16).hexdigest()
+
+
+def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, set[str]]]:
+    """Group hop rows by flow and message, keeping their order: one packed row per flow."""
+    flows: dict[str, dict[tuple[str, str], list[Any]]] = {}
     for ts, flow, msg_id, corr, step, outcome, dur, digest, detail in rows:
-        key = (flow, msg_id, corr)
+        groups = flows.get(flow)
+        if groups is None:
+            groups = flows[flow] = {}
+        key = (msg_id, corr)
         hops = groups.get(key)
         if hops is None:
             groups[key] = [(ts, step, outcome, dur, digest, detail)]
         else:
             hops.append((ts, step, outcome, dur, digest, detail))
     enc = _enc.encode
-    return [
-        (hops[0][0], flow, msg_id, None if corr == msg_id else corr, enc(hops))
-        for (flow, msg_id, corr), hops in groups.items()
-    ]
+    out = []
+    for flow, groups in flows.items():
+        entries = []
+        keys: set[str] = set()
+        first = None
+        for (msg_id, corr), hops in groups.items():
+            if first is None:
+                first = hops[0][0]
+            keys.add(msg_id)
+            if corr and corr != msg_id:
+                keys.add(corr)
+                entries.append((msg_id, corr, hops))
+            else:
+                entries.append((msg_id, None, hops))
+        out.append((first or 0.0, flow, len(entries), enc(entries), keys))
+    return out
+
 
 T = TypeVar("T")
 
@@ -85,6 +111,7 @@ class SqliteStore:
         self._jpending: list[asyncio.Future[None]] = []
         self._closing = False
         self.journal_backlog = 8
+        self._jlock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------
     def open_sync(self) -> None:
@@ -191,11 +218,13 @@ class SqliteStore:
     # -- hot path ---------------------------------------------------------------
     def write_journal_sync(self, rows: list[Any]) -> None:
         c = self._jconn if self._jconn is not None else self.conn
-        lock = self._lock if c is self._conn else threading.Lock()
+        lock = self._lock if c is self._conn else self._jlock
         with lock:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(_JOURNAL_INSERT, _pack_journal(rows))
+                for ts, flow, n, blob, keys in _pack_journal(rows):
+                    seq = c.execute(_JOURNAL_INSERT, (ts, flow, n, blob)).lastrowid
+                    c.execute(_JOURNAL_KEY, (seq, " ".join(map(_key_token, keys))))
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
@@ -644,18 +673,47 @@ class SqliteStore:
     def trace_sync(self, any_id: str) -> list[JournalEntry]:
         c = self._jconn if self._jconn is not None else self.conn
         rows = c.execute(
-            "SELECT seq, flow, msg_id, correlation_id, hops FROM journal WHERE msg_id=?"
-            " UNION SELECT seq, flow, msg_id, correlation_id, hops FROM journal WHERE correlation_id=?"
-            " ORDER BY seq",
-            (any_id, any_id),
+            "SELECT flow, entries FROM journal_batch WHERE seq IN"
+            " (SELECT rowid FROM journal_key WHERE journal_key MATCH ?) ORDER BY seq",
+            (f'"{_key_token(any_id)}"',),
         ).fetchall()
         out: list[JournalEntry] = []
         n = 0
-        for _seq, flow, msg_id, corr, blob in rows:
-            for ts, step, outcome, dur, digest, detail in _loads(blob):
-                n += 1
-                out.append(JournalEntry(n, ts, flow, msg_id, corr or msg_id, step, outcome, dur, digest, detail))
+        for flow, blob in rows:
+            for msg_id, corr, hops in _loads(blob):
+                if msg_id != any_id and corr != any_id:
+                    continue
+                for ts, step, outcome, dur, digest, detail in hops:
+                    n += 1
+                    out.append(JournalEntry(n, ts, flow, msg_id, corr or msg_id, step, outcome, dur, digest, detail))
         return out
+
+    def journal_summary_sync(self) -> list[tuple[str, int, float]]:
+        """Per flow: how many message records the journal holds and when the last was written."""
+        c = self._jconn if self._jconn is not None else self.conn
+        return [
+            (f, int(n), float(t))
+            for f, n, t in c.execute(
+                "SELECT flow, SUM(messages), MAX(ts) FROM journal_batch WHERE flow != '-' GROUP BY flow"
+            ).fetchall()
+        ]
+
+    def prune_journal_sync(self, before: float) -> int:
+        """Delete journal batches written before ``before`` (Unix seconds); returns how many."""
+        c = self._jconn if self._jconn is not None else self.conn
+        lock = self._lock if c is self._conn else self._jlock
+        with lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                seqs = [(r[0],) for r in c.execute("SELECT seq FROM journal_batch WHERE ts < ?", (before,))]
+                c.executemany("DELETE FROM journal_batch WHERE seq=?", seqs)
+                c.executemany("DELETE FROM journal_key WHERE rowid=?", seqs)
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+            n = len(seqs)
+            return int(n)
 
     async def trace(self, any_id: str) -> list[JournalEntry]:
         await self.flush_journal()

@@ -163,6 +163,39 @@ async def test_journal_trace_in_order_by_message_or_correlation(store: Store) ->
     assert [e.step for e in await store.trace("m1")] == ["source", "map"]
 
 
+@pytest.mark.parametrize(
+    "msg_id",
+    ["SO-4711", "order 4711 / Ünïcødé", "x" * 300, "a\"b'c", "*", "AND", "so-4711"],
+)
+async def test_journal_finds_any_id_exactly_among_many(store: Store, msg_id: str) -> None:
+    """Ids of every shape (spaces, quotes, query syntax, long, case) are found exactly, not by likeness."""
+    rows: list[Any] = []
+    for i in range(500):
+        rows.append((1.0, "f", f"other-{i}", f"other-{i}", "source", "received", 0, None, None))
+    rows.append((1.0, "f", msg_id, msg_id, "source", "received", 0, None, None))
+    rows.append((1.0, "f", "SO-4711x", "SO-4711x", "source", "received", 0, None, None))
+    await store.commit(Batch(journal=rows))
+    await store.commit(Batch(journal=[(2.0, "f", msg_id, msg_id, "crm", "delivered", 0, None, None)]))
+    found = await store.trace(msg_id)
+    assert [(e.msg_id, e.step) for e in found] == [(msg_id, "source"), (msg_id, "crm")]
+    assert await store.trace("never-seen") == []
+
+
+async def test_journal_prune_drops_old_batches_only(tmp_path: Path) -> None:
+    s = _sqlite(tmp_path)
+    await s.open()
+    try:
+        await s.commit(Batch(journal=[(100.0, "f", "old", "old", "source", "received", 0, None, None)]))
+        await s.commit(Batch(journal=[(200.0, "f", "new", "new", "source", "received", 0, None, None)]))
+        await s.flush_journal()
+        assert s.prune_journal_sync(150.0) == 1
+        assert await s.trace("old") == []
+        assert [e.msg_id for e in await s.trace("new")] == ["new"]
+        assert s.journal_summary_sync() == [("f", 1, 200.0)]
+    finally:
+        await s.close()
+
+
 async def test_state_survives_reopen(tmp_path: Path) -> None:
     s = _sqlite(tmp_path)
     await s.open()
