@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import functools
 import glob as globlib
 import hashlib
 import io
@@ -34,6 +33,8 @@ from seamline.core.registry import register
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig"]
 
 _FP_BYTES = 1024
+_READ_BUFFER = 1 << 20
+_SKIP_CHUNK = 64 * 1024
 
 Pos = tuple[int, int, int]  # byte offset, line number, records read
 Rec = tuple[Pos, int, Any, "bytes | None", "BaseException | None"]
@@ -128,29 +129,33 @@ class FileSource(Source):
             start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
         tracker = OffsetTracker(start)
         self._tracker, self._scope, self._fp = tracker, scope, fp
+        name = path.name
+        id_field, corr_field = self.cfg.id_field, self.cfg.correlation_field
+        # one ticket per batch: the position moves past a batch once all of its messages are
+        # acknowledged (a restart re-reads at most the batches that were in flight)
+        acker = _BatchAck(tracker)
         batch: list[Delivery] = []
+        end: Pos = start
         for end, rec_no, body, raw, err in self._records(path, start):
-            msg = self._message(path, rec_no, body, raw)
-            ticket = tracker.track(end)
-            batch.append(Delivery(msg, functools.partial(tracker.ack, ticket), _nack, err))
+            mid = corr = None
+            if type(body) is dict:
+                if id_field is not None and (v := body.get(id_field)) is not None:
+                    mid = v if type(v) is str else str(v)
+                if corr_field is not None and (v := body.get(corr_field)) is not None:
+                    corr = v if type(v) is str else str(v)
+            if mid is None:
+                mid = f"{name}:{rec_no}"
+            msg = Message(body, raw=raw, id=mid, correlation_id=corr,
+                          headers={"file.name": name, "file.record": str(rec_no)})
+            batch.append(Delivery(msg, acker, _nack, err))
             if len(batch) >= self.batch_size:
+                acker.seal(end, len(batch))
                 await emit(batch)
+                acker = _BatchAck(tracker)
                 batch = []
         if batch:
+            acker.seal(end, len(batch))
             await emit(batch)
-
-    def _message(self, path: Path, rec_no: int, body: Any, raw: bytes | None) -> Message:
-        mid = None
-        corr = None
-        if isinstance(body, dict):
-            if self.cfg.id_field and body.get(self.cfg.id_field) is not None:
-                mid = str(body[self.cfg.id_field])
-            if self.cfg.correlation_field and body.get(self.cfg.correlation_field) is not None:
-                corr = str(body[self.cfg.correlation_field])
-        if mid is None:
-            mid = f"{path.name}:{rec_no}"
-        headers = {"file.name": path.name, "file.record": str(rec_no)}
-        return Message(body, raw=raw, id=mid, correlation_id=corr, headers=headers)
 
     def _records(self, path: Path, start: Pos) -> Iterator[Rec]:
         fmt = self.cfg.format
@@ -163,24 +168,32 @@ class FileSource(Source):
 
     def _ndjson(self, path: Path, start: Pos) -> Iterator[Rec]:
         """NDJSON, strictly: duplicate keys, NaN, deep nesting and huge numbers are refused per line."""
-        from seamline.formats._lines import iter_lines
         from seamline.formats.errors import FormatError
         from seamline.formats.json import decode
 
         limit = self.cfg.max_record_bytes
         offset, line_no, rec_no = start
-        with path.open("rb") as f:
+        # a large buffer: fewer reads, and fewer times the reading thread gives up the interpreter
+        with path.open("rb", buffering=_READ_BUFFER) as f:
             f.seek(offset)
-            for line in iter_lines(f, max_line_bytes=limit, start_offset=offset):
-                line_no += 1
-                end = (line.offset + line.length, line_no, rec_no + 1)
-                if line.data is None:
+            readline = f.readline
+            while chunk := readline(limit + 1):
+                length = len(chunk)
+                if length > limit and not chunk.endswith(b"\n"):
+                    while more := readline(_SKIP_CHUNK):  # an over-long record: skip to its end
+                        length += len(more)
+                        if more.endswith(b"\n"):
+                            break
+                    offset += length
+                    line_no += 1
                     rec_no += 1
-                    err = FatalError(f"record {rec_no} is {line.length} bytes (limit {limit})",
+                    err = FatalError(f"record {rec_no} is {length} bytes (limit {limit})",
                                      code="format.json.too_large")
-                    yield end, rec_no, {"$record": rec_no}, None, err
+                    yield (offset, line_no, rec_no), rec_no, {"$record": rec_no}, None, err
                     continue
-                stripped = line.data.strip()
+                offset += length
+                line_no += 1
+                stripped = chunk.strip()
                 if not stripped:
                     continue
                 rec_no += 1
@@ -188,9 +201,10 @@ class FileSource(Source):
                     body = decode(stripped, max_bytes=limit)
                 except FormatError as exc:
                     err = FatalError(f"record {rec_no}: {exc.message}", code=exc.code, details=exc.details)
-                    yield end, rec_no, {"$raw": stripped[:4096].decode("utf-8", "replace")}, stripped, err
+                    yield ((offset, line_no, rec_no), rec_no, {"$raw": stripped[:4096].decode("utf-8", "replace")},
+                           stripped, err)
                     continue
-                yield end, rec_no, body, stripped, None
+                yield (offset, line_no, rec_no), rec_no, body, stripped, None
 
     def _csv(self, path: Path, start: Pos) -> Iterator[Rec]:
         """CSV with a dialect and typed columns; a bad row is dead-lettered, the rest carry on."""
@@ -250,6 +264,26 @@ class FileSource(Source):
 
 def _nack(requeue: bool) -> None:
     """Nothing to do: an unacknowledged record is read again after a restart."""
+
+
+class _BatchAck:
+    """The acknowledgement shared by the messages of one batch: acks the batch's ticket at the last."""
+
+    __slots__ = ("_remaining", "_ticket", "_tracker")
+
+    def __init__(self, tracker: OffsetTracker) -> None:
+        self._tracker = tracker
+        self._ticket = -1
+        self._remaining = 0
+
+    def seal(self, end: Pos, count: int) -> None:
+        self._ticket = self._tracker.track(end)
+        self._remaining = count
+
+    def __call__(self) -> None:
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._tracker.ack(self._ticket)
 
 
 @register(

@@ -342,8 +342,8 @@ class FlowRunner:
                 if not self._retryable(exc):
                     raise
                 if label not in self._unopened:
-                    log.warning("flow %s: sink %s is unreachable (%s: %s); its messages wait as retries until it is back",
-                                self.flow.name, label, _code(exc), _text(exc))
+                    log.warning("flow %s: sink %s is unreachable (%s: %s); its messages wait as retries"
+                                " until it is back", self.flow.name, label, _code(exc), _text(exc))
                 self._unopened[label] = exc
                 return exc
             if self._unopened.pop(label, None) is not None:

@@ -1,0 +1,80 @@
+"""The file source on NDJSON: strict records, bad lines dead-lettered, position kept per batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from seamline import Flow, sink, source
+from seamline.connectors.file import FileSource, FileSourceConfig
+from seamline.connectors.offsets import OffsetTracker
+from seamline.core.component import BuildContext, Delivery
+from seamline.core.engine import Engine
+from seamline.store import DlqFilter, open_store
+
+
+def _flow(tmp: Path, batch_size: int = 3, **src: object) -> Flow:
+    return Flow(
+        "files",
+        source=source("file", path=str(tmp / "in.ndjson"), id_field="id", **src),
+        sinks=[sink("file", label="out", path=str(tmp / "out.ndjson"), fsync=False)],
+        settings={"batch_size": batch_size},
+    )
+
+
+async def _run(fl: Flow, tmp: Path) -> None:
+    await Engine([fl], open_store(str(tmp / "s.db"))).run(until_idle=True, idle_horizon=0, install_signals=False)
+
+
+async def test_bad_lines_are_dead_lettered_the_rest_delivered_once(tmp_path: Path) -> None:
+    long_line = b'{"id": "big", "pad": "' + b"x" * 300 + b'"}'
+    (tmp_path / "in.ndjson").write_bytes(
+        b'{"id": "a", "n": 1}\n'
+        b"\n"  # blank lines are skipped
+        b'{"id": "dup", "n": 1, "n": 2}\n'  # duplicate key: refused, never silently merged
+        + long_line + b"\n"
+        b"{not json\n"
+        b'{"id": "b", "n": 2}\r\n'
+        b'{"id": "c", "n": 3}'  # no newline at the end
+    )
+    fl = _flow(tmp_path, max_record_bytes=200)
+    await _run(fl, tmp_path)
+    out = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
+    assert [o["id"] for o in out] == ["a", "b", "c"]
+    store = open_store(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        dead = {d.error_code for d in await store.list_dead(DlqFilter())}
+        assert dead == {"format.json.duplicate_key", "format.json.too_large", "format.json.syntax"}, dead
+    finally:
+        await store.close()
+    await _run(fl, tmp_path)  # a second run: the position was kept, nothing is delivered twice
+    assert len((tmp_path / "out.ndjson").read_bytes().splitlines()) == 3
+
+
+async def test_the_position_moves_past_a_batch_only_when_all_of_it_is_acked(tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b"".join(b'{"id": "m%d"}\n' % i for i in range(5)))
+    ctx = BuildContext(flow="f", base_dir=tmp_path, store=open_store(str(tmp_path / "s.db")), batch_size=2)
+    await ctx.store.open()
+    try:
+        src = FileSource(FileSourceConfig(path="in.ndjson", id_field="id"), ctx)
+        batches: list[list[Delivery]] = []
+
+        async def emit(batch: list[Delivery]) -> None:
+            batches.append(batch)
+
+        await src.run(emit)
+        assert [[d.message.id for d in b] for b in batches] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+        tracker = src._tracker
+        assert isinstance(tracker, OffsetTracker)
+        batches[1][0].ack()
+        batches[1][1].ack()
+        batches[0][1].ack()
+        assert tracker.committed == (0, 1, 0), "the first batch is not done: nothing moves"
+        batches[0][0].ack()
+        assert tracker.committed[2] == 4, "both batches done: past record 4"
+        await src.commit_acks()
+        assert (await ctx.store.get_checkpoint(src._scope))["records"] == 4
+    finally:
+        await ctx.store.close()
