@@ -110,11 +110,19 @@ class Expression:
                 failed lookup, limit exceeded ...).
         """
         compiled = self._compiled
-        if compiled is not None and (not bindings or not compiled.needs_engine_for(bindings)):
+        if compiled is not None and not bindings:
+            result = compiled.run(data)
+        elif compiled is not None and bindings is not None and not compiled.needs_engine_for(bindings):
             result = compiled.evaluate(data, bindings)
         else:
             result = self._engine_for().evaluate(data, bindings)
         return undefined if result is _UNDEFINED else result
+
+    @property
+    def runner(self) -> Callable[[Any], Any] | None:
+        """The compiled evaluation without bindings as one function (returns :data:`UNDEFINED` for
+        undefined), or ``None`` when the expression runs on the full engine; for hot loops."""
+        return None if self._compiled is None else self._compiled.run
 
     def _engine_for(self) -> EngineExpression:
         if self._engine is None:

@@ -80,6 +80,8 @@ class Mapping:
         self.lookups = lookups
         self.value_maps = value_maps
         self._expression = expression
+        #: the compiled whole-document expression as one function (see :attr:`Expression.runner`)
+        self._run = expression.runner if expression is not None else None
         self._fields = fields
         #: all fields as one compiled object constructor (used when every field compiles)
         self._combined = combined
@@ -104,6 +106,10 @@ class Mapping:
                 is in ``details["field"]`` and in the message.
             RetryableError: a SQL or HTTP lookup was unavailable.
         """
+        run = self._run
+        if run is not None and not bindings:
+            result = run(body)
+            return None if result is UNDEFINED else result
         if self._expression is not None:
             return self._expression.evaluate(body, bindings) if bindings else self._expression.evaluate(body)
         combined = self._combined

@@ -30,7 +30,7 @@ from typing import Any
 
 from seamline.mapping.errors import MappingError
 from seamline.mapping.lookups import MISSING, Lookups, key_variants
-from seamline.mapping.timezones import parse_datetime, to_timezone
+from seamline.mapping.timezones import parse_datetime, to_timezone, to_timezone_in
 
 __all__ = [
     "INTEGRATION_FUNCTIONS",
@@ -41,6 +41,7 @@ __all__ = [
     "new_uuid",
     "register_function",
     "registered_functions",
+    "specialise",
     "unregister_function",
 ]
 
@@ -147,6 +148,13 @@ class ValueMaps:
 
     def names(self) -> list[str]:
         return sorted(self._maps)
+
+    def view(self, name: str) -> dict[str, Any] | None:
+        """Value map ``name`` (never changed): a string code found in it is what ``translate`` returns."""
+        table = self._maps.get(name)
+        if table is None or any(value.__class__ is tuple for value in table.values()):
+            return None
+        return table
 
     def translate(self, name: Any, code: Any = None, *default: Any) -> Any:
         """``$translate(mapName, code[, default])``: the value for ``code`` in value map ``mapName``.
@@ -264,3 +272,55 @@ def max_positional(fn: Callable[..., Any]) -> int | None:
         if param.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
             count += 1
     return count
+
+
+class Specialised:
+    """A faster form of one call of an integration function whose leading arguments are constants.
+
+    Either ``table``: a dict such that for a *string* key (argument ``key``)
+    found in it, the call returns that entry (anything else takes the full
+    call); or ``call``: a function of the arguments at positions ``kept``
+    that returns and raises exactly what the full call does.
+    """
+
+    __slots__ = ("call", "kept", "key", "table")
+
+    def __init__(
+        self,
+        *,
+        table: dict[Any, Any] | None = None,
+        key: int = 1,
+        call: Callable[..., Any] | None = None,
+        kept: tuple[int, ...] = (),
+    ) -> None:
+        self.table = table
+        self.key = key
+        self.call = call
+        self.kept = kept
+
+
+#: marks an argument that is not a constant, for :func:`specialise`
+NOT_CONSTANT: Any = object()
+
+
+def specialise(fn: Callable[..., Any], args: list[Any]) -> Specialised | None:
+    """A :class:`Specialised` form of ``fn(*args)``, where ``args`` holds constants or :data:`NOT_CONSTANT`.
+
+    Covers ``$xref``/``$translate`` with a literal table over a table that
+    never changes, and ``$toTimezone`` with a literal zone (resolved once).
+    """
+    owner: Any = getattr(fn, "__self__", None)
+    method = getattr(fn, "__func__", None)
+    table_function = (owner.__class__ is Lookups and method is Lookups.xref) or (
+        owner.__class__ is ValueMaps and method is ValueMaps.translate
+    )
+    if table_function and len(args) >= 2 and args[0].__class__ is str:
+        view = owner.view(args[0])
+        return None if view is None else Specialised(table=view, key=1)
+    if fn is to_timezone and 2 <= len(args) <= 3 and args[1].__class__ is str and NOT_CONSTANT not in args[1:]:
+        try:
+            convert = to_timezone_in(*args[1:])
+        except MappingError:
+            return None
+        return Specialised(call=convert, kept=(0,))
+    return None

@@ -277,10 +277,38 @@ class Lookups:
     def __init__(self) -> None:
         self._tables: dict[str, LookupTable] = {}
         self._policies: dict[str, _Policy] = {}
+        self._views: dict[str, dict[Any, Any]] = {}
 
     def add(self, name: str, table: LookupTable, *, on_miss: str = "fail", default: Any = None) -> None:
+        view = self._views.pop(name, None)
+        if view is not None:
+            # Code compiled against the replaced table holds its view: empty it, so every key
+            # misses there and takes the full $xref (which sees the new table).
+            old = self._tables[name]
+            if isinstance(old, InlineTable | CsvTable) and old._data is view:
+                old._data = dict(view)
+            view.clear()
         self._tables[name] = table
         self._policies[name] = _Policy(on_miss, default)
+
+    def view(self, name: str) -> dict[Any, Any] | None:
+        """The data of table ``name`` if it never changes (inline and CSV tables), else ``None``.
+
+        For a *string* key the compiled code reads the view directly: a key
+        found there is exactly what ``xref(name, key, ...)`` returns; any other
+        key (or a miss) takes the full ``xref``. Replacing the table with
+        :meth:`add` empties the view, so such code falls back to ``xref``.
+        """
+        view = self._views.get(name)
+        if view is None:
+            table = self._tables.get(name)
+            if table.__class__ is not InlineTable and table.__class__ is not CsvTable:
+                return None
+            data: dict[Any, Any] = table._data
+            if any(value.__class__ is tuple for value in data.values()):
+                return None
+            view = self._views[name] = data
+        return view
 
     def names(self) -> list[str]:
         return sorted(self._tables)

@@ -30,13 +30,14 @@ policy          ambiguous (happens twice)                 nonexistent (skipped)
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from seamline.mapping.errors import MappingError
 
-__all__ = ["POLICIES", "parse_datetime", "to_timezone"]
+__all__ = ["POLICIES", "parse_datetime", "to_timezone", "to_timezone_in"]
 
 POLICIES = ("compatible", "earlier", "later", "reject")
 
@@ -156,6 +157,39 @@ def to_timezone(timestamp: Any, zone_name: Any, policy: Any = "compatible") -> s
     else:
         result = parsed.astimezone(tz)
     return result.isoformat(timespec=spec)
+
+
+_fromisoformat = datetime.fromisoformat
+
+
+def to_timezone_in(zone_name: str, policy: Any = "compatible") -> Callable[[Any], str | None]:
+    """``to_timezone(timestamp, zone_name, policy)`` as a function of ``timestamp`` (the zone resolved once).
+
+    Raises:
+        MappingError: ``zone_name`` is not a known zone.
+    """
+    tz = zone(zone_name)
+    if policy is None:
+        policy = "compatible"
+
+    def convert(timestamp: Any) -> str | None:
+        # the body of to_timezone, with the checks of the constant arguments done above
+        # and _parse_iso inlined for a text timestamp
+        if timestamp.__class__ is str:
+            try:
+                parsed = _fromisoformat(timestamp)
+            except ValueError:
+                parsed, spec = _parse_iso(timestamp)  # raises the error
+            else:
+                spec = _timespec(timestamp)
+        elif timestamp is None:
+            return None
+        else:
+            parsed, spec = _parse_iso(timestamp)
+        result = localize(parsed, tz, policy) if parsed.tzinfo is None else parsed.astimezone(tz)
+        return result.isoformat(timespec=spec)
+
+    return convert
 
 
 def parse_datetime(text: Any, fmt: Any, zone_name: Any = None, policy: Any = "compatible") -> str | None:

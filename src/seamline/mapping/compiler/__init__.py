@@ -7,13 +7,14 @@ full engine). See ``docs/adr/0002-mapping-compiler.md`` for the design.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from seamline.mapping.compiler.codegen import HostFunction, NotCompilable, generate
 from seamline.mapping.compiler.parser import Node
 from seamline.mapping.compiler.runtime import State
-from seamline.mapping.compiler.values import JError, plain
+from seamline.mapping.compiler.values import JError
 from seamline.mapping.errors import LIMIT_CODE, MappingError
 from seamline.mapping.functions import is_trusted, max_positional
 
@@ -23,7 +24,17 @@ __all__ = ["CompiledExpression", "NotCompilable", "try_compile"]
 class CompiledExpression:
     """An expression translated to Python; evaluate it with the same limits as the engine."""
 
-    __slots__ = ("_called", "_fn", "_seconds", "max_sequence", "python_source", "source", "timeout_ms")
+    __slots__ = (
+        "_called",
+        "_fn",
+        "_seconds",
+        "_state",
+        "max_sequence",
+        "python_source",
+        "run",
+        "source",
+        "timeout_ms",
+    )
 
     def __init__(
         self,
@@ -43,6 +54,9 @@ class CompiledExpression:
         self.timeout_ms = timeout_ms
         self.max_sequence = max_sequence
         self._seconds = timeout_ms / 1000.0
+        self._state = State.limited(timeout_ms, max_sequence)
+        #: ``evaluate(data, None)`` as one function, for hot loops
+        self.run: Callable[[Any], Any] = self._runner()
 
     def needs_engine_for(self, bindings: Mapping[str, Any]) -> bool:
         """Bindings that are functions, or shadow a function the expression calls, need the engine."""
@@ -50,26 +64,53 @@ class CompiledExpression:
 
     def evaluate(self, data: Any, bindings: Mapping[str, Any] | None) -> Any:
         """Evaluate; returns :data:`~seamline.mapping.UNDEFINED` for an undefined result."""
-        if bindings and any(key.startswith("$") for key in bindings):
+        if not bindings:
+            return self.run(data)
+        if any(key.startswith("$") for key in bindings):
             bindings = {key.lstrip("$"): value for key, value in bindings.items()}
-        state = State.start(self.timeout_ms, self.max_sequence, self._seconds)
+        state = _new(self._state)
+        state.deadline = _monotonic() + self._seconds
+        state.started = 0.0
         try:
-            result = self._fn(data, bindings or _EMPTY, state)
+            return self._fn(data, bindings, state)
         except JError as exc:
-            details = dict(exc.details)
-            if exc.code == "D2015":
-                details["limit"] = "sequence"
-            raise MappingError(exc.message, jsonata_code=exc.code, expression=self.source, details=details) from None
+            raise self._error(exc) from None
         except RecursionError:
-            raise MappingError(
-                "Stack overflow: the data or expression is nested too deeply",
-                jsonata_code=LIMIT_CODE,
-                expression=self.source,
-                details={"limit": "depth"},
-            ) from None
-        return plain(result)
+            raise self._overflow() from None
+
+    def _runner(self) -> Callable[[Any], Any]:
+        fn, state_class, seconds, error, overflow = self._fn, self._state, self._seconds, self._error, self._overflow
+
+        def run(data: Any) -> Any:
+            state = _new(state_class)
+            state.deadline = _monotonic() + seconds
+            state.started = 0.0
+            try:
+                return fn(data, _EMPTY, state)
+            except JError as exc:
+                raise error(exc) from None
+            except RecursionError:
+                raise overflow() from None
+
+        return run
+
+    def _error(self, exc: JError) -> MappingError:
+        details = dict(exc.details)
+        if exc.code == "D2015":
+            details["limit"] = "sequence"
+        return MappingError(exc.message, jsonata_code=exc.code, expression=self.source, details=details)
+
+    def _overflow(self) -> MappingError:
+        return MappingError(
+            "Stack overflow: the data or expression is nested too deeply",
+            jsonata_code=LIMIT_CODE,
+            expression=self.source,
+            details={"limit": "depth"},
+        )
 
 
+_new = object.__new__
+_monotonic = time.monotonic
 _EMPTY: dict[str, Any] = {}
 
 

@@ -30,8 +30,11 @@ from seamline.mapping.compiler.speculative import (
     Speculator,
     collapse_list,
     drop_undefined,
+    round_inline,
 )
 from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
+from seamline.mapping.functions import NOT_CONSTANT, Specialised, specialise
+from seamline.mapping.lookups import MISSING
 from seamline.mapping.values import UNDEFINED
 
 __all__ = ["HostFunction", "NotCompilable", "generate"]
@@ -152,6 +155,14 @@ def _literal(node: Node) -> bool:
 def _constant(code: str) -> bool:
     """Whether generated code is a literal constant (never undefined)."""
     return code[:1] in ("'", '"', "-") or code[:1].isdigit() or code in ("True", "False", "None")
+
+
+def _literal_value(code: str) -> Any:
+    """The value of constant code (``NOT_CONSTANT`` if it is not a Python literal, e.g. ``-inf``)."""
+    try:
+        return ast.literal_eval(code)
+    except (ValueError, SyntaxError):
+        return NOT_CONSTANT
 
 
 class _Gen:
@@ -817,6 +828,17 @@ class _Gen:
             host = self.hosts[name]
             fn = self.const(host.fn, "H")
             passed = args if host.limit is None else args[: host.limit]
+            special = self.specialised(host, passed)
+            if special is not None and special.table is not None:
+                # a literal table that never changes: a string key found there is the result
+                key = passed[special.key]
+                view = self.const(special.table, "V")
+                self.line(f"{out} = {view}.get({key}, MISS) if ({key}).__class__ is str else MISS")
+                self.line(f"if {out} is MISS:")
+                self.push()
+            elif special is not None and special.call is not None:
+                fn = self.const(special.call, "H")
+                passed = [passed[i] for i in special.kept]
             host_args = ", ".join(self.host_arg(a) for a in passed)
             self.line("try:")
             with self.block():
@@ -825,6 +847,8 @@ class _Gen:
             with self.block():
                 self.line(f"host_failed(exc, {name!r})")
             self.line(f"if {out} is U or {out}.__class__ is tuple: {out} = host_result({out})")
+            if special is not None and special.table is not None:
+                self.pop()
             self.scalar.add(out)
             self.lists.add(out)
             return out
@@ -837,10 +861,7 @@ class _Gen:
         if name == "round" and len(args) == 2 and args[1].isdigit() and 0 < int(args[1]) < 16:
             # Python's round() is JSONata's $round except at (near-)ties of the decimal form
             value, digits = args[0], int(args[1])
-            self.line(
-                f"{out} = round({value}, {digits}) if {value}.__class__ is float and not "
-                f"(0.499999 < ({value} * {10.0**digits!r}) % 1.0 < 0.500001) else round_to({value}, {digits}, R, {ctx})"
-            )
+            self.line(round_inline(out, value, digits, ctx))
         elif fast is not None:
             ref = self.const(fast, "Q")
             call = f"{ref}(R, {ctx}, {', '.join(args)})"
@@ -855,6 +876,13 @@ class _Gen:
         if name not in RETURNS_SEQUENCE:
             self.scalar.add(out)
         return out
+
+    def specialised(self, host: HostFunction, args: list[str]) -> Specialised | None:
+        """A faster form of a call of an integration function with literal leading arguments."""
+        if not host.trusted or not any(_constant(code) for code in args):
+            return None
+        values = [_literal_value(code) if _constant(code) else NOT_CONSTANT for code in args]
+        return specialise(host.fn, values)
 
     def lambda_(self, node: Node, ctx: str, scope: _Scope) -> str:
         if node.signature is not None:
@@ -894,6 +922,7 @@ _GLOBALS["Abandon"] = Abandon
 _GLOBALS["drop_undefined"] = drop_undefined
 _GLOBALS["array_of"] = _array_of
 _GLOBALS["round_to"] = round_to
+_GLOBALS["MISS"] = MISSING
 _GLOBALS["host_arg"] = _host_arg
 _GLOBALS["host_failed"] = _host_failed
 _GLOBALS["host_result"] = _host_result
@@ -915,7 +944,11 @@ def generate(tree: Node, hosts: Mapping[str, HostFunction]) -> tuple[Callable[..
     scope = gen.frame(root, [tree])
     scope.level = 0
     result = gen.expr(tree, "C", scope)
-    gen.line(f"return {result}")
+    if gen.is_scalar(result):
+        gen.line(f"return {result}")
+    else:
+        # a sequence returned becomes a plain list
+        gen.line(f"return plain({result})")
     source = "def __jsonata(D, B, R):\n" + "\n".join(gen.lines) + "\n"
     namespace: dict[str, Any] = dict(_GLOBALS)
     namespace.update(gen.consts)

@@ -67,25 +67,39 @@ _monotonic = time.monotonic
 _new = object.__new__
 
 
+_LIMITED: dict[tuple[type, int, int], type[State]] = {}
+
+
 class State:
-    """Limits and clock of one evaluation."""
+    """Limits and clock of one evaluation.
 
-    __slots__ = ("deadline", "max_sequence", "started", "timeout_ms")
+    The limits are class attributes of a subclass made once per expression
+    (:meth:`limited`), so starting an evaluation only sets the deadline.
+    """
 
-    def __init__(self, timeout_ms: int, max_sequence: int, seconds: float | None = None) -> None:
-        self.timeout_ms = timeout_ms
-        self.started = 0.0
-        self.deadline = _monotonic() + (seconds if seconds is not None else timeout_ms / 1000.0)
-        self.max_sequence = max_sequence
+    __slots__ = ("deadline", "started")
+
+    deadline: float
+    started: float
+    timeout_ms: int = 1000
+    max_sequence: int = 1_000_000
 
     @classmethod
-    def start(cls, timeout_ms: int, max_sequence: int, seconds: float) -> State:
-        """A state for one evaluation (the fast constructor used on every call)."""
-        state = _new(cls)
-        state.deadline = _monotonic() + seconds
-        state.max_sequence = max_sequence
+    def limited(cls, timeout_ms: int, max_sequence: int) -> type[State]:
+        """The state class of evaluations with these limits (one class per distinct pair)."""
+        key = (cls, timeout_ms, max_sequence)
+        found = _LIMITED.get(key)
+        if found is None:
+            attributes = {"__slots__": (), "timeout_ms": timeout_ms, "max_sequence": max_sequence}
+            found = _LIMITED.setdefault(key, type("State", (cls,), attributes))
+        return found
+
+    @classmethod
+    def start(cls, timeout_ms: int, max_sequence: int, seconds: float | None = None) -> State:
+        """A state for one evaluation (compiled expressions start theirs inline)."""
+        state: State = _new(cls.limited(timeout_ms, max_sequence))
+        state.deadline = _monotonic() + (seconds if seconds is not None else timeout_ms / 1000.0)
         state.started = 0.0
-        state.timeout_ms = timeout_ms
         return state
 
     def now(self) -> float:

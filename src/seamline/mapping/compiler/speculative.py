@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from seamline.mapping.compiler.codegen import _Gen
     from seamline.mapping.compiler.parser import Node
 
-__all__ = ["Abandon", "NotSpeculative", "Speculator", "collapse_list", "drop_undefined"]
+__all__ = ["Abandon", "NotSpeculative", "Speculator", "collapse_list", "drop_undefined", "round_inline"]
 
 
 _FIELD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
@@ -137,10 +137,22 @@ class Speculator:
         self.gen.remember(key, out)
         return out
 
+    def reuse(self, text: str) -> str:
+        """A field read ``ctx['name']`` replaced by the temporary it was bound to, if any."""
+        field = _FIELD_RE.fullmatch(text)
+        if field is not None:
+            bound = self.gen.memo.get(("spec", field.group(1), ast.literal_eval(field.group(2))))
+            if bound is not None:
+                return bound[0]
+        return text
+
     def list_of(self, source: str) -> str:
         """``source`` in a temporary that is known to be a list (else speculation is abandoned)."""
         name = self.bind(source)
-        self.gen.line(f"if {name}.__class__ is not list: raise Abandon")
+        key = ("list", name)
+        if key not in self.gen.memo:
+            self.gen.line(f"if {name}.__class__ is not list: raise Abandon")
+            self.gen.remember(key, name)
         return name
 
     def value(self, node: Node, ctx: str) -> Code:
@@ -194,11 +206,10 @@ class Speculator:
         names = [st.value for st in steps[:-1]]
         base = self.field(ctx, names[0])
         source = base + "".join(f"[{name!r}]" for name in names[1:])
-        total, count, item = self.tmp(), self.tmp(), gen.tmp("i")
+        total, item = self.tmp(), gen.tmp("i")
         mark = len(gen.lines)
         source = self.list_of(source)
         gen.line(f"{total} = 0")
-        gen.line(f"{count} = 0")
         gen.line(f"for {item} in {source}:")
         with gen.block():
             last = self.value(steps[-1], item)
@@ -206,16 +217,16 @@ class Speculator:
                 del gen.lines[mark:]
                 return None
             gen.line(f"{total} += {last.text}")
-            gen.line(f"{count} += 1")
         out = self.tmp()
-        gen.line(f"{out} = {total} if {count} else U")
+        # every item adds a number: the sum is undefined only for an empty list
+        gen.line(f"{out} = {total} if {source} else U")
         return Code(out, reads=True, missing=True)
 
     def object(self, pairs: list[tuple[Node, Node]], ctx: str) -> Code:
         keys = [key.value for key, _ in pairs if key.type == "string" and _plain_node(key)]
         if len(keys) != len(pairs) or len(set(keys)) != len(keys):
             raise NotSpeculative("object keys")
-        items = []
+        items: list[tuple[str, str]] = []
         missing = []
         reads = False
         for key, value_node in pairs:
@@ -223,10 +234,12 @@ class Speculator:
             if value.missing:
                 value = Code(self.bind(value.text), missing=True, reads=value.reads)
                 missing.append(value.text)
-            items.append(f"{key.value!r}: {value.text}")
+            items.append((key.value, value.text))
             reads = reads or value.reads
+        # a field read again after a later value bound it: use the bound value (reads have no effects)
+        text = ", ".join(f"{key!r}: {self.reuse(value)}" for key, value in items)
         out = self.tmp()
-        self.gen.line(f"{out} = {{{', '.join(items)}}}")
+        self.gen.line(f"{out} = {{{text}}}")
         if missing:
             test = " or ".join(f"{code} is U" for code in missing)
             self.gen.line(f"if {test}: {out} = drop_undefined({out})")
@@ -309,7 +322,20 @@ class Speculator:
                 raise NotSpeculative("user function")
             fn = gen.const(host.fn, "H")
             passed = args if host.limit is None else args[: host.limit]
+            special = gen.specialised(host, [arg.text for arg in passed])
+            if special is not None and special.call is not None:
+                fn = gen.const(special.call, "H")
+                passed = [passed[i] for i in special.kept]
             texts = [f"(None if {arg.text} is U else {arg.text})" if arg.missing else arg.text for arg in passed]
+            if special is not None and special.table is not None:
+                # a literal table that never changes: a string key found there is the result
+                key = self.bind(texts[special.key])
+                texts[special.key] = key
+                view = gen.const(special.table, "V")
+                out = self.tmp()
+                gen.line(f"{out} = {view}.get({key}, MISS) if ({key}).__class__ is str else MISS")
+                gen.line(f"if {out} is MISS: {out} = {fn}({', '.join(texts)})")
+                return Code(out, array=True, reads=reads)
             return Code(self.bind(f"{fn}({', '.join(texts)})"), array=True, reads=reads)
         if name not in _SCALAR_FUNCTIONS:
             raise NotSpeculative(f"${name}")
@@ -322,10 +348,7 @@ class Speculator:
         if name == "round" and len(args) == 2 and texts[1].isdigit() and 0 < int(texts[1]) < 16:
             v = self.bind(texts[0])
             digits = int(texts[1])
-            gen.line(
-                f"{out} = round({v}, {digits}) if {v}.__class__ is float and not "
-                f"(0.499999 < ({v} * {10.0**digits!r}) % 1.0 < 0.500001) else round_to({v}, {digits}, R, {ctx})"
-            )
+            gen.line(round_inline(out, v, digits, ctx))
             return Code(out, reads=reads, missing=missing)
         ref = gen.const(fast, "Q")
         inline = _INLINE.get((name, len(args)))
@@ -336,6 +359,25 @@ class Speculator:
             return Code(out, reads=reads, missing=missing)
         gen.line(f"{out} = {ref}(R, {ctx}, {', '.join(texts)})")
         return Code(out, reads=reads, missing=missing or name == "sum")
+
+
+def round_inline(out: str, value: str, digits: int, ctx: str) -> str:
+    """A statement: ``out = $round(value, digits)`` for a literal precision of 1-15 digits.
+
+    Python's ``round()`` is JSONata's ``$round`` except at (near-)ties of the
+    decimal form, which ``round_to`` settles exactly. ``value - round(value)``
+    is exact (Sterbenz), so a value that is not within a 2e-6 band (in units
+    of the last digit) of a tie takes the fast path -- below a magnitude where
+    the representation error of the tie (an ulp of the value) stays ten times
+    smaller than that band.
+    """
+    margin = repr(0.499998 / 10**digits)
+    bound = repr(1e9 / 10**digits)
+    slow = f"round_to({value}, {digits}, R, {ctx})"
+    return (
+        f"{out} = ({out} if -{margin} < ({value}) - ({out} := round({value}, {digits})) < {margin} else {slow}) "
+        f"if ({value}).__class__ is float and -{bound} < {value} < {bound} else {slow}"
+    )
 
 
 def drop_undefined(obj: dict[str, Any]) -> dict[str, Any]:
