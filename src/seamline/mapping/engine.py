@@ -85,38 +85,53 @@ _GUARD_NAME = "__seamline_limit"
 _GROWING = frozenset({"join", "replace", "string", "pad"})
 
 
+def _concatenates(node: Node) -> bool:
+    return node.type == "binary" and node.value == "&"
+
+
+def _has_range(node: Node) -> bool:
+    """An array constructor with a range in it (``[1..n]``)."""
+    return node.type == "unary" and node.value == "[" and any(
+        isinstance(e, Node) and e.type == "binary" and e.value == ".." for e in getattr(node, "expressions", ()) or ()
+    )
+
+
 def _guard_spans(tree: Node) -> list[tuple[int, int]]:
     """Source spans to pass through the size guard.
 
-    * every argument of ``$pad`` (its width decides how much is allocated);
-    * inside function bodies, where recursion or ``$reduce`` can repeat them
-      without bound, every string concatenation (``&``) and every call of a
-      function that can lengthen a string (``$join``, ``$replace``, ...).
+    * every ``$pad`` call and each of its arguments (its width decides how much is allocated);
+    * every array constructor with a range (``[1..n]``): ranges repeated by a path or a
+      recursion are bounded together, not only one by one;
+    * every string concatenation (``&``) and every call of a function that can lengthen a
+      string (``$join``, ``$replace``, ...): a path or a recursion can repeat them without bound.
     """
     spans: list[tuple[int, int]] = []
 
-    def visit(node: Any, in_lambda: bool) -> None:
+    def visit(node: Any, chained: bool = False) -> None:
         if isinstance(node, Node):
-            if node.type == "lambda":
-                in_lambda = True
-            elif node.type == "function" and node.procedure.type == "variable":
+            if node.type in ("apply", "binary") and node.value == "~>":
+                # the right side of ~> is applied to the left, not called: keep it a function
+                visit(node.lhs)
+                visit(node.rhs, True)
+                return
+            if node.type == "function" and node.procedure.type == "variable" and not chained:
                 name = node.procedure.value
                 if name == "pad":
                     spans.extend(arg.span for arg in node.arguments if arg.span is not None)
-                if in_lambda and name in _GROWING and node.span is not None:
+                if name in _GROWING and node.span is not None:
                     spans.append(node.span)
-            elif node.type == "binary" and node.value == "&" and in_lambda and node.span is not None:
+            elif node.span is not None and (_concatenates(node) or _has_range(node)):
                 spans.append(node.span)
             for value in node.__dict__.values():
-                visit(value, in_lambda)
+                visit(value)
         elif isinstance(node, list | tuple):
             for item in node:
-                visit(item, in_lambda)
+                visit(item)
         elif isinstance(node, dict):
             for item in node.values():
-                visit(item, in_lambda)
+                visit(item)
 
-    visit(tree, False)
+    visit(tree)
     return sorted(set(spans))
 
 
@@ -138,19 +153,37 @@ def guard_source(source: str, tree: Node | None) -> str:
     # apply innermost-last: a span nested in another is rewritten first (higher start, or same start and shorter)
     out = source
     edits = sorted(spans, key=lambda span: (span[0], -span[1]), reverse=True)
-    applied: list[tuple[int, int, int]] = []  # (start, old_end, growth)
+    applied: list[tuple[int, int, int]] = []  # (start, old_end, growth of that wrapper alone)
     for start, end in edits:
         growth_inside = sum(g for (s0, e0, g) in applied if s0 >= start and e0 <= end)
         new_end = end + growth_inside
         variable = f"$__seamline_v{start}_{end}"
         wrapped = f"({variable} := ({out[start:new_end]}); ${_GUARD_NAME}({variable}); {variable})"
         out = out[:start] + wrapped + out[new_end:]
-        applied.append((start, end, len(wrapped) - (new_end - start) + growth_inside))
+        applied.append((start, end, len(wrapped) - (new_end - start)))  # this wrapper's own growth
     return out
+
+
+#: what the guarded strings and ranges of one evaluation may allocate together, in units of the
+#: sequence limit; a range item counts as ten units, a character as one (as in the compiled path)
+ALLOCATION_FACTOR = 20
+RANGE_ITEM_UNITS = 10
 
 
 def _limit_guard(max_sequence: int) -> Callable[..., Any]:
     max_string = 10 * max_sequence
+    budget = ALLOCATION_FACTOR * max_sequence
+
+    def spend(units: int) -> None:
+        spent = getattr(_state, "allocated", 0) + units
+        _state.allocated = spent
+        if spent > budget:
+            raise MappingError(
+                f"this evaluation allocated more than {ALLOCATION_FACTOR} x the sequence limit of"
+                f" {max_sequence} in strings and ranges together",
+                jsonata_code="D2015",
+                details={"limit": "memory"},
+            )
 
     def guard(value: Any = None) -> None:
         if isinstance(value, str):
@@ -160,6 +193,9 @@ def _limit_guard(max_sequence: int) -> Callable[..., Any]:
                     jsonata_code="D2015",
                     details={"limit": "string"},
                 )
+            spend(len(value))
+        elif isinstance(value, list):
+            spend(len(value) * RANGE_ITEM_UNITS)
         elif isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > max_sequence:
             raise MappingError(
                 f"$pad width {value} exceeds the limit of {max_sequence} characters",
@@ -263,6 +299,7 @@ class EngineExpression:
         except TypeError as exc:
             raise MappingError(f"input is not JSON data: {exc}", jsonata_code="input") from None
         _state.error = None
+        _state.allocated = 0
         try:
             out = expr.evaluate_json_or_none(text, plain or None)
         except ValueError as exc:

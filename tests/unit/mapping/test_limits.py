@@ -83,7 +83,7 @@ def test_range_beyond_the_sequence_limit() -> None:
 
 def test_nested_loops_stop_at_the_time_limit() -> None:
     error, elapsed, _ = _fails("[1..1000].($count([1..100000]))", timeout_ms=300)
-    assert error.details["limit"] in ("timeout", "sequence")
+    assert error.details["limit"] in ("timeout", "sequence", "memory")
     assert elapsed < 3
 
 
@@ -137,3 +137,35 @@ def test_deeply_nested_data_is_an_error_not_a_crash() -> None:
         expression.evaluate(data)
     with pytest.raises(MappingError):
         expression.evaluate_engine(data)
+
+
+MANY_SMALL = [
+    "$count([1..100000].([1..100000]))",  # each range is fine; together they are 10^10 items
+    "$count([1..1000].([1..1000].([1..1000])))",
+    '$count([1..100000].($pad("x", 10000)))',  # each string is fine; together they are 1 GB
+    '$length($join([1..100000].($string([1..1000])), ","))',
+]
+
+
+@pytest.mark.parametrize("engine", [False, True], ids=["as-compiled", "full-engine"])
+@pytest.mark.parametrize("expr", MANY_SMALL)
+def test_many_allocations_each_below_the_limits_are_bounded_together(expr: str, engine: bool) -> None:
+    """A path that repeats an allocation is bounded by a budget per evaluation, not only per value."""
+    expression = compile(expr)
+    run = expression.evaluate_engine if engine else expression.evaluate
+    start = time.monotonic()
+    with peak_memory() as growth, pytest.raises(MappingError) as info:
+        run(None)
+    assert info.value.code == "mapping.D2015", info.value
+    assert info.value.details["limit"] == "memory"
+    assert time.monotonic() - start < 5
+    assert growth() < 400 * MB, f"grew {growth() // MB} MB"
+
+
+@pytest.mark.parametrize("engine", [False, True], ids=["as-compiled", "full-engine"])
+def test_the_budget_is_per_evaluation(engine: bool) -> None:
+    """Many evaluations of a mapping that allocates a little each time never add up to an error."""
+    expression = compile('$count([1..1000]) & $pad("", 1000)')
+    run = expression.evaluate_engine if engine else expression.evaluate
+    for _ in range(50_000 if not engine else 2_000):
+        assert run(None) == "1000" + " " * 1000

@@ -71,6 +71,7 @@ class CompiledExpression:
         state = _new(self._state)
         state.deadline = _monotonic() + self._seconds
         state.started = 0.0
+        state.allocated = 0
         try:
             return self._fn(data, bindings, state)
         except JError as exc:
@@ -85,6 +86,7 @@ class CompiledExpression:
             state = _new(state_class)
             state.deadline = _monotonic() + seconds
             state.started = 0.0
+            state.allocated = 0
             try:
                 return fn(data, _EMPTY, state)
             except JError as exc:
@@ -97,7 +99,7 @@ class CompiledExpression:
     def _error(self, exc: JError) -> MappingError:
         details = dict(exc.details)
         if exc.code == "D2015":
-            details["limit"] = "sequence"
+            details.setdefault("limit", "sequence")
         return MappingError(exc.message, jsonata_code=exc.code, expression=self.source, details=details)
 
     def _overflow(self) -> MappingError:

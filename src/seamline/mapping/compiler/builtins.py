@@ -285,6 +285,7 @@ def _pad(state: rt.State, text: Any, width: Any, char: Any = U) -> Any:
     if pad_length <= 0:
         return text
     state.size(pad_length)
+    state.grow(pad_length)
     padding = (char * pad_length)[:pad_length] if len(char) > 1 else char * pad_length
     return text + padding if width > 0 else padding + text
 

@@ -67,6 +67,11 @@ _monotonic = time.monotonic
 _new = object.__new__
 
 
+#: what the ranges and paddings of one evaluation may allocate together, in units of the sequence
+#: limit; a range item counts as ten units (a list slot and an int), a padding character as one
+ALLOCATION_FACTOR = 20
+RANGE_ITEM_UNITS = 10
+
 _LIMITED: dict[tuple[type, int, int], type[State]] = {}
 
 
@@ -77,10 +82,13 @@ class State:
     (:meth:`limited`), so starting an evaluation only sets the deadline.
     """
 
-    __slots__ = ("deadline", "started")
+    __slots__ = ("allocated", "deadline", "started")
 
     deadline: float
     started: float
+    #: units allocated by ranges and paddings so far (see ``ALLOCATION_FACTOR``): many small
+    #: allocations, each below the limits, are bounded together
+    allocated: int
     timeout_ms: int = 1000
     max_sequence: int = 1_000_000
 
@@ -100,6 +108,7 @@ class State:
         state: State = _new(cls.limited(timeout_ms, max_sequence))
         state.deadline = _monotonic() + (seconds if seconds is not None else timeout_ms / 1000.0)
         state.started = 0.0
+        state.allocated = 0
         return state
 
     def now(self) -> float:
@@ -115,6 +124,17 @@ class State:
                 "U1001",
                 f"Expression evaluation timeout after {self.timeout_ms} ms: check for an infinite loop",
                 limit="timeout",
+            )
+
+    def grow(self, units: int) -> None:
+        """Count an allocation against the evaluation's budget; raise once it is spent."""
+        self.allocated += units
+        if self.allocated > ALLOCATION_FACTOR * self.max_sequence:
+            raise JError(
+                "D2015",
+                f"this evaluation allocated more than {ALLOCATION_FACTOR} x the sequence limit of"
+                f" {self.max_sequence} in ranges and padding together",
+                limit="memory",
             )
 
     def size(self, n: int) -> None:
@@ -523,5 +543,6 @@ def range_(state: State, a: Any, b: Any) -> Any:
     if size > 10_000_000:
         raise JError("D2014", f"The size of the sequence allocated by the range operator ({size}) must not exceed 1e7")
     state.size(size)
+    state.grow(size * RANGE_ITEM_UNITS)
     state.check()
     return Seq(range(lo, hi + 1))
