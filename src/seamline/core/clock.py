@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "ManualClock", "SystemClock"]
 
@@ -47,12 +48,20 @@ class ManualClock:
     def monotonic(self) -> float:
         return self._mono
 
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+    def sleep(self, seconds: float) -> Coroutine[Any, Any, None]:
+        """Sleep ``seconds`` of this clock, counted from the call, not from the first await.
+
+        A sleep created now and started a moment later (``ensure_future``) must not
+        miss an ``advance`` that happened in between.
+        """
+        return self._sleep_until(self._mono + max(0.0, seconds))
+
+    async def _sleep_until(self, due: float) -> None:
+        if due <= self._mono:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((self._mono + seconds, fut))
+        self._waiters.append((due, fut))
         try:
             await fut
         finally:

@@ -157,6 +157,10 @@ class Sink:
     guards_itself: ClassVar[bool] = False
     #: breaker/rate-limit key, e.g. ``https://api.example.com:443``; default: flow/label
     endpoint: str | None = None
+    #: False when the sink does not keep the order of messages anyway (requests in parallel):
+    #: then batches may be written while earlier ones are still being written, and the sink
+    #: bounds its own in-flight work across batches
+    ordered: bool = True
     #: set by the runtime: the sink's label and its registered type name
     label: str = ""
     component: str = ""

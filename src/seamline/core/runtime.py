@@ -641,8 +641,8 @@ class FlowRunner:
                 by_sink.setdefault(s, []).append(u)
         if by_sink:
             await asyncio.gather(*(self._write(seq, label, us) for label, us in by_sink.items()))
-        for label in self.sinks:
-            if label not in by_sink:
+        for label, sk in self.sinks.items():
+            if label not in by_sink and sk.ordered:
                 await self._advance_turn(label, seq)
 
         done_at = self.clock.now()
@@ -798,6 +798,9 @@ class FlowRunner:
 
     async def _write(self, seq: int, label: str, units: list[_Unit]) -> None:
         sink = self.sinks[label]
+        if not sink.ordered:  # no order to keep: write while earlier batches are still being written
+            await self._write_batch(sink, label, units)
+            return
         async with self._turn_changed:
             await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
         try:

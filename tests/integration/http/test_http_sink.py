@@ -289,3 +289,47 @@ async def test_egress_guard_blocks_loopback_and_metadata_by_default(tmp_path: Pa
         assert fs.count("/hop") == 1
     assert caught.value.errors[0].code == "egress.blocked"  # type: ignore[attr-defined]
     assert getattr(redirected.value, "code", None) == "egress.blocked"
+
+
+async def test_batches_overlap_but_the_in_flight_limit_holds_across_them(tmp_path: Path) -> None:
+    """Parallel requests keep no order, so the runtime lets batches overlap in the sink; the sink's
+    own in-flight limit still bounds all of them together."""
+    from aiohttp import web
+
+    from seamline.core.engine import Engine
+    from seamline.store import open_store
+
+    now = peak = 0
+    seen: list[int] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal now, peak
+        now += 1
+        peak = max(peak, now)
+        try:
+            seen.append((await request.json())["n"])
+            await asyncio.sleep(0.01)
+        finally:
+            now -= 1
+        return web.Response(status=201)
+
+    app = web.Application()
+    app.router.add_post("/api", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        fl = Flow("overlap", source=source("memory", channel="overlap-in"),
+                  sinks=[sink("http", label="api", url=f"http://127.0.0.1:{port}/api", egress=LOOPBACK,
+                              max_in_flight=4)],
+                  settings={"batch_size": 3, "concurrency": 3})
+        ids = feed("overlap", 60)
+        result = await Engine([fl], open_store(str(tmp_path / "s.db"))).run(
+            until_idle=True, idle_horizon=0, install_signals=False)
+        assert result.stats["overlap"].delivered == 60
+        assert sorted(seen) == list(range(60)) and sorted(channel("overlap-in").acked) == sorted(ids)
+        assert peak == 4, f"{peak} requests in flight at most: batches of 3 overlap, the sink's limit is 4"
+    finally:
+        await runner.cleanup()

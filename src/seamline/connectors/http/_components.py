@@ -75,6 +75,10 @@ class HttpSink(Sink):
         self.method = cfg.method
         self.idem = cfg.idempotency_header
         self.max_in_flight = cfg.max_in_flight
+        # requests in parallel keep no order anyway: let batches overlap, bounded by one
+        # in-flight limit for the whole sink (not one per batch)
+        self.ordered = cfg.max_in_flight <= 1
+        self._slots: asyncio.Semaphore | None = None
         self._static_url = self.req.url.render(None) if self.req.url.static else None
 
     async def open(self) -> None:
@@ -110,10 +114,15 @@ class HttpSink(Sink):
         errors: dict[int, BaseException] = {}
         items = iter(enumerate(batch))
 
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_in_flight)
+        slots = self._slots
+
         async def worker() -> None:
             for i, m in items:
                 try:
-                    await self._send(m)
+                    async with slots:
+                        await self._send(m)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
