@@ -523,8 +523,11 @@ class WebhookSource(Source):
 
         cfg = self.cfg
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto given explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
+        # says TCP; with proto 0 every answer waited for the client's delayed ACK (about 40 ms)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((cfg.host, cfg.port))
         except OSError as exc:

@@ -185,6 +185,11 @@ class SqliteStore:
                 c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
+            if isinstance(out, sqlite3.Cursor):
+                # never hand a cursor to another thread: freeing it there resets its statement
+                # while this thread may be running another one on the same connection (SQLITE_MISUSE)
+                out.close()
+                return None  # type: ignore[return-value]
             return out
 
     def _migrate(self) -> None:

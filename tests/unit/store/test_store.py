@@ -233,3 +233,27 @@ async def test_inbox_put_with_delivery_ids_is_atomic(store: Store) -> None:
     await store.inbox_put("hook", [rec], [("webhook:hook", "delivery-1", 1e12)])
     assert await store.seen("webhook:hook", ["delivery-1"], now=0.0) == {"delivery-1"}
     assert [r["id"] for _s, r in await store.inbox_take("hook", limit=5, now=1.0, lease=5.0)] == ["w1"]
+
+
+async def test_no_cursor_crosses_threads_under_concurrent_calls(tmp_path: Path) -> None:
+    """Store calls return data, never a cursor: a cursor freed on the event loop's thread resets its
+    statement while the store thread runs another on the same connection (SQLITE_MISUSE)."""
+    import asyncio
+
+    s = _sqlite(tmp_path)
+    await s.open()
+    try:
+        assert await s.inbox_done([]) is None and await s.inbox_release([]) is None
+        deadline = time.monotonic() + 3
+        n = 0
+        while time.monotonic() < deadline:
+            await s.inbox_put("f", [{"id": f"m{n}-{i}"} for i in range(20)])
+            rows = await s.inbox_take("f", 20, time.time(), 60)
+            results = await asyncio.gather(
+                s.inbox_done([r[0] for r in rows[:10]]), s.inbox_release([r[0] for r in rows[10:]]),
+                s.inbox_done([r[0] for r in rows[10:]]), s.seen("x", ["a"], 0.0), s.mark_forwarded([]))
+            assert results[:3] == [None, None, None]
+            n += 1
+        assert n > 100
+    finally:
+        await s.close()
