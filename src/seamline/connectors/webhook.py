@@ -429,34 +429,12 @@ class _InboxWriter:
                 self.src.wake()
 
     async def _write(self, items: Sequence[tuple[dict[str, Any], str | None, str | None, float, Any]]) -> list[str]:
-        store = self.src.ctx.store
-        now = self.src.clock.now()
-        by_scope: dict[str, list[str]] = {}
-        for _, scope, key, _, _ in items:
-            if key is not None and scope is not None:
-                by_scope.setdefault(scope, []).append(key)
-        seen: set[tuple[str, str]] = set()
-        for scope, keys in by_scope.items():
-            found = await store.seen(scope, list(dict.fromkeys(keys)), now)
-            seen.update((scope, k) for k in found)
-        outcomes: list[str] = []
-        records: list[dict[str, Any]] = []
-        remember: dict[str, list[tuple[str, float]]] = {}
-        for record, scope, key, expires, _ in items:
-            if key is not None and scope is not None:
-                if (scope, key) in seen:
-                    outcomes.append("duplicate")
-                    continue
-                seen.add((scope, key))
-                remember.setdefault(scope, []).append((key, expires))
-            records.append(record)
-            outcomes.append("stored")
-        # the messages and their delivery ids in one transaction: a redelivery after a crash is
-        # recognised exactly when the first copy was stored
-        idem = [(scope, key, expires) for scope, pairs in remember.items() for key, expires in pairs]
-        if records or idem:
-            await store.inbox_put(self.src.ctx.flow, records, idem)
-        return outcomes
+        # the check for a known delivery id, the messages and the new delivery ids in one transaction:
+        # a redelivery after a crash is recognised exactly when the first copy was stored
+        stored = await self.src.ctx.store.inbox_accept(
+            self.src.ctx.flow, [(rec, scope, key, expires) for rec, scope, key, expires, _ in items],
+            self.src.clock.now())
+        return ["stored" if ok else "duplicate" for ok in stored]
 
     async def close(self) -> None:
         self._closed = True

@@ -647,6 +647,52 @@ class SqliteStore:
         """Store pushed messages and the delivery ids that must not be accepted twice, in one transaction."""
         await self._run(self.inbox_put_sync, flow, records, idempotency)
 
+    def inbox_accept_sync(
+        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
+    ) -> list[bool]:
+        stamp = time.time()
+
+        def tx(c: sqlite3.Connection) -> list[bool]:
+            keyed: dict[str, list[str]] = {}
+            for _rec, scope, key, _exp in items:
+                if scope is not None and key is not None:
+                    keyed.setdefault(scope, []).append(key)
+            seen: set[tuple[str, str]] = set()
+            for scope, keys in keyed.items():
+                unique = list(dict.fromkeys(keys))
+                for i in range(0, len(unique), 500):
+                    chunk = unique[i : i + 500]
+                    seen.update((scope, r[0]) for r in c.execute(
+                        "SELECT key FROM idempotency WHERE scope=? AND expires_at>? AND key IN"
+                        f" ({','.join('?' * len(chunk))})", (scope, now, *chunk)))
+            stored: list[bool] = []
+            rows: list[tuple[Any, ...]] = []
+            remember: list[tuple[str, str, float]] = []
+            for rec, scope, key, exp in items:
+                if scope is not None and key is not None:
+                    if (scope, key) in seen:
+                        stored.append(False)
+                        continue
+                    seen.add((scope, key))
+                    remember.append((scope, key, exp))
+                rows.append((flow, rec["id"], _dumps(rec), stamp))
+                stored.append(True)
+            if rows:
+                c.executemany(
+                    "INSERT INTO inbox(flow, msg_id, record, received_at, lease_until) VALUES (?,?,?,?,NULL)", rows)
+            if remember:
+                c.executemany(
+                    "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
+                    " ON CONFLICT(scope, key) DO UPDATE SET expires_at=excluded.expires_at", remember)
+            return stored
+
+        return self._tx(tx)
+
+    async def inbox_accept(
+        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
+    ) -> list[bool]:
+        return await self._run(self.inbox_accept_sync, flow, items, now)
+
     def inbox_take_sync(self, flow: str, limit: int, now: float, lease: float) -> list[tuple[int, dict[str, Any]]]:
         def tx(c: sqlite3.Connection) -> list[tuple[int, dict[str, Any]]]:
             rows = c.execute(

@@ -113,14 +113,14 @@ class GatedStore(SqliteStore):
         self.broken = False
         self.puts = 0
 
-    async def inbox_put(
-        self, flow: str, records: Sequence[dict[str, Any]], idempotency: Sequence[tuple[str, str, float]] = ()
-    ) -> None:
+    async def inbox_accept(
+        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
+    ) -> list[bool]:
         await self.gate.wait()
         if self.broken:
             raise OSError("disk full")
         self.puts += 1
-        await super().inbox_put(flow, records, idempotency)
+        return await super().inbox_accept(flow, items, now)
 
 
 async def test_the_2xx_waits_for_the_inbox_and_a_store_failure_is_503(tmp_path: Path) -> None:

@@ -235,6 +235,26 @@ async def test_inbox_put_with_delivery_ids_is_atomic(store: Store) -> None:
     assert [r["id"] for _s, r in await store.inbox_take("hook", limit=5, now=1.0, lease=5.0)] == ["w1"]
 
 
+async def test_inbox_accept_stores_each_delivery_id_once(store: Store) -> None:
+    def rec(i: int) -> dict[str, Any]:
+        return Message({"i": i}, id=f"w{i}").to_record()
+
+    scope = "webhook:hook"
+    first = await store.inbox_accept("hook", [
+        (rec(1), scope, "d-1", 100.0), (rec(2), scope, "d-2", 100.0),
+        (rec(3), scope, "d-1", 100.0),  # the same delivery twice in one group: stored once
+        (rec(4), None, None, 0.0),  # no delivery id: always stored
+    ], now=10.0)
+    assert first == [True, True, False, True]
+    again = await store.inbox_accept("hook", [(rec(5), scope, "d-2", 300.0), (rec(6), scope, "d-3", 300.0)],
+                                     now=50.0)
+    assert again == [False, True]
+    # once a delivery id expired, the same id is a new delivery
+    assert await store.inbox_accept("hook", [(rec(7), scope, "d-1", 400.0)], now=150.0) == [True]
+    taken = await store.inbox_take("hook", limit=10, now=1.0, lease=5.0)
+    assert [r["id"] for _s, r in taken] == ["w1", "w2", "w4", "w6", "w7"]
+
+
 async def test_no_cursor_crosses_threads_under_concurrent_calls(tmp_path: Path) -> None:
     """Store calls return data, never a cursor: a cursor freed on the event loop's thread resets its
     statement while the store thread runs another on the same connection (SQLITE_MISUSE)."""
