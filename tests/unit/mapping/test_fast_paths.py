@@ -276,3 +276,34 @@ def test_state_holds_the_limits_of_its_expression() -> None:
     assert other.max_sequence == 1_000_000 and state.max_sequence == 7
     assert State.limited(250, 7) is type(state) and State.limited(250, 8) is not type(state)
     assert isinstance(Seq([1]), list)
+
+
+_ARRAY_PATH_DATA = [
+    {"lines": [{"sku": "a"}, {"sku": "b"}]},
+    {"lines": [{"sku": "a"}]},  # a singleton collapses
+    {"lines": []},  # nothing: undefined
+    {"lines": [{"sku": "a"}, {"qty": 1}]},  # an item without the field is skipped
+    {"lines": [{"sku": ["a", "b"]}, {"sku": "c"}]},  # array values are spliced
+    {"lines": [{"sku": "a"}, 5, "x"]},  # items that are not objects
+    {"lines": [[{"sku": "a"}], {"sku": "b"}]},  # nested arrays
+    {"lines": {"sku": "a"}},  # an object, not an array
+    {"lines": "text"},
+    {"lines": None},
+    {"other": 1},
+    {"a": [{"b": {"c": 1}}, {"b": {"c": 2}}]},
+    {"a": [{"b": [{"c": 1}, {"c": 2}]}]},
+    {"a": {"b": [{"c": 1}]}},
+]
+
+
+@pytest.mark.parametrize("data", _ARRAY_PATH_DATA)
+@pytest.mark.parametrize("expr", [
+    "lines.sku",
+    "{'skus': lines.sku, 'n': $count(lines)}",
+    "{'c': a.b.c, 'x': a.b}",
+    "$count(lines.sku)",
+    "[lines.sku]",
+])
+def test_paths_through_arrays_agree_with_the_engine(expr: str, data: Any) -> None:
+    """Speculative code maps a path step over an array of objects exactly as JSONata does."""
+    _agree(compile(expr), data)

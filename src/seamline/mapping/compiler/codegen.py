@@ -31,6 +31,7 @@ from seamline.mapping.compiler.speculative import (
     collapse_list,
     drop_undefined,
     round_inline,
+    spec_field,
 )
 from seamline.mapping.compiler.values import Cons, Lambda, Seq, collapse, plain
 from seamline.mapping.functions import NOT_CONSTANT, Specialised, specialise
@@ -920,6 +921,7 @@ _GLOBALS["finish"] = rt._finish
 _GLOBALS["collapse_list"] = collapse_list
 _GLOBALS["Abandon"] = Abandon
 _GLOBALS["drop_undefined"] = drop_undefined
+_GLOBALS["spec_field"] = spec_field
 _GLOBALS["array_of"] = _array_of
 _GLOBALS["round_to"] = round_to
 _GLOBALS["MISS"] = MISSING

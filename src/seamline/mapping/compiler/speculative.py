@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from seamline.mapping.compiler.codegen import _Gen
     from seamline.mapping.compiler.parser import Node
 
-__all__ = ["Abandon", "NotSpeculative", "Speculator", "collapse_list", "drop_undefined", "round_inline"]
+__all__ = ["Abandon", "NotSpeculative", "Speculator", "collapse_list", "drop_undefined", "round_inline", "spec_field"]
 
 
 _FIELD_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\[('(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\")\]")
@@ -178,9 +178,19 @@ class Speculator:
             return Code(self.gen.memo[("spec", ctx, names[0])][0], array=True, reads=True, data=True)
         if len(names) > 1 or not names_only:
             base, names = self.field(ctx, names[0]), names[1:]
+            # later steps: an object is indexed; an array of objects is mapped (``lines.sku``)
+            for name in names:
+                key = ("spec", base, name)
+                if key in self.gen.memo:
+                    base = self.gen.memo[key][0]
+                    continue
+                out = self.tmp()
+                self.gen.line(f"{out} = {base}[{name!r}] if {base}.__class__ is dict else spec_field({base}, {name!r})")
+                self.gen.remember(key, out)
+                base = out
+            source = base
         else:
-            base = ctx
-        source = base + "".join(f"[{name!r}]" for name in names)
+            source = ctx + "".join(f"[{name!r}]" for name in names)
         if names_only:
             return Code(source, array=True, reads=True, data=True)
         results, item = self.gen.tmp("r"), self.gen.tmp("i")
@@ -383,6 +393,24 @@ def round_inline(out: str, value: str, digits: int, ctx: str) -> str:
 def drop_undefined(obj: dict[str, Any]) -> dict[str, Any]:
     """An object without the fields whose value is undefined."""
     return {key: value for key, value in obj.items() if value is not UNDEFINED}
+
+
+def spec_field(value: Any, name: str) -> Any:
+    """A path step on an array in speculative code: the field of each object, as JSONata gives it.
+
+    Only the plain case is taken: every item an object that has the field, no value an array
+    (which JSONata would splice), at least one item. Anything else abandons the speculation and
+    the general code decides.
+    """
+    if value.__class__ is not list or not value:
+        raise Abandon
+    out = []
+    for item in value:
+        found = item[name]  # TypeError (not an object) and KeyError abandon too
+        if found.__class__ is list:
+            raise Abandon
+        out.append(found)
+    return out[0] if len(out) == 1 else out
 
 
 def collapse_list(items: list[Any]) -> Any:
