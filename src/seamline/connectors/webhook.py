@@ -25,6 +25,7 @@ drained and what is left stays in the inbox for the next start.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hmac
@@ -430,11 +431,22 @@ class _InboxWriter:
 
     async def _write(self, items: Sequence[tuple[dict[str, Any], str | None, str | None, float, Any]]) -> list[str]:
         # the check for a known delivery id, the messages and the new delivery ids in one transaction:
-        # a redelivery after a crash is recognised exactly when the first copy was stored
-        stored = await self.src.ctx.store.inbox_accept(
-            self.src.ctx.flow, [(rec, scope, key, expires) for rec, scope, key, expires, _ in items],
-            self.src.clock.now())
-        return ["stored" if ok else "duplicate" for ok in stored]
+        # a redelivery after a crash is recognised exactly when the first copy was stored. The rows
+        # are stored already leased to this process and handed to the flow from memory (no second
+        # read); a restart releases the leases, so nothing stored is ever stranded.
+        src = self.src
+        now = src.clock.now()
+        seqs = await src.ctx.store.inbox_accept(
+            src.ctx.flow, [(rec, scope, key, expires) for rec, scope, key, expires, _ in items], now,
+            lease_until=now + src.cfg.inbox_lease)
+        outcomes: list[str] = []
+        for (record, *_), seq in zip(items, seqs, strict=True):
+            if seq is None:
+                outcomes.append("duplicate")
+            else:
+                src.fresh.append((seq, record))
+                outcomes.append("stored")
+        return outcomes
 
     async def close(self) -> None:
         self._closed = True
@@ -466,6 +478,8 @@ class WebhookSource(Source):
         self._writer = _InboxWriter(self)
         self._has_new = asyncio.Event()
         self._inflight: set[int] = set()
+        #: rows stored (and leased) by this process, waiting to be emitted: no need to read them back
+        self.fresh: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self._done: list[int] = []
         self._server: Any = None
         self._main: asyncio.Task[None] | None = None
@@ -562,13 +576,18 @@ class WebhookSource(Source):
         from seamline.core.message import Message
 
         store, flow = self.ctx.store, self.ctx.flow
+        fresh = self.fresh
         while True:
             self._has_new.clear()
-            rows = await store.inbox_take(flow, self.batch_size, self.clock.now(), self.cfg.inbox_lease)
-            fresh = [(seq, rec) for seq, rec in rows if seq not in self._inflight]
             if fresh:
+                n = min(len(fresh), self.batch_size)
+                rows = [fresh.popleft() for _ in range(n)]
+            else:  # released by a nack, left by an earlier run, or a lease that ran out
+                rows = await store.inbox_take(flow, self.batch_size, self.clock.now(), self.cfg.inbox_lease)
+            new = [(seq, rec) for seq, rec in rows if seq not in self._inflight]
+            if new:
                 batch: list[Delivery] = []
-                for seq, rec in fresh:
+                for seq, rec in new:
                     self._inflight.add(seq)
                     try:
                         msg = Message.from_record(rec)
@@ -581,8 +600,10 @@ class WebhookSource(Source):
                         continue
                     batch.append(Delivery(msg, functools.partial(self._ack, seq), functools.partial(self._nack, seq)))
                 await emit(batch)
-                if len(rows) < self.batch_size and self.cfg.linger > 0:
+                if len(rows) < self.batch_size and not fresh and self.cfg.linger > 0:
                     await asyncio.sleep(self.cfg.linger)
+                continue
+            if fresh:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._has_new.wait(), self.cfg.poll)

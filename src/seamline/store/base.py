@@ -151,10 +151,16 @@ class Store(Protocol):
     async def inbox_put(self, flow: str, records: Sequence[dict[str, Any]],
                         idempotency: Sequence[tuple[str, str, float]] = ()) -> None: ...
     async def inbox_accept(
-        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
-    ) -> list[bool]:
+        self,
+        flow: str,
+        items: Sequence[tuple[dict[str, Any], str | None, str | None, float]],
+        now: float,
+        lease_until: float | None = None,
+    ) -> list[int | None]:
         """Store each ``(record, scope, key, expires_at)`` unless its key was seen before (and has not
-        expired), remembering the key, all in one transaction; True per item that was stored."""
+        expired), remembering the key, all in one transaction. Per item: the stored row's ``seq``,
+        or None for a duplicate. With ``lease_until`` the rows are stored already taken (leased)
+        by the caller, who hands them on itself."""
         ...
     async def inbox_take(self, flow: str, limit: int, now: float, lease: float) -> list[tuple[int, dict[str, Any]]]: ...
     async def inbox_done(self, seqs: Sequence[int]) -> None: ...

@@ -648,11 +648,15 @@ class SqliteStore:
         await self._run(self.inbox_put_sync, flow, records, idempotency)
 
     def inbox_accept_sync(
-        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
-    ) -> list[bool]:
+        self,
+        flow: str,
+        items: Sequence[tuple[dict[str, Any], str | None, str | None, float]],
+        now: float,
+        lease_until: float | None = None,
+    ) -> list[int | None]:
         stamp = time.time()
 
-        def tx(c: sqlite3.Connection) -> list[bool]:
+        def tx(c: sqlite3.Connection) -> list[int | None]:
             keyed: dict[str, list[str]] = {}
             for _rec, scope, key, _exp in items:
                 if scope is not None and key is not None:
@@ -665,21 +669,19 @@ class SqliteStore:
                     seen.update((scope, r[0]) for r in c.execute(
                         "SELECT key FROM idempotency WHERE scope=? AND expires_at>? AND key IN"
                         f" ({','.join('?' * len(chunk))})", (scope, now, *chunk)))
-            stored: list[bool] = []
-            rows: list[tuple[Any, ...]] = []
+            stored: list[int | None] = []
             remember: list[tuple[str, str, float]] = []
+            insert = "INSERT INTO inbox(flow, msg_id, record, received_at, lease_until) VALUES (?,?,?,?,?)"
             for rec, scope, key, exp in items:
                 if scope is not None and key is not None:
                     if (scope, key) in seen:
-                        stored.append(False)
+                        stored.append(None)
                         continue
                     seen.add((scope, key))
                     remember.append((scope, key, exp))
-                rows.append((flow, rec["id"], _dumps(rec), stamp))
-                stored.append(True)
-            if rows:
-                c.executemany(
-                    "INSERT INTO inbox(flow, msg_id, record, received_at, lease_until) VALUES (?,?,?,?,NULL)", rows)
+                cur = c.execute(insert, (flow, rec["id"], _dumps(rec), stamp, lease_until))
+                stored.append(cur.lastrowid)
+                cur.close()
             if remember:
                 c.executemany(
                     "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
@@ -689,9 +691,13 @@ class SqliteStore:
         return self._tx(tx)
 
     async def inbox_accept(
-        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
-    ) -> list[bool]:
-        return await self._run(self.inbox_accept_sync, flow, items, now)
+        self,
+        flow: str,
+        items: Sequence[tuple[dict[str, Any], str | None, str | None, float]],
+        now: float,
+        lease_until: float | None = None,
+    ) -> list[int | None]:
+        return await self._run(self.inbox_accept_sync, flow, items, now, lease_until)
 
     def inbox_take_sync(self, flow: str, limit: int, now: float, lease: float) -> list[tuple[int, dict[str, Any]]]:
         def tx(c: sqlite3.Connection) -> list[tuple[int, dict[str, Any]]]:

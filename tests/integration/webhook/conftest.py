@@ -41,9 +41,15 @@ class Receiver:
                 return r.status, raw
 
     async def stored(self) -> list[dict[str, Any]]:
-        """Every record in the inbox (taken with a zero lease, so it stays available)."""
-        rows = await self.store.inbox_take(FLOW, 10_000, self.clock.now(), 0.0)
-        return [rec for _, rec in rows]
+        """Every record in the inbox, whether or not the source has taken it (leased) already."""
+        from seamline.store.sqlite import _loads
+
+        store = self.store
+
+        def read() -> list[Any]:
+            return store.conn.execute("SELECT record FROM inbox WHERE flow=? ORDER BY seq", (FLOW,)).fetchall()
+
+        return [_loads(r[0]) for r in await store._run(read)]
 
 
 Make = Callable[..., Awaitable[Receiver]]

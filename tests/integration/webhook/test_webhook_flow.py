@@ -114,13 +114,14 @@ class GatedStore(SqliteStore):
         self.puts = 0
 
     async def inbox_accept(
-        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float
-    ) -> list[bool]:
+        self, flow: str, items: Sequence[tuple[dict[str, Any], str | None, str | None, float]], now: float,
+        lease_until: float | None = None,
+    ) -> list[int | None]:
         await self.gate.wait()
         if self.broken:
             raise OSError("disk full")
         self.puts += 1
-        return await super().inbox_accept(flow, items, now)
+        return await super().inbox_accept(flow, items, now, lease_until)
 
 
 async def test_the_2xx_waits_for_the_inbox_and_a_store_failure_is_503(tmp_path: Path) -> None:

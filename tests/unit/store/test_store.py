@@ -245,14 +245,22 @@ async def test_inbox_accept_stores_each_delivery_id_once(store: Store) -> None:
         (rec(3), scope, "d-1", 100.0),  # the same delivery twice in one group: stored once
         (rec(4), None, None, 0.0),  # no delivery id: always stored
     ], now=10.0)
-    assert first == [True, True, False, True]
+    assert [seq is not None for seq in first] == [True, True, False, True]
     again = await store.inbox_accept("hook", [(rec(5), scope, "d-2", 300.0), (rec(6), scope, "d-3", 300.0)],
                                      now=50.0)
-    assert again == [False, True]
+    assert [seq is not None for seq in again] == [False, True]
     # once a delivery id expired, the same id is a new delivery
-    assert await store.inbox_accept("hook", [(rec(7), scope, "d-1", 400.0)], now=150.0) == [True]
+    (late,) = await store.inbox_accept("hook", [(rec(7), scope, "d-1", 400.0)], now=150.0)
+    assert late is not None
+    # stored already taken (leased) by the caller: nobody else gets it until the lease runs out
+    (leased,) = await store.inbox_accept("hook", [(rec(8), None, None, 0.0)], now=150.0, lease_until=1e12)
     taken = await store.inbox_take("hook", limit=10, now=1.0, lease=5.0)
     assert [r["id"] for _s, r in taken] == ["w1", "w2", "w4", "w6", "w7"]
+    assert sorted(s for s, _r in taken) == sorted(s for s in (*first, *again, late) if s is not None)
+    await getattr(store, "release_leases")(["hook"])  # noqa: B009 - a restart releases every lease
+    again_taken = await store.inbox_take("hook", limit=10, now=2.0, lease=5.0)
+    assert [r["id"] for _s, r in again_taken] == ["w1", "w2", "w4", "w6", "w7", "w8"]
+    assert again_taken[-1][0] == leased
 
 
 async def test_no_cursor_crosses_threads_under_concurrent_calls(tmp_path: Path) -> None:
