@@ -304,6 +304,24 @@ class CircuitBreaker:
             details={"breaker": self.name, "state": str(self._state)},
         )
 
+    def enter(self) -> int:
+        """Take a call slot, or raise :class:`CircuitOpenError`; pass the result to :meth:`leave`."""
+        if not self.allow():
+            raise self._open_error()
+        return self._generation
+
+    def leave(self, generation: int, exc: BaseException | None = None) -> None:
+        """Count the call taken with :meth:`enter`: a success, ``exc`` (if it is a failure) or,
+        for a cancellation, nothing (the probe slot is released)."""
+        if exc is None:
+            self._outcome(True, generation)
+        elif isinstance(exc, asyncio.CancelledError):
+            if generation == self._generation:
+                self.release()
+        else:
+            failed = self._is_failure(exc)
+            self._outcome(not failed, generation, _describe(exc) if failed else None)
+
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[None]:
         """Run the body as one call: refused with :class:`CircuitOpenError`, or counted.
@@ -311,21 +329,14 @@ class CircuitBreaker:
         Exceptions are re-raised after being recorded; cancellation counts as
         nothing (the probe slot is released).
         """
-        if not self.allow():
-            raise self._open_error()
-        generation = self._generation
+        generation = self.enter()
         try:
             yield
-        except asyncio.CancelledError:
-            if generation == self._generation:
-                self.release()
-            raise
         except BaseException as exc:
-            failed = self._is_failure(exc)
-            self._outcome(not failed, generation, _describe(exc) if failed else None)
+            self.leave(generation, exc)
             raise
         else:
-            self._outcome(True, generation)
+            self.leave(generation)
 
     async def wait_until_closed_or_probe(self) -> None:
         """Wait until a call would be allowed, without taking a probe slot.

@@ -13,7 +13,6 @@ import re
 import ssl
 import zlib
 from collections.abc import Mapping
-from contextlib import AsyncExitStack
 from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
@@ -332,13 +331,12 @@ class HttpClient:
         return breaker, bucket
 
     @staticmethod
-    async def _enter_breaker(stack: AsyncExitStack, breaker: CircuitBreaker) -> None:
+    async def _enter_breaker(breaker: CircuitBreaker) -> int:
         """Wait while the breaker is open (no attempt is spent), then take a call slot."""
         while True:
             await breaker.wait_until_closed_or_probe()
             try:
-                await stack.enter_async_context(breaker.guard())
-                return
+                return breaker.enter()
             except CircuitOpenError:
                 continue  # another caller took the probe slot: wait again
 
@@ -378,9 +376,9 @@ class HttpClient:
             p = list(params or ())
             marker = await auth.apply(h, p) if auth is not None else None
             retry_auth = False
-            async with AsyncExitStack() as stack:
-                if breaker is not None:
-                    await self._enter_breaker(stack, breaker)
+            # the breaker counts this call (plain enter/leave: no context-manager machinery per request)
+            generation = await self._enter_breaker(breaker) if breaker is not None else None
+            try:
                 if not bucket.try_acquire():
                     await bucket.acquire()
                 resp = await self._exchange(method, url, h, p, body, limit, truncate, follow_redirects,
@@ -396,6 +394,12 @@ class HttpClient:
                             resp.status, resp.headers, resp.body[:1024], resp.url, method=method,
                             now=self.clock.now(), overrides=self.overrides,
                         )
+            except BaseException as exc:
+                if breaker is not None and generation is not None:
+                    breaker.leave(generation, exc)
+                raise
+            if breaker is not None and generation is not None:
+                breaker.leave(generation)
             if not retry_auth:
                 return resp
             assert auth is not None
@@ -416,8 +420,7 @@ class HttpClient:
         strip: bool,
     ) -> HttpResponse:
         session = self.session
-        target = self._parse(url)
-        origin = target.origin()
+        target = start = self._parse(url)
         hops = self.cfg.max_redirects if follow else 0
         for _hop in range(hops + 1):
             self.requests += 1
@@ -437,7 +440,7 @@ class HttpClient:
                         self.check_url(nxt)
                         if resp.status == 303 or (resp.status in (301, 302) and method not in ("GET", "HEAD")):
                             method, body = "GET", None
-                        if nxt.origin() != origin and strip:
+                        if nxt.origin() != start.origin() and strip:
                             # never hand credentials to another origin
                             headers = {k: v for k, v in headers.items()
                                        if k.lower() not in ("authorization", "cookie") and not is_sensitive_header(k)}
@@ -446,8 +449,9 @@ class HttpClient:
                             params = []
                         target = nxt
                         continue
-                    data, cut = await self._read(resp, limit, truncate, str(target))
-                    return HttpResponse(resp.status, resp.headers, data, str(target), cut)
+                    where = str(target)
+                    data, cut = await self._read(resp, limit, truncate, where)
+                    return HttpResponse(resp.status, resp.headers, data, where, cut)
             except SeamlineError:
                 raise
             except TimeoutError:
