@@ -86,14 +86,17 @@ _TP = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 # Trace ids need to be unique, not secret: a PRNG seeded from the OS avoids a system call per message
 # (which, on a busy process, also means giving up and waiting for the GIL twice per message).
 _rng = random.Random(os.urandom(32))
+_ZERO_TRACE = "0" * 32
+_ZERO_SPAN = "0" * 16
 
 
 def new_traceparent() -> str:
     """A fresh W3C trace context: version 00, random trace and span ids, sampled."""
-    bits = _rng.getrandbits
-    trace = bits(128) or 1
-    span = bits(64) or 1
-    return f"00-{trace:032x}-{span:016x}-01"
+    ids = f"{_rng.getrandbits(192):048x}"
+    trace, span = ids[:32], ids[32:]
+    if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # all zero is invalid (2^-64 odds at worst)
+        return new_traceparent()
+    return f"00-{trace}-{span}-01"
 
 
 def is_valid_traceparent(value: str | None) -> bool:
@@ -104,7 +107,7 @@ def is_valid_traceparent(value: str | None) -> bool:
     if m is None:
         return False
     version, trace, span, _flags = m.groups()
-    return version != "ff" and trace != "0" * 32 and span != "0" * 16
+    return version != "ff" and trace != _ZERO_TRACE and span != _ZERO_SPAN
 
 
 def ensure_traceparent(message: Message) -> str:
@@ -115,6 +118,32 @@ def ensure_traceparent(message: Message) -> str:
     tp = new_traceparent()
     message.headers[TRACEPARENT] = tp
     return tp
+
+
+# header name -> what it is, computed once per distinct name (a broker sees the same few names)
+_KEEP, _TRANSPORT, _ID, _CORR, _CT, _TRACE = range(6)
+_KINDS: dict[str, int] = {}
+
+
+def _kind(name: str) -> int:
+    kind = _KINDS.get(name)
+    if kind is None:
+        lk = name.lower()
+        if lk in _ID_ALIASES:
+            kind = _ID
+        elif lk in _CORR_ALIASES:
+            kind = _CORR
+        elif lk in _CT_ALIASES:
+            kind = _CT
+        elif lk == TRACEPARENT:
+            kind = _TRACE
+        elif lk.startswith(TRANSPORT_PREFIXES):
+            kind = _TRANSPORT
+        else:
+            kind = _KEEP
+        if len(_KINDS) < 4096:  # bounded: header names are not under a sender's control everywhere
+            _KINDS[name] = kind
+    return kind
 
 
 def outgoing_headers(
@@ -129,15 +158,13 @@ def outgoing_headers(
     ``traceparent`` and, unless the connector carries them natively, id, correlation id
     and content type."""
     ensure_traceparent(message)
-    skip = {e.lower() for e in exclude}
+    skip = {e.lower() for e in exclude} if exclude else None
     out: dict[str, str] = {}
     for k, v in message.headers.items():
-        lk = k.lower()
-        if lk.startswith(TRANSPORT_PREFIXES) or lk in skip:
-            continue
-        if lk in _ID_ALIASES or lk in _CORR_ALIASES or lk in _CT_ALIASES:
-            continue
-        out[k] = v
+        kind = _kind(k)
+        if kind in (_KEEP, _TRACE) and (skip is None or k.lower() not in skip):
+            out[k] = v
+        # transport headers and the id / correlation / content-type aliases are not passed on
     if message_id:
         out[MESSAGE_ID_HEADER] = message.id
     if correlation_id:
@@ -162,18 +189,17 @@ def incoming(
     """
     rest: dict[str, str] = {}
     for k, v in headers.items():
-        lk = k.lower()
-        if lk in _ID_ALIASES:
-            message_id = message_id or v
-        elif lk in _CORR_ALIASES:
-            correlation_id = correlation_id or v
-        elif lk in _CT_ALIASES:
-            content_type = content_type or v
-        elif lk == TRACEPARENT:
-            if is_valid_traceparent(v):
-                rest[TRACEPARENT] = v.strip()
-        else:
+        kind = _kind(k)
+        if kind in (_KEEP, _TRANSPORT):
             rest[k] = v
+        elif kind == _ID:
+            message_id = message_id or v
+        elif kind == _CORR:
+            correlation_id = correlation_id or v
+        elif kind == _CT:
+            content_type = content_type or v
+        elif is_valid_traceparent(v):
+            rest[TRACEPARENT] = v.strip()
     if TRACEPARENT not in rest:
         rest[TRACEPARENT] = new_traceparent()
     return message_id or None, correlation_id or None, content_type or None, rest
