@@ -176,6 +176,8 @@ class TokenBucket:
         """Take ``n`` tokens if available now without queueing ahead of waiters."""
         if self._waiting:
             return False
+        if self._unlimited and n == 1:  # no rate configured: only a server-imposed pause stops a call
+            return self._paused_until - self._clock.monotonic() <= _EPS
         if self.delay_for(n) > 0:
             return False
         self._take(n)

@@ -36,7 +36,9 @@ __all__ = ["HttpClient", "HttpResponse", "Template", "encode_body", "render_valu
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]+)\}")
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_BAD_HEADER = re.compile(r"[\r\n\x00]")
+def _bad_header(text: str) -> bool:
+    """A header name or value with a line break or NUL (header injection)."""
+    return "\n" in text or "\r" in text or "\x00" in text
 _CHUNK = 65536
 
 
@@ -193,13 +195,11 @@ def _decompress(data: bytes, encoding: str, limit: int, url: str, truncate: bool
     return out, False
 
 
-_LIMIT_HEADERS = ("Retry-After", "RateLimit", "RateLimit-Remaining", "X-RateLimit-Remaining",
-                  "X-Rate-Limit-Remaining")
-
-
 def _limits_said(headers: Mapping[str, str]) -> bool:
     """Whether a successful answer carries rate-limit headers worth reading."""
-    return any(name in headers for name in _LIMIT_HEADERS)
+    h = headers  # spelled out: a generator per response costs more than the lookups
+    return ("Retry-After" in h or "RateLimit" in h or "RateLimit-Remaining" in h or "X-RateLimit-Remaining" in h
+            or "X-Rate-Limit-Remaining" in h)
 
 
 # -- the client ----------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ class HttpClient:
                              code="http.request_too_large")
         base_headers = headers or {}
         for name, value in base_headers.items():
-            if _BAD_HEADER.search(name) or _BAD_HEADER.search(value):
+            if _bad_header(name) or _bad_header(value):
                 raise FatalError(f"header {name[:40]!r} holds a line break or NUL", code="http.header_invalid")
         limit = self.max_response if read_limit is None else read_limit
         breaker, bucket = self.guards(url)
@@ -377,7 +377,12 @@ class HttpClient:
             marker = await auth.apply(h, p) if auth is not None else None
             retry_auth = False
             # the breaker counts this call (plain enter/leave: no context-manager machinery per request)
-            generation = await self._enter_breaker(breaker) if breaker is not None else None
+            generation = None
+            if breaker is not None:
+                try:
+                    generation = breaker.enter()  # closed: no waiting at all
+                except CircuitOpenError:
+                    generation = await self._enter_breaker(breaker)
             try:
                 if not bucket.try_acquire():
                     await bucket.acquire()
