@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.offsets import OffsetTracker
-from seamline.connectors.wire import decode_message, outgoing_headers
+from seamline.connectors.wire import decode_message, field_at, outgoing_headers
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
@@ -220,14 +220,6 @@ def _error(err: Any, what: str) -> SeamlineError:
         return RetryableError(msg, code="kafka.unknown_topic", details={"kafka_error": name})
     return RetryableError(msg, code="kafka.unavailable", details={"kafka_error": name})
 
-
-def _get(body: Any, path: str) -> Any:
-    cur = body
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 # -- source ----------------------------------------------------------------------------------------------------------
@@ -552,7 +544,7 @@ class KafkaSink(Sink):
         c = self.cfg
         k: Any = None
         if c.key_field:
-            k = _get(m.body, c.key_field)
+            k = field_at(m.body, c.key_field)
         elif c.key_header:
             k = m.headers.get(c.key_header)
             if k is None and c.key_header == KEY_HEADER and KEY_HEADER + ".b64" in m.headers:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import ssl
 import uuid
 from collections import deque
@@ -52,9 +51,11 @@ from seamline.config.types import Duration, SecretStr
 from seamline.connectors.wire import (
     CORRELATION_HEADER,
     MESSAGE_ID_HEADER,
+    PLACEHOLDER,
     TRACEPARENT,
     decode_message,
     outgoing_headers,
+    render_placeholders,
 )
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError
@@ -431,17 +432,13 @@ class MqttSource(Source):
 
 # -- sink -----------------------------------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[^{}]+)?)\}")
+
+
+def _topic_level(value: str) -> str:
+    """A placeholder's value as one topic level: no level separator or wildcard in it."""
+    return value.replace("/", "_").replace("+", "_").replace("#", "_")
 _RETRYABLE_CODES = {0x80, 0x89, 0x97}  # unspecified, server busy, quota exceeded
 
-
-def _get(body: Any, path: str) -> Any:
-    cur = body
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 class MqttSink(Sink):
@@ -451,7 +448,7 @@ class MqttSink(Sink):
         self.client_id = cfg.client_id or f"seamline-{ctx.flow}-{uuid.uuid4().hex[:8]}"
         self._client: Any = None
         self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._templated = bool(_PLACEHOLDER.search(cfg.topic))
+        self._templated = bool(PLACEHOLDER.search(cfg.topic))
         self._slots = asyncio.Semaphore(cfg.max_inflight)
 
     async def open(self) -> None:
@@ -533,24 +530,8 @@ class MqttSink(Sink):
     def _topic(self, m: Message) -> str:
         if not self._templated:
             return self.cfg.topic
-
-        def sub(mt: re.Match[str]) -> str:
-            ref = mt.group(1)
-            if ref == "id":
-                return m.id
-            if ref == "correlation_id":
-                return m.correlation_id
-            if ref.startswith("headers."):
-                v = m.headers.get(ref[8:])
-            elif ref.startswith("body."):
-                v = _get(m.body, ref[5:])
-            else:
-                raise FatalError(f"unknown topic placeholder {{{ref}}}", code="mqtt.topic")
-            if v is None or v == "":
-                raise FatalError(f"topic placeholder {{{ref}}} has no value", code="mqtt.topic")
-            return str(v).replace("/", "_").replace("+", "_").replace("#", "_")
-
-        return _PLACEHOLDER.sub(sub, self.cfg.topic)
+        return render_placeholders(self.cfg.topic, m, code="mqtt.topic", what="topic placeholder",
+                                   clean=_topic_level)
 
     def _properties(self, m: Message) -> Any:
         from paho.mqtt.packettypes import PacketTypes

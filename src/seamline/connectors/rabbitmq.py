@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, SecretStr
-from seamline.connectors.wire import connect_again, decode_message, outgoing_headers, safe_url
+from seamline.connectors.wire import connect_again, decode_message, field_at, outgoing_headers, safe_url
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
@@ -171,14 +171,6 @@ def _header_text(v: Any) -> str:
     except TypeError:
         return str(v)
 
-
-def _get(body: Any, path: str) -> Any:
-    cur = body
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 async def _connect(url: str, name: str, timeout: float = 10.0) -> Any:
@@ -506,7 +498,7 @@ class RabbitMQSink(Sink):
     def _routing_key(self, m: Message) -> str:
         c = self.cfg
         if c.routing_key_field:
-            v = _get(m.body, c.routing_key_field)
+            v = field_at(m.body, c.routing_key_field)
             if v is not None:
                 return str(v)
         if c.routing_key_header:

@@ -40,6 +40,7 @@ from pydantic import Field, model_validator
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import Duration, MaybeSecret
 from seamline.connectors.offsets import OffsetTracker
+from seamline.connectors.wire import field_at
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError
 from seamline.core.message import Message
@@ -153,14 +154,6 @@ def async_url(url: str, ctx: BuildContext | None = None) -> str:
             rest = "/" + str(ctx.resolve_path(path))
     return f"{driver}://{rest}"
 
-
-def _get(body: Any, path: str) -> Any:
-    cur = body
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 _TRANSIENT = re.compile(r"database is locked|deadlock|connection|timeout|too many connections|server has gone", re.I)
@@ -386,7 +379,7 @@ class SqlSink(Sink):
             raise FatalError("the sql sink needs an object body", code="sql.record_type")
         conv = self._convert
         if self.cfg.columns:
-            row = {col: _get(body, path) for col, path in self.cfg.columns.items()}
+            row = {col: field_at(body, path) for col, path in self.cfg.columns.items()}
             if self.cfg.correlation_column:
                 row[self.cfg.correlation_column] = m.correlation_id
             items = [(k, v, conv.get(k)) for k, v in row.items()]

@@ -39,7 +39,7 @@ from pydantic import Field, model_validator
 
 from seamline.config.models import ComponentConfig, SinkConfig, SourceConfig
 from seamline.config.types import Duration, SecretStr
-from seamline.connectors.wire import decode_message, outgoing_headers
+from seamline.connectors.wire import decode_message, outgoing_headers, render_placeholders
 from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError, RetryableError
 from seamline.core.message import Message
@@ -414,36 +414,11 @@ class SqsSource(Source):
 
 # -- sink -----------------------------------------------------------------------------------------------------
 
-_PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[^{}]+)?)\}")
 
-
-def _get(body: Any, path: str) -> Any:
-    cur = body
-    for part in path.split("."):
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 def _template(tpl: str, m: Message) -> str:
-    def sub(mt: re.Match[str]) -> str:
-        ref = mt.group(1)
-        if ref == "id":
-            return m.id
-        if ref == "correlation_id":
-            return m.correlation_id
-        if ref.startswith("headers."):
-            v = m.headers.get(ref[8:])
-        elif ref.startswith("body."):
-            v = _get(m.body, ref[5:])
-        else:
-            raise FatalError(f"unknown placeholder {{{ref}}}", code="sqs.template")
-        if v is None or v == "":
-            raise FatalError(f"placeholder {{{ref}}} has no value", code="sqs.template")
-        return str(v)
-
-    return _PLACEHOLDER.sub(sub, tpl)
+    return render_placeholders(tpl, m, code="sqs.template")
 
 
 def _dedup_id(mid: str) -> str:

@@ -33,6 +33,7 @@ import os
 import random
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
 
 import orjson
 
@@ -43,15 +44,18 @@ __all__ = [
     "CONTENT_TYPE_HEADER",
     "CORRELATION_HEADER",
     "MESSAGE_ID_HEADER",
+    "PLACEHOLDER",
     "TRACEPARENT",
     "TRANSPORT_PREFIXES",
     "connect_again",
     "decode_message",
     "ensure_traceparent",
+    "field_at",
     "incoming",
     "is_valid_traceparent",
     "new_traceparent",
     "outgoing_headers",
+    "render_placeholders",
     "safe_url",
 ]
 
@@ -274,3 +278,42 @@ async def connect_again(
     except Exception as exc:  # CancelledError is a BaseException: it passes through untouched
         await disconnect()
         raise error(exc) from exc
+
+
+def field_at(body: Any, path: str) -> Any:
+    """The value at a dotted path in a JSON body (``customer.id``); None when any step is missing."""
+    cur = body
+    for part in path.split("."):
+        if not isinstance(cur, dict):
+            return None
+        cur = cur.get(part)
+    return cur
+
+
+#: ``{id}``, ``{correlation_id}``, ``{headers.NAME}``, ``{body.PATH}`` in a destination template
+PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[^{}]+)?)\}")
+
+
+def render_placeholders(
+    template: str, m: Message, *, code: str, what: str = "placeholder", clean: Callable[[str], str] = str
+) -> str:
+    """Fill a destination template from a message; an unknown or empty placeholder is a
+    :class:`FatalError` with ``code`` (the message goes to the DLQ, naming the placeholder)."""
+
+    def sub(mt: re.Match[str]) -> str:
+        ref = mt.group(1)
+        if ref == "id":
+            return m.id
+        if ref == "correlation_id":
+            return m.correlation_id
+        if ref.startswith("headers."):
+            v = m.headers.get(ref[8:])
+        elif ref.startswith("body."):
+            v = field_at(m.body, ref[5:])
+        else:
+            raise FatalError(f"unknown {what} {{{ref}}}", code=code)
+        if v is None or v == "":
+            raise FatalError(f"{what} {{{ref}}} has no value", code=code)
+        return clean(str(v))
+
+    return PLACEHOLDER.sub(sub, template)
