@@ -151,12 +151,30 @@ def dlq_list(
     from rich.table import Table
 
     t = Table(title=f"{len(items)} dead letter(s)")
-    for col in ("id", "flow", "message", "step", "code", "reason", "attempts", "dead at", "status"):
-        t.add_column(col, overflow="fold")
-    for d in items:
-        t.add_row(d.dlq_id[:12], d.flow, d.msg_id, d.step, d.error_code, d.error_message[:120], str(d.attempts),
-                  _iso(d.dead_at), d.status)
-    console().print(t)
+    rows = [
+        (d.dlq_id[:12], d.flow, d.msg_id, d.step, d.error_code, d.error_message[:200], str(d.attempts),
+         _iso(d.dead_at), d.status)
+        for d in items
+    ]
+    # one line per dead letter: the short columns keep their width (up to a cap), the reason
+    # takes what is left and is cut with an ellipsis (``dlq show`` has it in full)
+    caps = (12, 24, 28, 24, 28, None, 5, 20, 10)
+    names = ("id", "flow", "message", "step", "code", "reason", "tries", "dead at", "status")
+    widths = [min(cap, max([len(col), *(len(r[i]) for r in rows)])) if cap else 0
+              for i, (col, cap) in enumerate(zip(names, caps, strict=True))]
+    out = console()
+    shown = list(range(len(names)))
+    for optional in (8, 7, 1, 6):  # a narrow terminal drops status, time, flow, tries first
+        if out.width - sum(widths[i] + 3 for i in shown) - 4 >= 30:
+            break
+        shown.remove(optional)
+    reason_width = max(12, out.width - sum(widths[i] + 3 for i in shown) - 4)
+    for i in shown:
+        t.add_column(names[i], no_wrap=True, overflow="ellipsis", width=widths[i] or reason_width)
+    rows = [tuple(r[i] for i in shown) for r in rows]
+    for r in rows:
+        t.add_row(*r)
+    out.print(t)
 
 
 @dlq_app.command("show")
