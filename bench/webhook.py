@@ -1,7 +1,8 @@
 """Benchmark: signed webhook -> durable inbox -> map -> HTTP POST, next to a raw ASGI app doing the same.
 
 Three child processes on this machine: a target that answers 201 to every
-POST (aiohttp), a raw ASGI app on uvicorn, and a seamline engine (``seamline
+POST (``bench/_target.py``, raw asyncio, so that it takes little of the CPU
+the two sides share), a raw ASGI app on uvicorn, and a seamline engine (``seamline
 run``) with a ``webhook`` source, a ``map`` step and an ``http`` sink. The
 load generator (this process: an aiohttp client with bounded concurrency and
 a bounded request count) sends the same GitHub-signed order webhooks to each
@@ -14,7 +15,7 @@ figures are given twice: answered requests/s (what the sender sees) and
 end-to-end (until the target has every message). The ratio uses the
 end-to-end rate; the goal is >= 0.5x.
 
-    python bench/webhook.py [--n 4000] [--concurrency 32]
+    python bench/webhook.py [--n 4000] [--concurrency 32] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -57,32 +58,6 @@ def hand_map(o: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- child processes ------------------------------------------------------------------------------
-
-
-def serve_target(port: int) -> None:
-    from aiohttp import web
-
-    count = 0
-
-    async def ingest(request: web.Request) -> web.Response:
-        nonlocal count
-        await request.read()
-        count += 1
-        return web.Response(status=201, body=b"{}", content_type="application/json")
-
-    async def get_count(request: web.Request) -> web.Response:
-        return web.json_response({"count": count})
-
-    async def reset(request: web.Request) -> web.Response:
-        nonlocal count
-        count = 0
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/ingest", ingest)
-    app.router.add_get("/count", get_count)
-    app.router.add_post("/reset", reset)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 
 def serve_raw(port: int, target: str) -> None:
@@ -221,11 +196,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--target", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--raw", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.target:
-        serve_target(args.target)
+        from _target import serve
+
+        serve(args.target)
         return 0
     if args.raw:
         serve_raw(int(args.raw[0]), args.raw[1])
@@ -249,18 +227,21 @@ def main() -> int:
                 [sys.executable, *prof, "-m", "seamline.cli", "run", "flow.yaml", "--state", "state.db", "-q"],
                 cwd=tmp, env=env))
             wait_listening(sport, procs[-1])
-            for side, url in (("raw", f"http://127.0.0.1:{rport}/"), ("seamline", f"http://127.0.0.1:{sport}/hooks")):
+            sides = (("raw", f"http://127.0.0.1:{rport}/"), ("seamline", f"http://127.0.0.1:{sport}/hooks"))
+            # the sides take turns, round after round, to share the machine's noise; the best round counts
+            for rnd, (side, url) in enumerate(sides * args.rounds):
                 # a short warm-up, then the measured run
-                warm = requests_for(200, f"{side}-warm")
+                warm = requests_for(200, f"{side}-warm-{rnd}")
                 call(target + "/reset", "POST")
                 asyncio.run(load(url, warm, args.concurrency))
                 wait_count(target, len(warm), time.perf_counter())
                 call(target + "/reset", "POST")
-                reqs = requests_for(args.n, side)
+                reqs = requests_for(args.n, f"{side}-{rnd}")
                 t0 = time.perf_counter()
                 answered, lat = asyncio.run(load(url, reqs, args.concurrency))
                 e2e = wait_count(target, args.n, t0)
-                results[side] = (answered, e2e, lat)
+                if side not in results or e2e < results[side][1]:
+                    results[side] = (answered, e2e, lat)
                 print(f"{side:>8}: answered {args.n / answered:7.0f} req/s, end-to-end {args.n / e2e:7.0f} msgs/s, "
                       f"p50 {pct(lat, 0.50):6.1f} ms, p99 {pct(lat, 0.99):6.1f} ms", flush=True)
         finally:
