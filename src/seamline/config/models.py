@@ -129,6 +129,10 @@ class CallStepConfig(StepConfig):
     """Base of steps that call an external system per message (enrichment): they may retry on their own terms."""
 
     retry: RetryConfig | None = Field(None, description="Retry policy of this call (default: the flow's).")
+    max_in_flight: int = Field(
+        8, ge=1, le=1024, description="Calls in flight at once within a batch (1: one message after the other). "
+        "The results keep the batch order either way."
+    )
 
 
 class SinkConfig(ComponentConfig):

@@ -115,6 +115,9 @@ class Step:
     """Base class of steps. Override ``process`` (sync) or ``process_async``."""
 
     is_async: ClassVar[bool] = False
+    #: messages of a batch an async step has in work at once (set by the runtime from a call
+    #: step's ``max_in_flight``); 1 runs them one after the other
+    max_in_flight: int = 1
     #: set by the runtime: the step's label and its registered type name
     label: str = ""
     component: str = ""

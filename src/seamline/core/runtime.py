@@ -296,7 +296,10 @@ class FlowRunner:
     async def open(self) -> None:
         self.source = self._build(self.flow.source)
         self.steps = [self._build(r) for r in self.flow.steps]
-        for ref in self.flow.steps:
+        for st, ref in zip(self.steps, self.flow.steps, strict=True):
+            inflight = getattr(ref.config, "max_in_flight", None)
+            if inflight is not None and st.is_async:
+                st.max_in_flight = int(inflight)
             retry = getattr(ref.config, "retry", None)
             if retry is not None and hasattr(retry, "policy"):
                 self.step_policies[ref.label] = retry.policy()
@@ -545,8 +548,11 @@ class FlowRunner:
         all_sinks = list(self.sinks)
         nsteps = len(self.steps)
         steps = self.steps
-        ok_items: list[_Work] = []
 
+        # each message goes through the steps in batch order; a step sees the whole batch before the
+        # next step does, so a call step can have several of its requests in flight at once
+        live: list[tuple[_Work, Message, str | None]] = []
+        max_resume = 0
         for n_item, w in enumerate(items):
             if n_item & 255 == 255:
                 # let I/O callbacks (a producer's delivery reports, heartbeats) run between long stretches
@@ -562,70 +568,79 @@ class FlowRunner:
             elif edges:
                 journal.append((now, flow, m.id, m.correlation_id, "retry", f"attempt {w.attempt + 1}", 0, None,
                                 None))
-            msgs: list[Message] = [m]
             if w.resume < 0:
                 assert w.delivery is not None and w.delivery.error is not None
                 self._fail(batch, w, m, 0, "source", w.delivery.error, now, pending=None, force_dead=True)
                 continue
-            for si in range(w.resume, nsteps):
-                st = steps[si]
-                out: list[Message] = []
-                for cur in msgs:
-                    t0 = time.perf_counter_ns()
-                    try:
-                        r = await st.process_async(cur) if st.is_async else st.process(cur)
-                    except Defer as d:
-                        self._defer(batch, w, d.message or cur, si if d.rerun else si + 1, st.label, d, now)
-                        continue
-                    except Drop as dr:
+            if w.resume > max_resume:
+                max_resume = w.resume
+            live.append((w, m, last_digest))
+
+        for si in range(nsteps):
+            if not live:
+                break
+            st = steps[si]
+            # messages of retries that resume further on skip the steps they already passed
+            todo = live if si >= max_resume else [x for x in live if x[0].resume <= si]
+            if not todo:
+                continue
+            results, durations = await self._run_step(st, [x[1] for x in todo])
+            nxt: list[tuple[_Work, Message, str | None]] = []
+            k = 0
+            for x in live:
+                w, cur, last_digest = x
+                if w.resume > si:
+                    nxt.append(x)
+                    continue
+                r = results[k]
+                dur = durations[k]
+                k += 1
+                if isinstance(r, BaseException):
+                    if isinstance(r, Defer):
+                        self._defer(batch, w, r.message or cur, si if r.rerun else si + 1, st.label, r, now)
+                    elif isinstance(r, Drop):
                         if hops:
                             journal.append((now, flow, cur.id, cur.correlation_id, st.label, "dropped", 0, None,
-                                            dr.reason))
+                                            r.reason))
                         _settle(batch, cur, delivered=False)
                         self.stats.filtered += 1
-                        continue
-                    except Held as h:
+                    elif isinstance(r, Held):
                         if hops:
                             journal.append((now, flow, cur.id, cur.correlation_id, st.label, "held", 0, None,
-                                            h.reason))
+                                            r.reason))
                         self.stats.held += 1
-                        continue
-                    except Exception as exc:
-                        self._fail(batch, w, cur, si, st.label, exc, now, pending=None)
-                        continue
-                    dur = (time.perf_counter_ns() - t0) // 1000
-                    if r is None:
-                        if hops:
-                            journal.append((now, flow, cur.id, cur.correlation_id, st.label, "filtered", dur, None,
-                                            None))
-                        _settle(batch, cur, delivered=False)
-                        self.stats.filtered += 1
-                    elif isinstance(r, Message):
-                        out.append(r)
-                        if hops:
-                            if r is not cur or last_digest is None:
-                                last_digest = _digest(r)
-                            journal.append((now, flow, r.id, r.correlation_id, st.label, "ok", dur, last_digest, None))
                     else:
-                        out.extend(r)
-                        if hops:
-                            for x in r:
-                                journal.append((now, flow, x.id, x.correlation_id, st.label, "ok", dur, _digest(x),
-                                                None))
-                msgs = out
-                if not msgs:
-                    break
-            for cur in msgs:
-                targets = all_sinks if cur.route is None else [s for s in cur.route if s in self.sinks]
-                if w.pending is not None:
-                    targets = [s for s in targets if s in w.pending]
-                if not targets:
+                        self._fail(batch, w, cur, si, st.label, r, now, pending=None)
+                elif r is None:
                     if hops:
-                        journal.append((now, flow, cur.id, cur.correlation_id, "route", "no-target", 0, None, None))
+                        journal.append((now, flow, cur.id, cur.correlation_id, st.label, "filtered", dur, None,
+                                        None))
+                    _settle(batch, cur, delivered=False)
                     self.stats.filtered += 1
-                    continue
-                units.append(_Unit(w, cur, targets))
-            ok_items.append(w)
+                elif isinstance(r, Message):
+                    if hops:
+                        if r is not cur or last_digest is None:
+                            last_digest = _digest(r)
+                        journal.append((now, flow, r.id, r.correlation_id, st.label, "ok", dur, last_digest, None))
+                    nxt.append((w, r, last_digest))
+                else:
+                    for y in r:
+                        dg = _digest(y) if hops else None
+                        if hops:
+                            journal.append((now, flow, y.id, y.correlation_id, st.label, "ok", dur, dg, None))
+                        nxt.append((w, y, dg))
+            live = nxt
+
+        for w, cur, _dg in live:
+            targets = all_sinks if cur.route is None else [s for s in cur.route if s in self.sinks]
+            if w.pending is not None:
+                targets = [s for s in targets if s in w.pending]
+            if not targets:
+                if hops:
+                    journal.append((now, flow, cur.id, cur.correlation_id, "route", "no-target", 0, None, None))
+                self.stats.filtered += 1
+                continue
+            units.append(_Unit(w, cur, targets))
 
         # sinks, in batch order per sink
         by_sink: dict[str, list[_Unit]] = {}
@@ -670,11 +685,10 @@ class FlowRunner:
                 s0, e0 = next(iter(fatal.items()))
                 self._fail(batch, u.work, m, nsteps, s0, e0, done_at, pending=list(fatal), force_dead=True)
 
-        for w in ok_items:
-            if w.rid is not None and w.rid not in {r.rid for r in batch.retries}:
-                batch.retries_done.append(w.rid)
+        # a retry row is done unless this batch scheduled it again (under the same id)
+        rescheduled = {r.rid for r in batch.retries} if batch.retries else ()
         for w in items:
-            if w.rid is not None and w not in ok_items and w.rid not in {r.rid for r in batch.retries}:
+            if w.rid is not None and w.rid not in rescheduled:
                 batch.retries_done.append(w.rid)
         batch.retries_done = list(dict.fromkeys(batch.retries_done))
 
@@ -697,6 +711,46 @@ class FlowRunner:
         if batch.dead and self.dlq_guard is not None:
             self._forward_pending = True
             self._forward_wake.set()
+
+    async def _run_step(self, st: Step, msgs: list[Message]) -> tuple[list[Any], list[int]]:
+        """Run one step over messages in batch order: ``(results, durations in µs)``, where a result
+        is what the step returned or the exception it raised.
+
+        An async step with ``max_in_flight`` > 1 (a call step) has that many messages in work at
+        once; its results still come back in batch order.
+        """
+        n = len(msgs)
+        results: list[Any] = [None] * n
+        durations = [0] * n
+        clock = time.perf_counter_ns
+        if st.is_async and st.max_in_flight > 1 and n > 1:
+            pending = iter(range(n))
+            call = st.process_async
+
+            async def worker() -> None:
+                for i in pending:
+                    t0 = clock()
+                    try:
+                        results[i] = await call(msgs[i])
+                    except Exception as exc:
+                        results[i] = exc
+                        continue
+                    durations[i] = (clock() - t0) // 1000
+
+            await asyncio.gather(*(worker() for _ in range(min(st.max_in_flight, n))))
+            return results, durations
+        is_async = st.is_async
+        for i in range(n):
+            if i & 255 == 255:
+                await asyncio.sleep(0)
+            t0 = clock()
+            try:
+                results[i] = await st.process_async(msgs[i]) if is_async else st.process(msgs[i])
+            except Exception as exc:
+                results[i] = exc
+                continue
+            durations[i] = (clock() - t0) // 1000
+        return results, durations
 
     def _fail(
         self,

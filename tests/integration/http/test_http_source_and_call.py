@@ -3,6 +3,7 @@ against a real local API."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -251,3 +252,58 @@ async def test_call_step_limits_the_response_size(api: Api, tmp_path: Path) -> N
     assert small.body == {"id": "c-9", "name": "Customer c-9", "tier": "gold"}
     assert getattr(caught.value, "code", None) == "http.response_too_large"
     assert getattr(missing.value, "code", None) == "http.status.404"
+
+
+@pytest.mark.parametrize("max_in_flight", [1, 4])
+async def test_call_step_calls_in_parallel_up_to_its_limit_and_keeps_the_batch_order(
+    tmp_path: Path, max_in_flight: int
+) -> None:
+    # earlier messages answer later: with calls in parallel they complete in reverse order
+    in_flight = peak = 0
+    served: list[int] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        nonlocal in_flight, peak
+        n = int(request.match_info["n"])
+        in_flight += 1
+        peak = max(peak, in_flight)
+        try:
+            await asyncio.sleep(0.02 * (10 - n))
+        finally:
+            in_flight -= 1
+        served.append(n)
+        return web.json_response({"n": n, "square": n * n})
+
+    app = web.Application()
+    app.router.add_get("/slow/{n}", slow)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    reset_channels()
+    try:
+        ch = channel("numbers")
+        for n in range(10):
+            ch.put({"n": n}, id=f"n-{n}")
+        fl = Flow(
+            "parallel-calls",
+            source=source("memory", channel="numbers"),
+            steps=[step("http", label="square", url=url + "/slow/{body.n}", egress=LOOPBACK,
+                        max_in_flight=max_in_flight, merge="$merge([body, {'square': response.body.square}])")],
+            sinks=[sink("memory", channel="squared")],
+            settings={"batch_size": 10, "concurrency": 1},
+        )
+        result = await Engine([fl], SqliteStore(tmp_path / "s.db")).run(until_idle=True, idle_horizon=0,
+                                                                        install_signals=False)
+        assert result.ok, result.errors
+        written = channel("squared").written
+        assert [m.id for m in written] == [f"n-{n}" for n in range(10)]
+        assert [m.body for m in written] == [{"n": n, "square": n * n} for n in range(10)]
+        assert peak == max_in_flight
+        if max_in_flight == 1:
+            assert served == list(range(10))
+        else:
+            assert served != list(range(10))  # the answers came back out of order, the sink saw them in order
+    finally:
+        reset_channels()
+        await runner.cleanup()
