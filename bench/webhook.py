@@ -187,6 +187,15 @@ def wait_count(target: str, n: int, started: float, timeout: float = 300) -> flo
     return time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))] * 1000
@@ -228,6 +237,8 @@ def main() -> int:
                 cwd=tmp, env=env))
             wait_listening(sport, procs[-1])
             sides = (("raw", f"http://127.0.0.1:{rport}/"), ("seamline", f"http://127.0.0.1:{sport}/hooks"))
+            pids = {"raw": procs[1].pid, "seamline": procs[2].pid}
+            cpu: dict[str, float] = {}
             # the sides take turns, round after round, to share the machine's noise; the best round counts
             for rnd, (side, url) in enumerate(sides * args.rounds):
                 # a short warm-up, then the measured run
@@ -237,13 +248,16 @@ def main() -> int:
                 wait_count(target, len(warm), time.perf_counter())
                 call(target + "/reset", "POST")
                 reqs = requests_for(args.n, f"{side}-{rnd}")
+                c0 = cpu_seconds(pids[side])
                 t0 = time.perf_counter()
                 answered, lat = asyncio.run(load(url, reqs, args.concurrency))
                 e2e = wait_count(target, args.n, t0)
+                used = (cpu_seconds(pids[side]) - c0) / args.n * 1e6
+                cpu[side] = min(cpu.get(side, used), used)
                 if side not in results or e2e < results[side][1]:
                     results[side] = (answered, e2e, lat)
                 print(f"{side:>8}: answered {args.n / answered:7.0f} req/s, end-to-end {args.n / e2e:7.0f} msgs/s, "
-                      f"p50 {pct(lat, 0.50):6.1f} ms, p99 {pct(lat, 0.99):6.1f} ms", flush=True)
+                      f"p50 {pct(lat, 0.50):6.1f} ms, p99 {pct(lat, 0.99):6.1f} ms, CPU {used:5.0f} us/msg", flush=True)
         finally:
             for p in reversed(procs):
                 p.send_signal(signal.SIGTERM)
@@ -257,6 +271,9 @@ def main() -> int:
     seam_ans = args.n / results["seamline"][0]
     print(f"\nratio end-to-end: {seam_e2e / raw_e2e:.2f}x (goal >= 0.5x); answered: {seam_ans / raw_e2e:.2f}x; "
           f"n={args.n}, concurrency={args.concurrency}, cpus={os.cpu_count()}")
+    # CPU time per message of each app process: steadier than the rates on a shared machine
+    print(f"CPU per message: raw {cpu['raw']:.0f} us, seamline {cpu['seamline']:.0f} us "
+          f"(ratio {cpu['raw'] / cpu['seamline']:.2f}x)")
     return 0
 
 

@@ -414,3 +414,49 @@ async def test_jwt_route_with_a_jwks_url(receiver: Any, rsa_keys: tuple[Any, str
         forged = pyjwt.encode(claims, other, algorithm="RS256", headers={"kid": "live-1"})
         await assert_refused(rx, "/api", b"{}", {"Authorization": f"Bearer {forged}"}, 401, "auth.jwt.signature")
         assert jwks.count("/jwks") == 1, "the key set is cached"
+
+
+async def _asgi(rx: Any, path: str, events: list[dict[str, Any]], headers: list[tuple[bytes, bytes]],
+                kind: str = "http") -> list[dict[str, Any]]:
+    """Drive the source's ASGI app directly with the given receive events; what it sent."""
+    sent: list[dict[str, Any]] = []
+    pending = list(events)
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.sleep(3600)  # a client that never sends more
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": kind, "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", rx.source.port)}
+    await asyncio.wait_for(rx.source.app()(scope, receive, send), 5)
+    return sent
+
+
+async def test_a_client_gone_mid_body_gets_no_answer_and_nothing_is_stored(receiver: Any) -> None:
+    rx = await receiver(ROUTES)
+    body = body_of(41)
+    sig = signers.github(GH_SECRET, body, "gone-1")
+    headers = [(b"x-hub-signature-256", sig["X-Hub-Signature-256"].encode()), (b"x-github-delivery", b"gone-1"),
+               (b"content-length", str(len(body)).encode())]
+    sent = await _asgi(rx, "/gh", [{"type": "http.request", "body": body[:5], "more_body": True},
+                                   {"type": "http.disconnect"}], headers)
+    assert sent == []
+    assert await rx.stored() == []
+    # the same delivery, complete and through a trailing-slash path, is taken as usual
+    sent = await _asgi(rx, "/gh/", [{"type": "http.request", "body": body[:5], "more_body": True},
+                                    {"type": "http.request", "body": body[5:], "more_body": False}], headers)
+    assert sent[0]["status"] == 200
+    assert dict(sent[0]["headers"])[b"content-length"] == str(len(sent[1]["body"])).encode()
+    assert orjson.loads(sent[1]["body"]) == {"status": "accepted", "id": "gone-1"}
+    assert [r["id"] for r in await rx.stored()] == ["gone-1"]
+
+
+async def test_a_websocket_is_closed_without_a_word(receiver: Any) -> None:
+    rx = await receiver(ROUTES)
+    assert await _asgi(rx, "/gh", [], [], kind="websocket") == [{"type": "websocket.close", "code": 1008}]
