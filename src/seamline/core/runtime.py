@@ -244,8 +244,6 @@ class FlowRunner:
         self._overrides: dict[str, str] = dict(getattr(flow.on_error, "classify", None) or {})
         self.sink_policies: dict[str, RetryPolicy] = {}
         self._queue: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=self.settings.queue)
-        #: the last source batch put in the queue while no worker has taken it yet (see ``_emit``)
-        self._tail: list[_Work] | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._source_task: asyncio.Task[None] | None = None
         self._source_done = asyncio.Event()
@@ -396,19 +394,12 @@ class FlowRunner:
             if w.delivery is not None and w.delivery.error is not None:
                 w.resume = -1
         self.stats.received += len(work)
-        tail = self._tail
-        if tail is not None and len(tail) + len(work) <= self.settings.batch_size:
-            # the workers have not taken the last batch yet: grow it instead of queueing another,
-            # so that batches get bigger exactly when the flow is busy
-            tail.extend(work)
-            return
         try:
             await self._queue.put(work)
         except asyncio.CancelledError:
             for d in deliveries:
                 await _call(d.nack, True)
             raise
-        self._tail = work
 
     async def _run_source(self) -> None:
         assert self.source is not None
@@ -429,8 +420,6 @@ class FlowRunner:
     async def _worker(self) -> None:
         while True:
             items = await self._queue.get()
-            if items is self._tail:  # taken: no longer open for more deliveries
-                self._tail = None
             if items is None:
                 self._queue.task_done()
                 return
@@ -964,7 +953,6 @@ class FlowRunner:
         workers = self._tasks[:-1]
         # batches not yet started go back to the source now, oldest first, so that
         # nothing later in the stream is confirmed ahead of them
-        self._tail = None
         while not self._queue.empty():
             queued = self._queue.get_nowait()
             self._queue.task_done()

@@ -264,29 +264,3 @@ async def test_the_flow_can_override_the_classification_of_errors(tmp_path: Path
     (d,) = await store.list_dead(DlqFilter())
     await store.close()
     assert d.msg_id == "outage" and d.error_class == "fatal" and d.attempts == 1
-
-
-async def test_deliveries_join_the_last_queued_batch_until_it_is_full_or_taken(tmp_path: Path) -> None:
-    from seamline.core.component import Delivery
-    from seamline.core.runtime import FlowRunner
-
-    store = open_store(str(tmp_path / "s.db"))
-    await store.open()
-    runner = FlowRunner(flow(batch_size=5), store)
-    deliveries = [Delivery(Message({"n": i}, id=f"m{i}")) for i in range(12)]
-    for i in range(0, 8, 2):  # four small source batches while no worker takes any
-        await runner._emit(deliveries[i : i + 2])
-    assert runner._queue.qsize() == 2  # [m0..m3] could not take m4, m5: a new batch [m4..m7]
-    first = runner._queue.get_nowait()
-    assert [w.message.id for w in first] == ["m0", "m1", "m2", "m3"]
-    # a worker takes the open batch: what comes next goes into a new one
-    worker = asyncio.create_task(runner._worker())
-    await asyncio.sleep(0)
-    assert runner._tail is None
-    worker.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await worker
-    await runner._emit(deliveries[8:10])
-    assert runner._queue.qsize() == 1 and [w.message.id for w in runner._tail or []] == ["m8", "m9"]
-    assert runner.stats.received == 10
-    await store.close()
