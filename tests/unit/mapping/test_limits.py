@@ -150,15 +150,19 @@ MANY_SMALL = [
 @pytest.mark.parametrize("engine", [False, True], ids=["as-compiled", "full-engine"])
 @pytest.mark.parametrize("expr", MANY_SMALL)
 def test_many_allocations_each_below_the_limits_are_bounded_together(expr: str, engine: bool) -> None:
-    """A path that repeats an allocation is bounded by a budget per evaluation, not only per value."""
-    expression = compile(expr)
+    """A path that repeats an allocation is bounded by a budget per evaluation, not only per value.
+
+    The time limit is raised well above the time the budget takes to run out (0.02-0.6 s here), so
+    that a loaded machine cannot make the timeout answer first: what is under test is the budget.
+    """
+    expression = compile(expr, timeout_ms=20_000)
     run = expression.evaluate_engine if engine else expression.evaluate
     start = time.monotonic()
     with peak_memory() as growth, pytest.raises(MappingError) as info:
         run(None)
     assert info.value.code == "mapping.D2015", info.value
     assert info.value.details["limit"] == "memory"
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10
     assert growth() < 400 * MB, f"grew {growth() // MB} MB"
 
 

@@ -203,11 +203,16 @@ def _format_base(state: rt.State, value: Any, radix: Any = U) -> Any:
 def _string(state: rt.State, value: Any, pretty: Any = U) -> Any:
     if value is U:
         return U
-    if pretty is True and value.__class__ is not str:
+    if value.__class__ is str:
+        return value
+    if pretty is True:
         if value.__class__ is float and math.isinf(value):
             raise JError("D3001", "Attempting to invoke string function on Infinity or NaN")
-        return js_stringify(value, pretty=True)
-    return rt.to_string(value)
+        text = js_stringify(value, pretty=True)
+    else:
+        text = rt.to_string(value)
+    state.grow(len(text))  # a new string: counted like padding, so a path cannot repeat it without bound
+    return text
 
 
 def _js_int(value: Any) -> int:
@@ -314,7 +319,9 @@ def _split(state: rt.State, text: Any, separator: Any, limit: Any = U) -> Any:
 def _join(state: rt.State, strings: Any, separator: Any = U) -> Any:
     if strings is U:
         return U
-    return ("" if separator is U else separator).join(strings)
+    text = ("" if separator is U else separator).join(strings)
+    state.grow(len(text))
+    return text
 
 
 def _base64encode(state: rt.State, text: Any) -> Any:
@@ -715,7 +722,9 @@ def _fast_join(state: rt.State, ctx: Any, strings: Any, separator: Any = U) -> A
         and all(item.__class__ is str for item in strings)
     ):
         glue: str = "" if separator is U else cast(str, separator)
-        return glue.join(strings)
+        text = glue.join(strings)
+        state.grow(len(text))
+        return text
     return call(BUILTINS["join"], state, ctx, [strings] if separator is U else [strings, separator])
 
 
