@@ -81,6 +81,7 @@ from seamline.connectors.soap import (
     ssl_option,
     transport_error,
 )
+from seamline.connectors.wire import field_at
 from seamline.core.component import BuildContext, Delivery, Emit, Sink, Source, Step, write_each
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message, new_id
@@ -255,15 +256,6 @@ def _clean_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
             item["locations"] = jsonable(locations[:5])
         out.append(item)
     return out
-
-
-def _get_path(data: Any, path: str) -> Any:
-    cur = data
-    for part in path.split("."):
-        if not isinstance(cur, Mapping):
-            return None
-        cur = cur.get(part)
-    return cur
 
 
 def load_document(cfg: GraphQLEndpoint, ctx: BuildContext) -> Any:
@@ -596,7 +588,7 @@ class GraphQLSource(Source):
                 await asyncio.sleep(delay)
 
     def _connection(self, data: Any) -> tuple[list[tuple[Any, Any]], bool, Any]:
-        conn = _get_path(data, self.cfg.connection)
+        conn = field_at(data, self.cfg.connection)
         if not isinstance(conn, Mapping):
             raise FatalError(
                 f"the answer has no connection at '{self.cfg.connection}'", code="graphql.connection.missing"
@@ -636,7 +628,7 @@ class GraphQLSource(Source):
         return everyone, per_node
 
     def _message(self, node: Any, cursor: Any, watermark: Any, errors: list[dict[str, Any]]) -> Message:
-        node_id = _get_path(node, self.cfg.id_field) if isinstance(node, Mapping) else None
+        node_id = field_at(node, self.cfg.id_field) if isinstance(node, Mapping) else None
         if node_id is None:
             mid = new_id()
         elif self.cfg.watermark is not None:
@@ -671,13 +663,13 @@ class GraphQLSource(Source):
             for i, (node, edge_cursor) in enumerate(items):
                 wm: Any = None
                 if wm_cfg is not None:
-                    wm = _get_path(node, wm_cfg.field)
+                    wm = field_at(node, wm_cfg.field)
                     if wm is None:
                         raise FatalError(
                             f"a node of '{self.cfg.connection}' has no watermark field '{wm_cfg.field}'",
                             code="graphql.watermark.missing",
                         )
-                    node_id = str(_get_path(node, self.cfg.id_field))
+                    node_id = str(field_at(node, self.cfg.id_field))
                     if start_wm is not None and (_before(wm, start_wm) or (wm == start_wm and node_id in seen)):
                         continue  # delivered before
                     if max_wm is None or _before(max_wm, wm):

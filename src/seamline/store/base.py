@@ -16,6 +16,7 @@ __all__ = [
     "Batch",
     "DeadLetter",
     "DlqFilter",
+    "InboxItem",
     "JournalEntry",
     "RetryEntry",
     "Store",
@@ -23,6 +24,9 @@ __all__ = [
 
 # (ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail)
 JournalRow = tuple[float, str, str, str, str, str, int, str | None, str | None]
+
+#: a pushed message for ``Store.inbox_accept``: (record, idempotency scope, delivery id, key expires at)
+InboxItem = tuple[dict[str, Any], str | None, str | None, float]
 
 
 @dataclass
@@ -153,7 +157,7 @@ class Store(Protocol):
     async def inbox_accept(
         self,
         flow: str,
-        items: Sequence[tuple[dict[str, Any], str | None, str | None, float]],
+        items: Sequence[InboxItem],
         now: float,
         lease_until: float | None = None,
     ) -> list[int | None]:

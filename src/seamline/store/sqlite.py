@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from seamline.store.base import Batch, DeadLetter, DlqFilter, JournalEntry, RetryEntry
+from seamline.store.base import Batch, DeadLetter, DlqFilter, InboxItem, JournalEntry, RetryEntry
 from seamline.store.migrations import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
@@ -80,6 +80,26 @@ def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, set[str
 
 
 T = TypeVar("T")
+
+#: remember an idempotency key (a later expiry wins)
+_REMEMBER_KEY = (
+    "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
+    " ON CONFLICT(scope, key) DO UPDATE SET expires_at=excluded.expires_at"
+)
+
+
+def _known_keys(c: sqlite3.Connection, scope: str, keys: Sequence[str], now: float) -> set[str]:
+    """Which of ``keys`` are remembered in ``scope`` and not expired at ``now``."""
+    out: set[str] = set()
+    keys = list(keys)
+    for i in range(0, len(keys), 500):
+        chunk = keys[i : i + 500]
+        rows = c.execute(
+            f"SELECT key FROM idempotency WHERE scope=? AND expires_at>? AND key IN ({','.join('?' * len(chunk))})",
+            (scope, now, *chunk),
+        ).fetchall()
+        out.update(r[0] for r in rows)
+    return out
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -308,8 +328,7 @@ class SqliteStore:
                 c.executemany("DELETE FROM parked WHERE park_id=?", [(p,) for p in b.unpark])
             if b.idempotency:
                 c.executemany(
-                    "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
-                    " ON CONFLICT(scope, key) DO UPDATE SET expires_at=excluded.expires_at",
+                    _REMEMBER_KEY,
                     b.idempotency,
                 )
 
@@ -581,16 +600,7 @@ class SqliteStore:
 
     # -- idempotency -------------------------------------------------------------------
     def seen_sync(self, scope: str, keys: Sequence[str], now: float) -> set[str]:
-        out: set[str] = set()
-        keys = list(keys)
-        for i in range(0, len(keys), 500):
-            chunk = keys[i : i + 500]
-            rows = self.conn.execute(
-                f"SELECT key FROM idempotency WHERE scope=? AND expires_at>? AND key IN ({','.join('?' * len(chunk))})",
-                (scope, now, *chunk),
-            ).fetchall()
-            out.update(r[0] for r in rows)
-        return out
+        return _known_keys(self.conn, scope, keys, now)
 
     async def seen(self, scope: str, keys: Sequence[str], now: float) -> set[str]:
         return await self._run(self.seen_sync, scope, keys, now)
@@ -634,8 +644,7 @@ class SqliteStore:
             )
             if idempotency:
                 c.executemany(
-                    "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
-                    " ON CONFLICT(scope, key) DO UPDATE SET expires_at=excluded.expires_at",
+                    _REMEMBER_KEY,
                     list(idempotency),
                 )
 
@@ -650,7 +659,7 @@ class SqliteStore:
     def inbox_accept_sync(
         self,
         flow: str,
-        items: Sequence[tuple[dict[str, Any], str | None, str | None, float]],
+        items: Sequence[InboxItem],
         now: float,
         lease_until: float | None = None,
     ) -> list[int | None]:
@@ -663,12 +672,7 @@ class SqliteStore:
                     keyed.setdefault(scope, []).append(key)
             seen: set[tuple[str, str]] = set()
             for scope, keys in keyed.items():
-                unique = list(dict.fromkeys(keys))
-                for i in range(0, len(unique), 500):
-                    chunk = unique[i : i + 500]
-                    seen.update((scope, r[0]) for r in c.execute(
-                        "SELECT key FROM idempotency WHERE scope=? AND expires_at>? AND key IN"
-                        f" ({','.join('?' * len(chunk))})", (scope, now, *chunk)))
+                seen.update((scope, k) for k in _known_keys(c, scope, list(dict.fromkeys(keys)), now))
             stored: list[int | None] = []
             remember: list[tuple[str, str, float]] = []
             insert = "INSERT INTO inbox(flow, msg_id, record, received_at, lease_until) VALUES (?,?,?,?,?)"
@@ -684,8 +688,7 @@ class SqliteStore:
                 cur.close()
             if remember:
                 c.executemany(
-                    "INSERT INTO idempotency(scope, key, expires_at) VALUES (?,?,?)"
-                    " ON CONFLICT(scope, key) DO UPDATE SET expires_at=excluded.expires_at", remember)
+                    _REMEMBER_KEY, remember)
             return stored
 
         return self._tx(tx)
@@ -693,7 +696,7 @@ class SqliteStore:
     async def inbox_accept(
         self,
         flow: str,
-        items: Sequence[tuple[dict[str, Any], str | None, str | None, float]],
+        items: Sequence[InboxItem],
         now: float,
         lease_until: float | None = None,
     ) -> list[int | None]:
