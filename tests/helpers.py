@@ -1,14 +1,18 @@
-"""Small helpers shared by tests: run the CLI, write flows, read outputs."""
+"""Small helpers shared by tests: run the CLI, write flows, read outputs, serve a local HTTP app."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiohttp import web
 
 ROOT = Path(__file__).resolve().parents[1]
 SEAMLINE = [sys.executable, "-m", "seamline.cli"]
@@ -31,3 +35,15 @@ def read_ndjson(path: Path) -> list[Any]:
 
 def write_ndjson(path: Path, rows: list[Any]) -> None:
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, *, ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[int]:
+    """Serve an aiohttp app on a free loopback port for the block; yields the port."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from tests.helpers import serve_app
 from tests.integration.http.util import Running, build, wait_until
 
 from seamline.core.clock import ManualClock
@@ -178,13 +179,8 @@ async def test_mutual_tls_and_verification_on_by_default(tmp_path: Path, pki: di
     server_ctx.verify_mode = ssl.CERT_REQUIRED
     app = web.Application()
     app.router.add_post("/api", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    port = runner.addresses[0][1]
-    url = f"https://127.0.0.1:{port}/api"
-    try:
+    async with serve_app(app, ssl_context=server_ctx) as port:
+        url = f"https://127.0.0.1:{port}/api"
         mtls = {"type": "mtls", "cert_file": str(pki["client"]), "key_file": str(pki["client_key"])}
         await send_one(tmp_path, {"url": url, "egress": LOOPBACK, "tls": {"ca_file": str(pki["ca"])}, "auth": mtls})
         assert seen == ["client"]
@@ -194,8 +190,6 @@ async def test_mutual_tls_and_verification_on_by_default(tmp_path: Path, pki: di
         # trusted server, but no client certificate: the handshake fails
         with pytest.raises(BatchError) as anonymous:
             await send_one(tmp_path, {"url": url, "egress": LOOPBACK, "tls": {"ca_file": str(pki["ca"])}})
-    finally:
-        await runner.cleanup()
     assert untrusted.value.errors[0].code == "http.tls"  # type: ignore[attr-defined]
     assert not untrusted.value.errors[0].retryable  # type: ignore[attr-defined]
     assert anonymous.value.errors[0].code in ("http.tls", "http.disconnected", "http.connect")  # type: ignore

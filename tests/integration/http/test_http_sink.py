@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from tests.helpers import serve_app
 from tests.integration.http.util import Running, build, wait_until
 
 from seamline.core.clock import ManualClock
@@ -315,12 +316,7 @@ async def test_batches_overlap_but_the_in_flight_limit_holds_across_them(tmp_pat
 
     app = web.Application()
     app.router.add_post("/api", slow)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
+    async with serve_app(app) as port:
         fl = Flow("overlap", source=source("memory", channel="overlap-in"),
                   sinks=[sink("http", label="api", url=f"http://127.0.0.1:{port}/api", egress=LOOPBACK,
                               max_in_flight=4)],
@@ -331,5 +327,3 @@ async def test_batches_overlap_but_the_in_flight_limit_holds_across_them(tmp_pat
         assert result.stats["overlap"].delivered == 60
         assert sorted(seen) == list(range(60)) and sorted(channel("overlap-in").acked) == sorted(ids)
         assert peak == 4, f"{peak} requests in flight at most: batches of 3 overlap, the sink's limit is 4"
-    finally:
-        await runner.cleanup()

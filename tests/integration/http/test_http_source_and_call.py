@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from tests.helpers import serve_app
 from tests.integration.http.util import build
 
 from seamline.core.component import Delivery
@@ -93,15 +94,11 @@ async def api() -> AsyncIterator[Api]:
     app.router.add_get("/link", a.link)
     app.router.add_get("/next", a.next_url)
     app.router.add_get("/customers/{cid}", a.customer)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    a.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    reset_channels()
-    yield a
-    reset_channels()
-    await runner.cleanup()
+    async with serve_app(app) as port:
+        a.url = f"http://127.0.0.1:{port}"
+        reset_channels()
+        yield a
+        reset_channels()
 
 
 async def run_once(src: dict[str, Any], state: Path, out: str = "polled") -> list[Message]:
@@ -196,19 +193,13 @@ async def test_cross_origin_next_links_are_refused(api: Api, tmp_path: Path) -> 
 
     app = web.Application()
     app.router.add_get("/evil", evil)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        src = {"url": f"http://127.0.0.1:{runner.addresses[0][1]}/evil", "records": "results", "egress": LOOPBACK,
+    async with serve_app(app) as port:
+        src = {"url": f"http://127.0.0.1:{port}/evil", "records": "results", "egress": LOOPBACK,
                "auth": {"type": "bearer", "token": "secret-token-value"},
                "pagination": {"type": "next_url", "next_url_path": "next"}}
         fl = Flow("evil", source=source("http", **src), sinks=[sink("memory", channel="evil-out")])
         result = await Engine([fl], SqliteStore(tmp_path / "s.db")).run(until_idle=True, idle_horizon=0,
                                                                         install_signals=False)
-    finally:
-        await runner.cleanup()
     assert "leaves http://127.0.0.1" in result.errors["evil"]
     assert len(channel("evil-out").written) == 1
 
@@ -276,34 +267,31 @@ async def test_call_step_calls_in_parallel_up_to_its_limit_and_keeps_the_batch_o
 
     app = web.Application()
     app.router.add_get("/slow/{n}", slow)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     reset_channels()
     try:
-        ch = channel("numbers")
-        for n in range(10):
-            ch.put({"n": n}, id=f"n-{n}")
-        fl = Flow(
-            "parallel-calls",
-            source=source("memory", channel="numbers"),
-            steps=[step("http", label="square", url=url + "/slow/{body.n}", egress=LOOPBACK,
-                        max_in_flight=max_in_flight, merge="$merge([body, {'square': response.body.square}])")],
-            sinks=[sink("memory", channel="squared")],
-            settings={"batch_size": 10, "concurrency": 1},
-        )
-        result = await Engine([fl], SqliteStore(tmp_path / "s.db")).run(until_idle=True, idle_horizon=0,
-                                                                        install_signals=False)
-        assert result.ok, result.errors
-        written = channel("squared").written
-        assert [m.id for m in written] == [f"n-{n}" for n in range(10)]
-        assert [m.body for m in written] == [{"n": n, "square": n * n} for n in range(10)]
-        assert peak == max_in_flight
-        if max_in_flight == 1:
-            assert served == list(range(10))
-        else:
-            assert served != list(range(10))  # the answers came back out of order, the sink saw them in order
+        async with serve_app(app) as port:
+            url = f"http://127.0.0.1:{port}"
+            ch = channel("numbers")
+            for n in range(10):
+                ch.put({"n": n}, id=f"n-{n}")
+            fl = Flow(
+                "parallel-calls",
+                source=source("memory", channel="numbers"),
+                steps=[step("http", label="square", url=url + "/slow/{body.n}", egress=LOOPBACK,
+                            max_in_flight=max_in_flight, merge="$merge([body, {'square': response.body.square}])")],
+                sinks=[sink("memory", channel="squared")],
+                settings={"batch_size": 10, "concurrency": 1},
+            )
+            result = await Engine([fl], SqliteStore(tmp_path / "s.db")).run(until_idle=True, idle_horizon=0,
+                                                                            install_signals=False)
+            assert result.ok, result.errors
+            written = channel("squared").written
+            assert [m.id for m in written] == [f"n-{n}" for n in range(10)]
+            assert [m.body for m in written] == [{"n": n, "square": n * n} for n in range(10)]
+            assert peak == max_in_flight
+            if max_in_flight == 1:
+                assert served == list(range(10))
+            else:
+                assert served != list(range(10))  # the answers came back out of order, the sink saw them in order
     finally:
         reset_channels()
-        await runner.cleanup()

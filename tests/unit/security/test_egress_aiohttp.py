@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from tests.helpers import serve_app
 
 from seamline.security.egress import EgressPolicy, GuardedResolver
 from seamline.security.errors import EgressError
@@ -47,15 +48,8 @@ async def server() -> AsyncIterator[Server]:
     app.router.add_get("/to-other-loopback", redirect_to("http://127.0.0.2:{port}/ok"))
     app.router.add_get("/to-mapped", redirect_to("http://[::ffff:127.0.0.1]:{port}/ok"))
     app.router.add_get("/to-localhost", redirect_to("http://localhost:{port}/ok"))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    try:
+    async with serve_app(app) as state.port:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 class FakeDns:

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
+from tests.helpers import serve_app
 
 from seamline.core.clock import ManualClock
 from seamline.core.errors import classify
@@ -74,15 +75,8 @@ async def idp(shared_keys: dict[str, rsa.RSAPrivateKey]) -> AsyncIterator[Idp]:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    state.port = runner.addresses[0][1]
-    try:
+    async with serve_app(app) as state.port:
         yield state
-    finally:
-        await runner.cleanup()
 
 
 def make(idp: Idp, clock: ManualClock, **kwargs: Any) -> JwtVerifier:
