@@ -400,6 +400,8 @@ class KafkaSource(Source):
         ctype, max_bytes = self.cfg.content_type, self.cfg.max_message_bytes
         nack = self._nack
         partial = functools.partial
+        # partition -> (tracker, nack, partition as text)
+        groups: dict[tuple[str, int], tuple[OffsetTracker, Any, str]] = {}
         with self._lock:
             for m in msgs:
                 err = m.error()
@@ -413,16 +415,20 @@ class KafkaSource(Source):
                     continue
                 topic, part, offset = m.topic(), m.partition(), m.offset()
                 key = (topic, part)
-                tracker = parts.get(key)
-                if tracker is None:
-                    start = starts.pop(key, None)
-                    if start is not None and offset != start:
-                        # fetched before a rewind took effect: it comes again from the rewound position
-                        starts[key] = start
-                        continue
-                    tracker = parts[key] = OffsetTracker(offset)
+                group = groups.get(key)
+                if group is None:
+                    tracker = parts.get(key)
+                    if tracker is None:
+                        start = starts.pop(key, None)
+                        if start is not None and offset != start:
+                            # fetched before a rewind took effect: it comes again from the rewound position
+                            starts[key] = start
+                            continue
+                        tracker = parts[key] = OffsetTracker(offset)
+                    group = groups[key] = (tracker, partial(nack, key, tracker), str(part))
+                tracker = group[0]
                 ticket = tracker.track(offset + 1)
-                spart, soffset = str(part), str(offset)
+                spart, soffset = group[2], str(offset)
                 transport = {"kafka.topic": topic, "kafka.partition": spart, "kafka.offset": soffset}
                 k = m.key()
                 if k is not None:
@@ -444,7 +450,7 @@ class KafkaSource(Source):
                     max_bytes=max_bytes,
                     connector="kafka",
                 )
-                append(Delivery(msg, partial(tracker.ack, ticket), partial(nack, key, tracker), error))
+                append(Delivery(msg, partial(tracker.ack, ticket), group[1], error))
         return out
 
     async def run(self, emit: Emit) -> None:
@@ -581,7 +587,7 @@ class KafkaSink(Sink):
             topic = self.cfg.topic
             for i, m in enumerate(batch):
                 try:
-                    headers = [(k, v.encode("utf-8")) for k, v in outgoing_headers(m).items()]
+                    headers = outgoing_headers(m)  # str values: librdkafka gets them as UTF-8
                     key = self._key(m)
                     value = m.raw
                 except Exception as exc:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -210,6 +211,7 @@ def incoming(
 
 
 _JSON_TYPES = ("application/json", "application/x-ndjson")
+_JSON = "application/json"
 
 
 def decode_message(
@@ -235,23 +237,26 @@ def decode_message(
         wire_headers, message_id=message_id, correlation_id=correlation_id, content_type=content_type
     )
     headers.update(transport)
-    ctype = (ctype or default_content_type).split(";")[0].strip().lower() or default_content_type
+    if ctype is None:
+        ctype = default_content_type
+    if ctype not in _JSON_TYPES:
+        ctype = ctype.split(";")[0].strip().lower() or default_content_type
     mid = mid or default_id
-    err: BaseException | None = None
+    now = time.time()
     if max_bytes is not None and len(raw) > max_bytes:
         err = FatalError(
             f"message {mid} is {len(raw)} bytes (limit {max_bytes})", code=f"{connector}.message_too_large"
         )
-        return Message({"$size": len(raw)}, id=mid, correlation_id=corr, headers=headers), err
+        return Message.adopt({"$size": len(raw)}, None, mid, corr, headers, _JSON, now), err
     if ctype in _JSON_TYPES:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             err = FatalError(f"message {mid}: invalid JSON: {exc}", code="format.json.syntax")
             text = raw[:4096].decode("utf-8", "replace")
-            return Message({"$raw": text}, id=mid, correlation_id=corr, headers=headers), err
-        return Message(body, raw=raw, id=mid, correlation_id=corr, headers=headers, content_type=ctype), None
-    return Message(raw, raw=raw, id=mid, correlation_id=corr, headers=headers, content_type=ctype), None
+            return Message.adopt({"$raw": text}, None, mid, corr, headers, _JSON, now), err
+        return Message.adopt(body, raw, mid, corr, headers, ctype, now), None
+    return Message.adopt(raw, raw, mid, corr, headers, ctype, now), None
 
 
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")

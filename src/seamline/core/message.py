@@ -83,6 +83,36 @@ class Message:
         #: ``when`` being ``"delivered"`` or ``"settled"`` (delivered, retry scheduled or dead-lettered)
         self.effects: list[tuple[Any, ...]] | None = None
 
+    @classmethod
+    def adopt(
+        cls,
+        body: Any,
+        raw: bytes | None,
+        id: str,
+        correlation_id: str | None,
+        headers: dict[str, str],
+        content_type: str,
+        now: float,
+    ) -> Message:
+        """A new message for a source's hot path: ``headers`` is taken over (not copied), so the
+        caller must not use that dict again; both timestamps are ``now``."""
+        m = cls.__new__(cls)
+        m._body = body
+        m._raw = raw
+        m._digest = None
+        m.id = id
+        m.correlation_id = correlation_id or id
+        m.headers = headers
+        m.content_type = content_type
+        m.schema = None
+        m.attempt = 0
+        m.created_at = now
+        m.received_at = now
+        m.route = None
+        m.custody = None
+        m.effects = None
+        return m
+
     # -- body ---------------------------------------------------------------
     @property
     def body(self) -> Any:
