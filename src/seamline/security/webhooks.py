@@ -73,14 +73,23 @@ class _Headers:
 
     def __init__(self, headers: object) -> None:
         self._values: dict[str, list[object]] = {}
+        values = self._values
         try:
             source: Any = headers
             items: Iterable[Any] = source.items() if hasattr(source, "items") else source
             for pair in items:
                 name, value = pair
-                key = _as_text(name)
-                if isinstance(key, str):
-                    self._values.setdefault(key.lower(), []).append(_as_text(value))
+                if type(name) is not str or type(value) is not str:
+                    name = _as_text(name)
+                    if not isinstance(name, str):
+                        continue
+                    value = _as_text(value)
+                key = name.lower()
+                got = values.get(key)
+                if got is None:
+                    values[key] = [value]
+                else:
+                    got.append(value)
         except Exception:  # whatever the object is, it is not usable headers
             raise _fail("malformed", "headers must be a mapping of header names to values") from None
 
@@ -90,7 +99,7 @@ class _Headers:
         if not values:
             return None
         first = values[0]
-        if any(v != first for v in values[1:]):
+        if len(values) > 1 and any(v != first for v in values[1:]):
             raise _fail("malformed", f"header {name!r} is given more than once with different values")
         if not isinstance(first, str):
             raise _fail("malformed", f"header {name!r} is not text")
@@ -143,6 +152,8 @@ def _hmac_key(secret: object) -> bytes:
 def _clock(now: object, tolerance: object) -> tuple[float, float]:
     if now is None:
         now = time.time()
+    if type(now) is float and type(tolerance) is int and tolerance >= 0 and math.isfinite(now):
+        return now, float(tolerance)  # the common case, without the checks below
     for name, value in (("now", now), ("tolerance", tolerance)):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _fail("config_invalid", f"{name} must be a number of seconds")
@@ -366,6 +377,8 @@ class HmacScheme:
     id_header: str | None = None
     separator: str | None = None
     _parts: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    _needs_id: bool = field(init=False, repr=False, compare=False)
+    _body_only: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         def bad(message: str) -> SignatureError:
@@ -390,6 +403,8 @@ class HmacScheme:
         if "id" in names and not self.id_header:
             raise bad("signed_content uses {id} but no id_header is set")
         object.__setattr__(self, "_parts", parts)
+        object.__setattr__(self, "_needs_id", "id" in names)
+        object.__setattr__(self, "_body_only", parts == ("", "body", ""))
 
     def verify(
         self,
@@ -411,8 +426,7 @@ class HmacScheme:
         header = headers.get(self.header)
         if not header:
             raise _fail("missing", f"header {self.header!r} is missing")
-        uses = set(self._parts[1::2])
-        delivery = _delivery_id(headers, self.id_header, required="id" in uses) if self.id_header else None
+        delivery = _delivery_id(headers, self.id_header, required=self._needs_id) if self.id_header else None
         timestamp = ""
         if self.timestamp_header:
             raw = headers.get(self.timestamp_header)
@@ -420,8 +434,11 @@ class HmacScheme:
                 raise _fail("timestamp_missing", f"header {self.timestamp_header!r} is missing")
             _check_timestamp(raw, now, tolerance)
             timestamp = raw
-        values = {"body": body, "timestamp": timestamp.encode("ascii"), "id": (delivery or "").encode("ascii")}
-        content = b"".join(values[part] if i % 2 else part.encode("utf-8") for i, part in enumerate(self._parts))
+        if self._body_only:
+            content = body
+        else:
+            values = {"body": body, "timestamp": timestamp.encode("ascii"), "id": (delivery or "").encode("ascii")}
+            content = b"".join(values[part] if i % 2 else part.encode("utf-8") for i, part in enumerate(self._parts))
         expected = hmac.digest(key, content, self.algorithm)
         if self.separator:
             entries = _split(header, self.separator, limit=MAX_SIGNATURES)
