@@ -261,7 +261,9 @@ async def test_graceful_stop_mid_stream_acknowledges_what_was_delivered(mqtt_url
     try:
         async with running(make(), tmp_path / "state.db") as run:
             await _connected(run)
-            await _publish(mqtt_url, topic, _msgs(400))
+            # published with QoS 2: a publish the broker receives twice under load (at-least-once on the
+            # publishing leg) would look like a redelivery here; this test is about the consuming side
+            await _publish(mqtt_url, topic, _msgs(400), qos=2)
             await run.wait_for(lambda: len(COLLECTED.get(key, [])) >= 60, 30, "the first messages")
         first = len(COLLECTED[key])
         assert first < 400, "the stream finished before the stop"
