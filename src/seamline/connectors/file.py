@@ -24,7 +24,7 @@ import orjson
 from pydantic import Field
 
 from seamline.config.models import SinkConfig, SourceConfig
-from seamline.connectors.offsets import GroupAck, OffsetTracker
+from seamline.connectors.offsets import OffsetTracker
 from seamline.core.component import BuildContext, Delivery, Emit, Sink, Source
 from seamline.core.errors import FatalError
 from seamline.core.message import Message
@@ -133,7 +133,7 @@ class FileSource(Source):
         id_field, corr_field = self.cfg.id_field, self.cfg.correlation_field
         # one ticket per batch: the position moves past a batch once all of its messages are
         # acknowledged (a restart re-reads at most the batches that were in flight)
-        acker = GroupAck(tracker)
+        acker = _BatchAck(tracker)
         batch: list[Delivery] = []
         end: Pos = start
         for end, rec_no, body, raw, err in self._records(path, start):
@@ -151,7 +151,7 @@ class FileSource(Source):
             if len(batch) >= self.batch_size:
                 acker.seal(end, len(batch))
                 await emit(batch)
-                acker = GroupAck(tracker)
+                acker = _BatchAck(tracker)
                 batch = []
         if batch:
             acker.seal(end, len(batch))
@@ -264,6 +264,26 @@ class FileSource(Source):
 
 def _nack(requeue: bool) -> None:
     """Nothing to do: an unacknowledged record is read again after a restart."""
+
+
+class _BatchAck:
+    """The acknowledgement shared by the messages of one batch: acks the batch's ticket at the last."""
+
+    __slots__ = ("_remaining", "_ticket", "_tracker")
+
+    def __init__(self, tracker: OffsetTracker) -> None:
+        self._tracker = tracker
+        self._ticket = -1
+        self._remaining = 0
+
+    def seal(self, end: Pos, count: int) -> None:
+        self._ticket = self._tracker.track(end)
+        self._remaining = count
+
+    def __call__(self) -> None:
+        self._remaining -= 1
+        if self._remaining == 0:
+            self._tracker.ack(self._ticket)
 
 
 @register(

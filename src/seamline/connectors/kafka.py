@@ -426,9 +426,9 @@ class KafkaSource(Source):
                             continue
                         tracker = parts[key] = OffsetTracker(offset)
                     group = groups[key] = (tracker, partial(nack, key, tracker), str(part))
-                tracker = group[0]
+                tracker, group_nack, spart = group
                 ticket = tracker.track(offset + 1)
-                spart, soffset = group[2], str(offset)
+                soffset = str(offset)
                 transport = {"kafka.topic": topic, "kafka.partition": spart, "kafka.offset": soffset}
                 k = m.key()
                 if k is not None:
@@ -450,7 +450,7 @@ class KafkaSource(Source):
                     max_bytes=max_bytes,
                     connector="kafka",
                 )
-                append(Delivery(msg, partial(tracker.ack, ticket), group[1], error))
+                append(Delivery(msg, partial(tracker.ack, ticket), group_nack, error))
         return out
 
     async def run(self, emit: Emit) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-__all__ = ["GroupAck", "OffsetTracker"]
+__all__ = ["OffsetTracker"]
 
 
 class OffsetTracker:
@@ -49,29 +49,3 @@ class OffsetTracker:
         while p and p[0][2]:
             self._committed = p.popleft()[1]
             self.dirty = True
-
-
-class GroupAck:
-    """One acknowledgement shared by the messages of a group (a batch, or a batch's records of one
-    partition): the group's ticket is acked when the last of its ``count`` messages is.
-
-    The runtime acknowledges each delivery exactly once, so a count is enough; a group that
-    holds back its ticket until the last message is done only ever commits less than per-message
-    tickets would, never more. Call ``seal`` (ticket and count) before handing the messages out.
-    """
-
-    __slots__ = ("_remaining", "_ticket", "_tracker")
-
-    def __init__(self, tracker: OffsetTracker) -> None:
-        self._tracker = tracker
-        self._ticket = -1
-        self._remaining = 0
-
-    def seal(self, end: Any, count: int) -> None:
-        self._ticket = self._tracker.track(end)
-        self._remaining = count
-
-    def __call__(self) -> None:
-        self._remaining -= 1
-        if self._remaining == 0:
-            self._tracker.ack(self._ticket)
