@@ -4,6 +4,8 @@ Three child processes on this machine: a target that answers 201 to every
 POST (``bench/_target.py``, raw asyncio, so that it takes little of the CPU
 the two sides share), a raw ASGI app on uvicorn, and a seamline engine (``seamline
 run``) with a ``webhook`` source, a ``map`` step and an ``http`` sink. The
+source runs with ``receivers: 1``: one receiver process checks, stores and
+answers while the engine's process runs the flow (the CPU figures count both). The
 load generator (this process: an aiohttp client with bounded concurrency and
 a bounded request count) sends the same GitHub-signed order webhooks to each
 in the same run.
@@ -105,6 +107,7 @@ flow: bench-webhook
 source:
   webhook:
     port: {port}
+    receivers: 1
     routes:
       - path: /hooks
         signature: {{scheme: github, secret: "${{env:BENCH_SECRET}}"}}
@@ -187,13 +190,26 @@ def wait_count(target: str, n: int, started: float, timeout: float = 300) -> flo
     return time.perf_counter() - started
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (Linux ``/proc``; 0 elsewhere)."""
+def _stat(pid: int | str) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process and its live child processes (seamline's receivers) have
+    used so far (Linux ``/proc``; 0 elsewhere)."""
+    fields = _stat(pid)
+    if fields is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            child = _stat(entry.name)
+            if child is not None and int(child[1]) == pid:
+                ticks += int(child[11]) + int(child[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:

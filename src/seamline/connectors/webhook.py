@@ -29,16 +29,18 @@ import collections
 import contextlib
 import functools
 import hmac
+import itertools
 import logging
 import re
 import socket
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from seamline.config.models import SourceConfig
@@ -192,6 +194,13 @@ class WebhookSourceConfig(SourceConfig):
     tls_key_file: str | None = Field(None, description="PEM private key of the certificate.")
     inbox_lease: Duration = Field(600.0, description="A taken inbox row is given to nobody else for this long.")
     poll: Duration = Field(1.0, description="How often the inbox is checked when no delivery woke the source.")
+    receivers: int = Field(
+        0, ge=0, le=32, description="Receiver processes. 0: requests are served by the engine's own process. "
+        "N >= 1: N child processes share the listening socket; each checks and stores deliveries in the inbox "
+        "and answers, while the engine's process only runs the flow, so receiving and processing use separate "
+        "cores. Needs a file store (not `:memory:`). A receiver that dies is started again; the engine's "
+        "stop (or death) stops them."
+    )
     linger: Duration = Field(
         0.02, description="After a batch smaller than the flow's batch size, let deliveries gather for up to this "
         "long (a full batch goes at once), so batches grow under load: fewer store transactions per message. "
@@ -267,8 +276,13 @@ class _Route:
     """A configured route, ready to check requests."""
 
     def __init__(self, cfg: RouteConfig, ctx: BuildContext) -> None:
-        from seamline.security.webhooks import HmacScheme
+        from seamline.security.errors import SignatureError
+        from seamline.security.webhooks import HeaderView, HmacScheme, verify
 
+        self._signature_error = SignatureError
+        self._verify = verify
+        self._view = HeaderView.from_lists
+        self._secrets = cfg.signature.all_secrets() if cfg.signature is not None else []
         self.cfg = cfg
         self.ctx = ctx
         self.clock = ctx.clock
@@ -347,20 +361,19 @@ class _Route:
             raise _Reject(401, exc.code, exc.message, {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
         return claims
 
-    def check_signature(self, headers: list[tuple[str, str]], body: bytes) -> str | None:
-        from seamline.security.errors import SignatureError
-        from seamline.security.webhooks import verify
-
+    def check_signature(self, values: dict[str, list[str]], body: bytes) -> str | None:
+        """Verify the signature over ``body``; ``values`` holds each (lower-case) header's values in order."""
         sig = self.cfg.signature
         assert sig is not None
         now = self.clock.now()
-        first: SignatureError | None = None
-        for secret in sig.all_secrets():
+        headers = self._view(values)
+        first: Any = None
+        for secret in self._secrets:
             try:
                 if self.hmac is not None:
                     return self.hmac.verify(secret, headers, body, now=now, tolerance=sig.tolerance)  # type: ignore[no-any-return]
-                return verify(sig.scheme, secret, headers, body, now=now, tolerance=sig.tolerance)
-            except SignatureError as exc:
+                return self._verify(sig.scheme, secret, headers, body, now=now, tolerance=sig.tolerance)
+            except self._signature_error as exc:
                 if first is None:
                     first = exc
                 if exc.code != "signature.mismatch":
@@ -451,18 +464,24 @@ class _InboxWriter:
         # a redelivery after a crash is recognised exactly when the first copy was stored. The rows
         # are stored already leased to this process and handed to the flow from memory (no second
         # read); a restart releases the leases, so nothing stored is ever stranded.
+        # In a receiver process (``on_stored`` set) the rows are stored unleased: the engine's process
+        # takes them from the inbox once told how many arrived.
         src = self.src
         now = src.clock.now()
+        remote = src.on_stored
         seqs = await src.ctx.store.inbox_accept(
             src.ctx.flow, [(rec, scope, key, expires) for rec, scope, key, expires, _ in items], now,
-            lease_until=now + src.cfg.inbox_lease)
+            lease_until=None if remote is not None else now + src.cfg.inbox_lease)
         outcomes: list[str] = []
         for (record, *_), seq in zip(items, seqs, strict=True):
             if seq is None:
                 outcomes.append("duplicate")
             else:
-                src.fresh.append((seq, record))
+                if remote is None:
+                    src.fresh.append((seq, record))
                 outcomes.append("stored")
+        if remote is not None:
+            remote(len(items) - seqs.count(None))
         return outcomes
 
     async def close(self) -> None:
@@ -498,6 +517,11 @@ class WebhookSource(Source):
         #: rows stored (and leased) by this process, waiting to be emitted: no need to read them back
         self.fresh: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self._done: list[int] = []
+        #: in a receiver process: told how many rows were stored (the engine's process takes them)
+        self.on_stored: Callable[[int], None] | None = None
+        #: in the engine's process with receivers: rows the receivers said they stored, not yet taken
+        self.announced = 0
+        self._receivers: Any = None
         self._server: Any = None
         self._main: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
@@ -547,8 +571,23 @@ class WebhookSource(Source):
         return asgi
 
     async def open(self) -> None:
-        import uvicorn
+        cfg = self.cfg
+        sock = self._bind()
+        if cfg.receivers > 0:
+            from seamline.connectors.webhook_receiver import ReceiverPool
 
+            self._sock = sock
+            self.port = sock.getsockname()[1]
+            pool = ReceiverPool(self, sock)
+            await pool.start()
+            self._receivers = pool
+            log.info("flow %s: webhook listening on %s (%d receiver processes)", self.ctx.flow, self.url,
+                     cfg.receivers)
+            return
+        await self.serve(sock)
+        log.info("flow %s: webhook listening on %s", self.ctx.flow, self.url)
+
+    def _bind(self) -> socket.socket:
         cfg = self.cfg
         family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
         # proto given explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto
@@ -562,6 +601,13 @@ class WebhookSource(Source):
             sock.close()
             raise FatalError(f"webhook: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror}",
                              code="webhook.bind") from None
+        return sock
+
+    async def serve(self, sock: socket.socket) -> None:
+        """Serve the routes on a bound socket, in this process (the default, and a receiver process)."""
+        import uvicorn
+
+        cfg = self.cfg
         self._sock = sock
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
@@ -585,9 +631,11 @@ class WebhookSource(Source):
         await server.startup(sockets=[sock])
         self._server = server
         self._main = asyncio.create_task(server.main_loop(), name=f"{self.ctx.flow}:webhook-server")
-        log.info("flow %s: webhook listening on %s", self.ctx.flow, self.url)
 
     async def close(self) -> None:
+        pool, self._receivers = self._receivers, None
+        if pool is not None:
+            await pool.stop()  # intake stops first: what they stored stays in the inbox
         server, self._server = self._server, None
         if server is not None:
             server.should_exit = True
@@ -618,7 +666,8 @@ class WebhookSource(Source):
             if fresh:
                 n = min(len(fresh), self.batch_size)
                 rows = [fresh.popleft() for _ in range(n)]
-            else:  # released by a nack, left by an earlier run, or a lease that ran out
+            else:  # stored by a receiver process, released by a nack, left by an earlier run, or a lease that ran out
+                self.announced = 0
                 rows = await store.inbox_take(flow, self.batch_size, self.clock.now(), self.cfg.inbox_lease)
             new = [(seq, rec) for seq, rec in rows if seq not in self._inflight]
             if new:
@@ -648,7 +697,7 @@ class WebhookSource(Source):
         """After a small batch, let deliveries gather for up to ``linger``; a full batch goes at once."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cfg.linger
-        while len(fresh) < self.batch_size:
+        while len(fresh) + self.announced < self.batch_size:
             left = deadline - loop.time()
             if left <= 0:
                 return
@@ -690,8 +739,6 @@ class WebhookSource(Source):
             return _error_response(500, "webhook.internal", "internal error; the delivery was not accepted")
 
     async def _accept(self, route: _Route, scope: dict[str, Any], receive: Any) -> _Answer:
-        import orjson
-
         cfg = route.cfg
         if scope["method"] not in cfg.methods:
             raise _Reject(405, "webhook.method_not_allowed", f"use {', '.join(cfg.methods)}",
@@ -705,31 +752,40 @@ class WebhookSource(Source):
                               f"credentials are not accepted in the query string ({sorted(bad)[0]})")
         raw_headers: list[tuple[bytes, bytes]] = scope["headers"]
         # one search over all names and values (joined by a byte that is neither CR, LF nor NUL)
-        if raw_headers and _BAD_VALUE.search(b"\x01".join([b"\x01".join(nv) for nv in raw_headers])):
+        if raw_headers and _BAD_VALUE.search(b"\x01".join(itertools.chain.from_iterable(raw_headers))):
             raise _Reject(400, "webhook.header_invalid", "a header holds CR, LF or NUL")
-        pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw_headers]
+        # one pass: each header's values in order (for the signature check) and joined (for the rest)
         headers: dict[str, str] = {}
-        for k, v in pairs:
-            key = k.lower()
-            headers[key] = v if key not in headers else f"{headers[key]}, {v}"
+        values: dict[str, list[str]] = {}
+        for name, raw_value in raw_headers:
+            key = name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            got = headers.get(key)
+            if got is None:
+                headers[key] = value
+                values[key] = [value]
+            else:
+                headers[key] = f"{got}, {value}"
+                values[key].append(value)
         if cfg.api_key is not None:
             route.check_api_key(headers)
         if route.jwt is not None:
             await route.check_jwt(headers)
         body = await self._read_body(receive, headers)
-        signed_id = route.check_signature(pairs, body) if cfg.signature is not None else None
+        signed_id = route.check_signature(values, body) if cfg.signature is not None else None
         parsed: Any = None
-        content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
         if cfg.parse == "json":
             try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Reject(400, "webhook.body_not_utf8", "the body is not valid UTF-8") from None
-            try:
-                parsed = orjson.loads(body)
+                parsed = orjson.loads(body)  # refuses invalid UTF-8 too; the error code says which
             except orjson.JSONDecodeError:
+                try:
+                    body.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Reject(400, "webhook.body_not_utf8", "the body is not valid UTF-8") from None
                 raise _Reject(400, "webhook.body_not_json", "the body is not valid JSON") from None
             content_type = "application/json"
+        else:
+            content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
         delivery = route.delivery_id(signed_id, headers, parsed)
         record = self._record(route, body, parsed, content_type, headers, delivery)
         expires = self.clock.now() + cfg.dedupe_window

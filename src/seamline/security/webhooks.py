@@ -36,6 +36,7 @@ __all__ = [
     "MAX_HEADER_LENGTH",
     "MAX_SIGNATURES",
     "SCHEMES",
+    "HeaderView",
     "HmacScheme",
     "verify",
     "verify_hmac",
@@ -71,6 +72,16 @@ def _fail(code: str, message: str) -> SignatureError:
 class _Headers:
     """Case-insensitive view of any header mapping (dict, multidict, pairs)."""
 
+    __slots__ = ("_values",)
+
+    @classmethod
+    def from_lists(cls, values: dict[str, list[str]]) -> _Headers:
+        """A view over headers a caller has already split: lower-case names, every value as text,
+        in order. Taken over as it is (no copy): the caller must not change it afterwards."""
+        view = cls.__new__(cls)
+        view._values = values  # type: ignore[assignment]
+        return view
+
     def __init__(self, headers: object) -> None:
         self._values: dict[str, list[object]] = {}
         values = self._values
@@ -104,6 +115,10 @@ class _Headers:
         if not isinstance(first, str):
             raise _fail("malformed", f"header {name!r} is not text")
         return first
+
+
+#: a header view built once by a receiver that already split its headers (``HeaderView.from_lists``)
+HeaderView = _Headers
 
 
 def _as_text(value: object) -> object:
@@ -417,7 +432,7 @@ class HmacScheme:
     ) -> str | None:
         """Check the signature; return the ``id_header`` value (``None`` when unset or absent)."""
         now_s, tol = _clock(now, tolerance)
-        hdrs = _Headers(headers)
+        hdrs = headers if type(headers) is _Headers else _Headers(headers)
         data = _body_bytes(body)
         return self._verify(secret, hdrs, data, now_s, tol)
 
@@ -506,7 +521,7 @@ _VERIFIERS: dict[str, _Verifier] = {
 def verify(
     scheme: str,
     secret: str | bytes | Secret,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]],
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | _Headers,
     body: bytes,
     *,
     now: float | None = None,
@@ -528,6 +543,6 @@ def verify(
     except (KeyError, TypeError):
         raise _fail("scheme_unknown", f"unknown signature scheme; use one of {list(SCHEMES)}") from None
     now_s, tol = _clock(now, tolerance)
-    hdrs = _Headers(headers)
+    hdrs = headers if type(headers) is _Headers else _Headers(headers)
     data = _body_bytes(body)
     return verifier(secret, hdrs, data, now_s, tol)
