@@ -85,7 +85,7 @@ TRANSPORT_PREFIXES: tuple[str, ...] = (
     "webhook.",
 )
 
-_TP = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+_TP = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 # Trace ids need to be unique, not secret: a PRNG seeded from the OS avoids a system call per message
@@ -95,30 +95,44 @@ _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
 
+# Trace contexts this process made or checked lately: ``ensure_traceparent`` on the way out finds
+# the value ``incoming`` left on the way in without checking it again. Bounded; when full it starts
+# over, and a value it no longer holds is simply checked again.
+_CHECKED: set[str] = set()
+_CHECKED_MAX = 16384
+
+
+def _checked(value: str) -> str:
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.add(value)
+    return value
+
+
 def new_traceparent() -> str:
     """A fresh W3C trace context: version 00, random trace and span ids, sampled."""
-    ids = f"{_rng.getrandbits(192):048x}"
+    ids = _rng.randbytes(24).hex()
     trace, span = ids[:32], ids[32:]
     if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # all zero is invalid (2^-64 odds at worst)
         return new_traceparent()
-    return f"00-{trace}-{span}-01"
+    return _checked(f"00-{trace}-{span}-01")
 
 
 def is_valid_traceparent(value: str | None) -> bool:
     """True for a well-formed ``traceparent`` (not version ff, ids not all zero)."""
     if not value:
         return False
-    m = _TP.match(value.strip())
-    if m is None:
+    if len(value) != 55:
+        value = value.strip()
+    if _TP.fullmatch(value) is None:
         return False
-    version, trace, span, _flags = m.groups()
-    return version != "ff" and trace != _ZERO_TRACE and span != _ZERO_SPAN
+    return value[:2] != "ff" and value[3:35] != _ZERO_TRACE and value[36:52] != _ZERO_SPAN
 
 
 def ensure_traceparent(message: Message) -> str:
     """The message's ``traceparent``; a new one is generated and stored when missing or invalid."""
     tp = message.headers.get(TRACEPARENT)
-    if tp is not None and is_valid_traceparent(tp):
+    if tp is not None and (tp in _CHECKED or is_valid_traceparent(tp)):
         return tp
     tp = new_traceparent()
     message.headers[TRACEPARENT] = tp
@@ -204,7 +218,7 @@ def incoming(
         elif kind == _CT:
             content_type = content_type or v
         elif is_valid_traceparent(v):
-            rest[TRACEPARENT] = v.strip()
+            rest[TRACEPARENT] = _checked(v.strip())
     if TRACEPARENT not in rest:
         rest[TRACEPARENT] = new_traceparent()
     return message_id or None, correlation_id or None, content_type or None, rest

@@ -19,8 +19,22 @@ def test_traceparent_format_and_validation() -> None:
     assert (version, flags, len(trace), len(span)) == ("00", "01", 32, 16)
     assert wire.new_traceparent() != tp
     for bad in (None, "", "00-abc-def-01", "ff-" + "a" * 32 + "-" + "b" * 16 + "-01",
-                "00-" + "0" * 32 + "-" + "b" * 16 + "-01", "00-" + "A" * 32 + "-" + "b" * 16 + "-01"):
+                "00-" + "0" * 32 + "-" + "b" * 16 + "-01", "00-" + "A" * 32 + "-" + "b" * 16 + "-01",
+                "00-" + "a" * 32 + "-" + "0" * 16 + "-01", tp + "\n" + tp, tp[:-1] + "g", tp + "-x", " " + tp[1:]):
         assert not wire.is_valid_traceparent(bad), bad
+    assert wire.is_valid_traceparent(f"  {tp}\n"), "surrounding whitespace is tolerated"
+
+
+def test_ensure_traceparent_checks_what_it_did_not_make_or_read() -> None:
+    m = Message({}, headers={"traceparent": "00-" + "a" * 32 + "-" + "0" * 16 + "-01"})
+    tp = wire.ensure_traceparent(m)
+    assert wire.is_valid_traceparent(tp) and m.headers["traceparent"] == tp, "an invalid one is replaced"
+    _, _, _, rest = wire.incoming({"traceparent": f" {tp} "})
+    assert rest["traceparent"] == tp
+    m2 = Message({}, headers=rest)
+    assert wire.ensure_traceparent(m2) == tp, "a valid one read on the way in is kept on the way out"
+    m2.headers["traceparent"] = "ff" + tp[2:]  # a step changed it: checked again
+    assert wire.ensure_traceparent(m2) != "ff" + tp[2:]
 
 
 def test_incoming_reads_aliases_and_keeps_or_creates_traceparent() -> None:
