@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+from xxhash import xxh3_64_hexdigest
 
 __all__ = ["Message", "new_id"]
 
@@ -145,10 +145,10 @@ class Message:
 
     @property
     def digest(self) -> str:
-        """A short fingerprint of the body bytes (for the journal), computed once."""
+        """A short fingerprint of the body bytes (XXH3, 64 bits, hex; for the journal), computed once."""
         d = self._digest
         if d is None:
-            d = self._digest = hashlib.blake2b(self.raw, digest_size=8).hexdigest()
+            d = self._digest = xxh3_64_hexdigest(self.raw)
         return d
 
     @property
