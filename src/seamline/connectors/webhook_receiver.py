@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import ValidationError
 
 from seamline.core.errors import FatalError
 
@@ -259,6 +260,10 @@ def main() -> int:
         return 2
     try:
         asyncio.run(_serve(payload))
+    except ValidationError as exc:  # never the inputs: they hold the secrets
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False))
+        log.error("webhook receiver of flow %s: invalid settings: %s", payload.get("flow"), where)
+        return 2
     except Exception as exc:  # reported; the engine sees the exit code and starts it again
         log.error("webhook receiver of flow %s failed: %s", payload.get("flow"), exc)
         return 1

@@ -269,3 +269,17 @@ def test_receivers_need_a_file_store(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(go())
+
+
+def test_a_receiver_refuses_bad_settings_without_echoing_them(tmp_path: Path) -> None:
+    payload = {"config": {"port": "not-a-port", "routes": [
+                   {"path": "/h", "signature": {"scheme": "github", "secret": SECRET}}]},
+               "flow": "hooks", "base_dir": str(tmp_path), "state": str(tmp_path / "state.db"), "batch_size": 10,
+               "socket_fd": 0, "wake_fd": 0}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "SEAMLINE_LOG_LEVEL": "WARNING"}
+    done = subprocess.run([sys.executable, "-m", "seamline.connectors.webhook_receiver"],
+                          input=orjson.dumps(payload) + b"\n", capture_output=True, env=env, timeout=60, check=False)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "invalid settings: port:" in err
+    assert SECRET not in err and SECRET not in done.stdout.decode()
