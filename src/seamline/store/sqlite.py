@@ -102,6 +102,10 @@ def _known_keys(c: sqlite3.Connection, scope: str, keys: Sequence[str], now: flo
     return out
 
 
+def _packed(rows: list[Any]) -> list[tuple[float, str, int, bytes, str]]:
+    return [(ts, flow, n, blob, " ".join(map(_key_token, keys))) for ts, flow, n, blob, keys in _pack_journal(rows)]
+
+
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder()
 
@@ -242,14 +246,17 @@ class SqliteStore:
 
     # -- hot path ---------------------------------------------------------------
     def write_journal_sync(self, rows: list[Any]) -> None:
+        self._write_packed_sync(_packed(rows))
+
+    def _write_packed_sync(self, packed: list[tuple[float, str, int, bytes, str]]) -> None:
         c = self._jconn if self._jconn is not None else self.conn
         lock = self._lock if c is self._conn else self._jlock
         with lock:
             c.execute("BEGIN IMMEDIATE")
             try:
-                for ts, flow, n, blob, keys in _pack_journal(rows):
+                for ts, flow, n, blob, keys in packed:
                     seq = c.execute(_JOURNAL_INSERT, (ts, flow, n, blob)).lastrowid
-                    c.execute(_JOURNAL_KEY, (seq, " ".join(map(_key_token, keys))))
+                    c.execute(_JOURNAL_KEY, (seq, keys))
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
@@ -271,7 +278,7 @@ class SqliteStore:
         while len(self._jpending) >= self.journal_backlog:
             await asyncio.wait(self._jpending[:1])
             self._jpending = [f for f in self._jpending if not f.done()]
-        self._jpending.append(loop.run_in_executor(self._jpool, self.write_journal_sync, rows))
+        self._jpending.append(loop.run_in_executor(self._jpool, self._write_packed_sync, _packed(rows)))
 
     async def flush_journal(self) -> None:
         pending, self._jpending = self._jpending, []
