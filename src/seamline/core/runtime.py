@@ -526,7 +526,8 @@ class FlowRunner:
                 await self._queue.put(work)
                 continue
             nxt = await self.store.next_retry_at(flows)
-            wait = self.retry_poll if nxt is None else max(0.0, min(self.retry_poll, nxt - now))
+            # the clock read again: it may have moved while the store answered
+            wait = self.retry_poll if nxt is None else max(0.0, min(self.retry_poll, nxt - self.clock.now()))
             self._retry_wake.clear()
             sleeper = asyncio.ensure_future(self.clock.sleep(wait))
             waker = asyncio.ensure_future(self._retry_wake.wait())

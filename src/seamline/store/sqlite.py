@@ -158,8 +158,12 @@ class SqliteStore:
             j.execute("PRAGMA synchronous=NORMAL")
             j.execute("PRAGMA busy_timeout=30000")
             self._jconn = j
-        for stmt in JOURNAL_SCHEMA:
-            self._jconn.execute(stmt)
+        (made,) = self._jconn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('journal_batch', 'journal_key', 'journal_batch_ts')"
+        ).fetchone()
+        if made < 3:  # an existing journal is opened without asking for its write lock
+            for stmt in JOURNAL_SCHEMA:
+                self._jconn.execute(stmt)
 
     def close_sync(self) -> None:
         if self._jconn is not None and self._jconn is not self._conn:
@@ -218,8 +222,17 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         """Apply missing migrations; the version is read under the write lock, so two
-        processes opening a new database at once never apply the same step twice."""
+        processes opening a new database at once never apply the same step twice.
+
+        A database that is up to date is recognised by a plain read first: opening it (the CLI
+        or a second engine beside a running one) never waits for the write lock."""
         c = self.conn
+        try:
+            row = c.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:  # a new database: no meta table yet
+            row = None
+        if row is not None and int(row[0]) >= len(SQLITE_MIGRATIONS):
+            return
         c.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         for target, script in enumerate(SQLITE_MIGRATIONS, start=1):
             c.execute("BEGIN IMMEDIATE")

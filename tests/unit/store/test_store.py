@@ -285,3 +285,29 @@ async def test_no_cursor_crosses_threads_under_concurrent_calls(tmp_path: Path) 
         assert n > 100
     finally:
         await s.close()
+
+
+def test_an_up_to_date_database_opens_while_another_connection_writes(tmp_path: Path) -> None:
+    """The CLI (or a test) opening the store of a running engine must not queue for its write lock."""
+    import sqlite3
+
+    from seamline.store.sqlite import SqliteStore
+
+    first = SqliteStore(tmp_path / "state.db")
+    first.open_sync()
+    writer = sqlite3.connect(first.path, isolation_level=None)
+    journal_writer = sqlite3.connect(first.journal_path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # an engine in the middle of a commit, on both files
+    journal_writer.execute("BEGIN IMMEDIATE")
+    second = SqliteStore(tmp_path / "state.db")
+    try:
+        second.open_sync()  # waiting for a write lock here would fail with "database is locked"
+        assert second.schema_version() == first.schema_version()
+        assert writer.in_transaction and journal_writer.in_transaction, "opened while the writers held the locks"
+    finally:
+        writer.execute("COMMIT")
+        journal_writer.execute("COMMIT")
+        writer.close()
+        journal_writer.close()
+        second.close_sync()
+        first.close_sync()
