@@ -402,6 +402,7 @@ class KafkaSource(Source):
         partial = functools.partial
         # partition -> (tracker, nack, partition as text)
         groups: dict[tuple[str, int], tuple[OffsetTracker, Any, str]] = {}
+        now = time.time()  # one receive time for the records of one poll
         with self._lock:
             for m in msgs:
                 err = m.error()
@@ -449,6 +450,7 @@ class KafkaSource(Source):
                     transport=transport,
                     max_bytes=max_bytes,
                     connector="kafka",
+                    now=now,
                 )
                 append(Delivery(msg, partial(tracker.ack, ticket), group_nack, error))
         return out

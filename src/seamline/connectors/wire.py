@@ -207,9 +207,12 @@ def incoming(
     invalid ``traceparent`` is replaced by a fresh one.
     """
     rest: dict[str, str] = {}
+    kinds = _KINDS
     for k, v in headers.items():
-        kind = _kind(k)
-        if kind in (_KEEP, _TRANSPORT):
+        kind = kinds.get(k)
+        if kind is None:
+            kind = _kind(k)
+        if kind <= _TRANSPORT:  # _KEEP or _TRANSPORT
             rest[k] = v
         elif kind == _ID:
             message_id = message_id or v
@@ -240,8 +243,12 @@ def decode_message(
     content_type: str | None = None,
     max_bytes: int | None = None,
     connector: str = "broker",
+    now: float | None = None,
 ) -> tuple[Message, BaseException | None]:
     """Build the message for one received record; the error is set when it cannot be decoded.
+
+    ``now`` (Unix seconds, default: the current time) stamps the message; a source that
+    decodes a batch of records passes one time for all of them.
 
     JSON bodies are parsed here, so a record that is not JSON goes to the
     dead-letter queue at once with ``format.json.syntax`` (its text kept in
@@ -256,7 +263,8 @@ def decode_message(
     if ctype not in _JSON_TYPES:
         ctype = ctype.split(";")[0].strip().lower() or default_content_type
     mid = mid or default_id
-    now = time.time()
+    if now is None:
+        now = time.time()
     if max_bytes is not None and len(raw) > max_bytes:
         err = FatalError(
             f"message {mid} is {len(raw)} bytes (limit {max_bytes})", code=f"{connector}.message_too_large"
