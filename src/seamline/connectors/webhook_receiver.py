@@ -118,6 +118,9 @@ class ReceiverPool:
             line = await asyncio.wait_for(asyncio.to_thread(stdout.readline), _READY_TIMEOUT)
         except TimeoutError:
             line = b""
+        except asyncio.CancelledError:  # stopped while this one was starting: it must not stay behind
+            await asyncio.shield(asyncio.to_thread(self._end, proc, 5.0))
+            raise
         if line.strip() != b"ready":
             await asyncio.to_thread(self._end, proc, 5.0)
             raise FatalError(f"webhook: receiver process {i + 1} did not start (exit code {proc.returncode}); "
