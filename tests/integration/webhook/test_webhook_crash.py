@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 from tests.integration.webhook import signers
+from tests.integration.webhook.engines import free_port, inbox_rows, start_engine
 
 from seamline.testing.faultserver import FaultServer, Hang, Respond
 
@@ -36,30 +34,8 @@ sinks:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start(tmp: Path, port: int, log_name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "GH_SECRET": SECRET}
-    log = (tmp / log_name).open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seamline.cli", "run", "flow.yaml", "--state", str(tmp / "state.db"), "-q"],
-        cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )
-    log.close()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (tmp / log_name).read_text()[-3000:]
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError("the engine did not start listening")
+    return start_engine(tmp, port, log_name, {"GH_SECRET": SECRET})
 
 
 def deliver(port: int, n: int) -> int:
@@ -101,7 +77,9 @@ def test_sigkill_right_after_the_2xx_loses_nothing(tmp_path: Path) -> None:
                 if keys >= {f"delivery-{n}" for n in range(4)}:
                     break
                 time.sleep(0.05)
-            time.sleep(0.3)  # let the acknowledgements land
+            wait_acked = time.monotonic() + 30
+            while inbox_rows(tmp_path / "state.db") and time.monotonic() < wait_acked:
+                time.sleep(0.05)  # the acknowledgements land: every row leaves the inbox
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0, (tmp_path / "run2.log").read_text()[-3000:]
         finally:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 import orjson
 import pytest
 from tests.integration.webhook import signers
+from tests.integration.webhook.engines import free_port, inbox_rows, start_engine
 
 from seamline.connectors.webhook import WebhookSource, WebhookSourceConfig
 from seamline.core.component import BuildContext
@@ -48,12 +48,6 @@ sinks:
       egress: {{allow_loopback: true}}
       request_timeout: 30s
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def children(pid: int) -> set[int]:
@@ -89,23 +83,7 @@ def wait_until(check, timeout: float = 20.0, what: str = "condition") -> None:  
 
 
 def start(tmp: Path, port: int, log_name: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "GH_SECRET": SECRET}
-    log = (tmp / log_name).open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "seamline.cli", "run", "flow.yaml", "--state", str(tmp / "state.db"), "-q"],
-        cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=log,
-    )
-    log.close()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (tmp / log_name).read_text()[-3000:]
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise TimeoutError("the engine did not start listening")
+    return start_engine(tmp, port, log_name, {"GH_SECRET": SECRET}, timeout=60)
 
 
 def stop(proc: subprocess.Popen[bytes], tmp: Path, log_name: str) -> None:
@@ -163,7 +141,7 @@ def test_receivers_store_check_and_answer_and_the_engine_delivers(tmp_path: Path
             status, body = deliver(port, 99, secret="wrong-secret-wrong-secret")
             assert status == 401 and body["error"]["code"] == "signature.mismatch"
             wait_until(lambda: len(received_keys(server)) >= 60, what="60 deliveries at the target")
-            time.sleep(0.3)  # the acknowledgements
+            wait_until(lambda: inbox_rows(tmp_path / "state.db") == 0, what="every delivery acknowledged")
         finally:
             stop(proc, tmp_path, "run.log")
         wait_until(lambda: not any(alive(k) for k in kids), timeout=10, what="the receivers to exit")
@@ -221,7 +199,7 @@ def test_sigkill_of_the_engine_stops_its_receivers_and_loses_nothing(tmp_path: P
             want = {f"delivery-{n}" for n in accepted}
             wait_until(lambda: set(received_keys(server)) >= want, timeout=60,
                        what="every accepted delivery at the target")
-            time.sleep(0.3)
+            wait_until(lambda: inbox_rows(tmp_path / "state.db") == 0, what="every delivery acknowledged")
         finally:
             stop(proc, tmp_path, "run2.log")
     assert set(received_keys(server)) >= want, "every delivery answered 2xx was delivered after the restart"
@@ -244,7 +222,7 @@ def test_a_receiver_that_dies_is_started_again(tmp_path: Path) -> None:
             # the engine kept the socket: a connection made meanwhile waits for the new receiver
             assert deliver(port, 2)[0] == 200
             wait_until(lambda: set(received_keys(server)) >= {"delivery-1", "delivery-2"}, what="both deliveries")
-            time.sleep(0.3)
+            wait_until(lambda: inbox_rows(tmp_path / "state.db") == 0, what="both acknowledged")
         finally:
             stop(proc, tmp_path, "run.log")
         log = (tmp_path / "run.log").read_text()
