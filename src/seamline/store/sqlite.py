@@ -47,8 +47,9 @@ def _key_token(key: str) -> str:
     return b.hex() if len(b) <= 48 else "h" + hashlib.blake2b(b, digest_size=16).hexdigest()
 
 
-def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, set[str]]]:
-    """Group hop rows by flow and message, keeping their order: one packed row per flow."""
+def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, str]]:
+    """Group hop rows by flow and message, keeping their order: one packed row per flow, with the
+    index document of its ids."""
     flows: dict[str, dict[tuple[str, str], list[Any]]] = {}
     for ts, flow, msg_id, corr, step, outcome, dur, digest, detail in rows:
         groups = flows.get(flow)
@@ -75,7 +76,7 @@ def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, set[str
                 entries.append((msg_id, corr, hops))
             else:
                 entries.append((msg_id, None, hops))
-        out.append((first or 0.0, flow, len(entries), enc(entries), keys))
+        out.append((first or 0.0, flow, len(entries), enc(entries), " ".join(map(_key_token, keys))))
     return out
 
 
@@ -100,10 +101,6 @@ def _known_keys(c: sqlite3.Connection, scope: str, keys: Sequence[str], now: flo
         ).fetchall()
         out.update(r[0] for r in rows)
     return out
-
-
-def _packed(rows: list[Any]) -> list[tuple[float, str, int, bytes, str]]:
-    return [(ts, flow, n, blob, " ".join(map(_key_token, keys))) for ts, flow, n, blob, keys in _pack_journal(rows)]
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -259,7 +256,7 @@ class SqliteStore:
 
     # -- hot path ---------------------------------------------------------------
     def write_journal_sync(self, rows: list[Any]) -> None:
-        self._write_packed_sync(_packed(rows))
+        self._write_packed_sync(_pack_journal(rows))
 
     def _write_packed_sync(self, packed: list[tuple[float, str, int, bytes, str]]) -> None:
         c = self._jconn if self._jconn is not None else self.conn
@@ -291,7 +288,7 @@ class SqliteStore:
         while len(self._jpending) >= self.journal_backlog:
             await asyncio.wait(self._jpending[:1])
             self._jpending = [f for f in self._jpending if not f.done()]
-        self._jpending.append(loop.run_in_executor(self._jpool, self._write_packed_sync, _packed(rows)))
+        self._jpending.append(loop.run_in_executor(self._jpool, self._write_packed_sync, _pack_journal(rows)))
 
     async def flush_journal(self) -> None:
         pending, self._jpending = self._jpending, []
