@@ -78,7 +78,6 @@ class ReceiverPool:
                              code="config.webhook.receivers")
         self.state = path
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * src.cfg.receivers
-        self.restarts = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._stopping = False
@@ -153,7 +152,6 @@ class ReceiverPool:
                     return
                 try:
                     self.procs[i] = await self._spawn(i)
-                    self.restarts += 1
                     delay = 0.5
                 except FatalError as exc:
                     log.error("flow %s: %s", self.src.ctx.flow, exc)
@@ -192,9 +190,6 @@ class ReceiverPool:
         for fd in (self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p is not None]
 
 
 # -- the child ------------------------------------------------------------------------------------
