@@ -390,6 +390,38 @@ async def dead_letters(state: Path, flow: str | None = None) -> list[Any]:
         await store.close()
 
 
+async def dead_letter_ids(state: Path, timeout: float = 20.0) -> set[str] | None:
+    """The ids in the DLQ of a store an engine process is writing to; ``None`` when the store
+    could not be read within ``timeout`` (the caller asks again later)."""
+    try:
+        return {d.msg_id for d in await asyncio.wait_for(dead_letters(state), timeout)}
+    except TimeoutError:
+        return None
+
+
+@contextlib.asynccontextmanager
+async def hang_report(after: float) -> AsyncIterator[None]:
+    """If the block is still running after ``after`` seconds, print every task's and thread's stack
+    (a hang then fails with where it hung, not only with the test's timeout)."""
+    import faulthandler
+
+    async def watch() -> None:
+        await asyncio.sleep(after)
+        print(f"--- still running after {after:g}s: task stacks ---", file=sys.stderr)
+        for task in asyncio.all_tasks():
+            task.print_stack(file=sys.stderr)
+        print("--- thread stacks ---", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 def assert_key_order(messages: Sequence[WireMessage], order: str) -> None:
     """Per key (or overall, for ``total``), the first arrival of each ``seq`` is increasing."""
     seen: set[str] = set()
@@ -620,7 +652,7 @@ class ConformanceSuite:
         state = tmp_path / "state.db"
         proc = EngineProcess(flowdir, state, tmp_path / "engine.log")
         try:
-            async with backend.collect(dst) as out:
+            async with hang_report(200), backend.collect(dst) as out:
                 proc.start()
                 await out.wait_for(lambda c: len(c.ids() & ids) >= 300, self.deadline, "300 messages",
                                    alive=proc.check)
@@ -634,7 +666,7 @@ class ConformanceSuite:
                     proc.check()
                     if ids <= out.ids() | dead:
                         return True
-                    dead.update(d.msg_id for d in await dead_letters(state))
+                    dead.update(await dead_letter_ids(state) or ())
                     return ids <= out.ids() | dead
 
                 await eventually(done, self.deadline, "every id in the output or the DLQ", every=0.5)
