@@ -84,14 +84,14 @@ steps:
   - map: {{expression: "{expr}"}}
 sinks:
   - file: {{path: {dst}, fsync: false}}
-settings: {{batch_size: 1000, concurrency: 2, queue: 4, journal: {journal}}}
+settings: {{batch_size: 1000, concurrency: {conc}, queue: 4, journal: {journal}}}
 """
 
 
 def flow_file(tmp: Path, src: Path, dst: Path) -> Path:
     f = tmp / "bench.yaml"
     journal = os.environ.get("BENCH_JOURNAL", "hops")
-    f.write_text(FLOW.format(src=src, dst=dst, expr=EXPR.replace('"', '\\"'), journal=journal))
+    f.write_text(FLOW.format(src=src, dst=dst, expr=EXPR.replace('"', '\\"'), journal=journal, conc=os.environ.get('BENCH_CONC', '2')))
     return f
 
 

@@ -69,6 +69,14 @@ class FlowSettings(Strict):
     batch_size: int = Field(500, ge=1, le=100_000, description="Messages handled together.")
     concurrency: int = Field(2, ge=1, le=256, description="Batches in work at once.")
     queue: int = Field(4, ge=1, le=1024, description="Batches buffered between source and workers.")
+    workers: int = Field(
+        0, ge=0, le=64,
+        description="Worker processes that run the steps (0: none, all in the engine's process). For "
+        "flows whose steps only look at the body (map, filter, validate with JSON Schema) from an "
+        "NDJSON file source to one NDJSON file sink; other flows are refused with config.workers. "
+        "Worth it when the steps, not the endpoints, are the bottleneck. At least two batches per "
+        "worker are in work at once, whatever `concurrency` says.",
+    )
     journal: Literal["hops", "edges", "off"] = Field(
         "hops", description="hops: a record per step; edges: source and sinks only; off: none."
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import functools
 import glob as globlib
 import hashlib
 import io
@@ -25,7 +26,7 @@ from pydantic import Field
 
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.connectors.offsets import OffsetTracker
-from seamline.core.component import BuildContext, Delivery, Emit, Sink, Source
+from seamline.core.component import BuildContext, Delivery, Emit, EmitRaw, RawBatch, Sink, Source
 from seamline.core.errors import FatalError
 from seamline.core.message import Message
 from seamline.core.registry import register
@@ -119,7 +120,8 @@ class FileSource(Source):
         for path in self._files():
             await self._run_file(path, emit)
 
-    async def _run_file(self, path: Path, emit: Emit) -> None:
+    async def _begin(self, path: Path) -> Pos:
+        """Where to start reading ``path``: its checkpoint, unless the file was replaced or cut."""
         scope = f"file:{self.ctx.flow}:{path.resolve()}"
         fp = _fingerprint(path)
         cp = await self.ctx.store.get_checkpoint(scope)
@@ -127,27 +129,36 @@ class FileSource(Source):
         size = path.stat().st_size
         if isinstance(cp, dict) and cp.get("fingerprint") == fp and int(cp.get("offset", 0)) <= size:
             start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
-        tracker = OffsetTracker(start)
-        self._tracker, self._scope, self._fp = tracker, scope, fp
+        self._tracker, self._scope, self._fp = OffsetTracker(start), scope, fp
+        return start
+
+    def _delivery(self, name: str, rec_no: int, body: Any, raw: bytes | None, err: BaseException | None,
+                  acker: _BatchAck) -> Delivery:
+        mid = corr = None
+        if type(body) is dict:
+            id_field, corr_field = self.cfg.id_field, self.cfg.correlation_field
+            if id_field is not None and (v := body.get(id_field)) is not None:
+                mid = v if type(v) is str else str(v)
+            if corr_field is not None and (v := body.get(corr_field)) is not None:
+                corr = v if type(v) is str else str(v)
+        if mid is None:
+            mid = f"{name}:{rec_no}"
+        msg = Message(body, raw=raw, id=mid, correlation_id=corr,
+                      headers={"file.name": name, "file.record": str(rec_no)})
+        return Delivery(msg, acker, _nack, err)
+
+    async def _run_file(self, path: Path, emit: Emit) -> None:
+        start = await self._begin(path)
+        assert self._tracker is not None
+        tracker = self._tracker
         name = path.name
-        id_field, corr_field = self.cfg.id_field, self.cfg.correlation_field
         # one ticket per batch: the position moves past a batch once all of its messages are
         # acknowledged (a restart re-reads at most the batches that were in flight)
         acker = _BatchAck(tracker)
         batch: list[Delivery] = []
         end: Pos = start
         for end, rec_no, body, raw, err in self._records(path, start):
-            mid = corr = None
-            if type(body) is dict:
-                if id_field is not None and (v := body.get(id_field)) is not None:
-                    mid = v if type(v) is str else str(v)
-                if corr_field is not None and (v := body.get(corr_field)) is not None:
-                    corr = v if type(v) is str else str(v)
-            if mid is None:
-                mid = f"{name}:{rec_no}"
-            msg = Message(body, raw=raw, id=mid, correlation_id=corr,
-                          headers={"file.name": name, "file.record": str(rec_no)})
-            batch.append(Delivery(msg, acker, _nack, err))
+            batch.append(self._delivery(name, rec_no, body, raw, err, acker))
             if len(batch) >= self.batch_size:
                 acker.seal(end, len(batch))
                 await emit(batch)
@@ -156,6 +167,81 @@ class FileSource(Source):
         if batch:
             acker.seal(end, len(batch))
             await emit(batch)
+
+    def can_run_raw(self) -> bool:
+        return self.cfg.format == "ndjson"
+
+    async def run_raw(self, emit_raw: EmitRaw) -> None:
+        for path in self._files():
+            await self._run_file_raw(path, emit_raw)
+
+    async def _run_file_raw(self, path: Path, emit_raw: EmitRaw) -> None:
+        """NDJSON handed over as whole lines, ``batch_size`` records at a time (``workers``).
+
+        A record longer than ``max_record_bytes`` is not kept: it travels alone, as a batch
+        that only the engine's own path handles (it is dead-lettered there, as by ``run``).
+        """
+        offset, line_no, rec_no = await self._begin(path)
+        assert self._tracker is not None
+        tracker = self._tracker
+        name = path.name
+        limit = self.cfg.max_record_bytes
+        size = self.batch_size
+        with path.open("rb", buffering=_READ_BUFFER) as f:
+            f.seek(offset)
+            readline = f.readline
+            while True:
+                lines: list[bytes] = []
+                first = rec_no + 1
+                long_record: int | None = None
+                while len(lines) < size and (chunk := readline(limit + 1)):
+                    length = len(chunk)
+                    if length > limit and not chunk.endswith(b"\n"):
+                        while more := readline(_SKIP_CHUNK):  # skip to its end
+                            length += len(more)
+                            if more.endswith(b"\n"):
+                                break
+                        long_record = length
+                        if lines:  # the batch so far goes first; the long one is read again next time
+                            f.seek(offset)
+                            break
+                        offset += length
+                        line_no += 1
+                        rec_no += 1
+                        break
+                    offset += length
+                    line_no += 1
+                    if chunk.isspace():
+                        continue
+                    rec_no += 1
+                    lines.append(chunk)
+                if lines:
+                    long_record = None
+                elif long_record is None:
+                    break
+                end: Pos = (offset, line_no, rec_no)
+                acker = _BatchAck(tracker)
+                count = len(lines) or 1
+                acker.seal(end, count)
+                expand = functools.partial(self._expand, name, first, lines, long_record, acker)
+                await emit_raw(RawBatch(
+                    b"".join(lines) if lines else None, count, first_record=first, name=name,
+                    id_field=self.cfg.id_field, correlation_field=self.cfg.correlation_field,
+                    max_record_bytes=limit, expand=expand, ack=acker.ack_all, nack=_nack,
+                ))
+
+    def _expand(self, name: str, first: int, lines: list[bytes], long_record: int | None,
+                acker: _BatchAck) -> list[Delivery]:
+        """The deliveries ``run`` makes of the same lines (see ``RawBatch.expand``)."""
+        limit = self.cfg.max_record_bytes
+        if long_record is not None:
+            err = FatalError(f"record {first} is {long_record} bytes (limit {limit})", code="format.json.too_large")
+            return [self._delivery(name, first, {"$record": first}, None, err, acker)]
+        out = []
+        for rec_no, chunk in enumerate(lines, first):
+            body, raw, err = _decode_line(chunk.strip(), rec_no, limit)
+            out.append(self._delivery(name, rec_no, body, raw, err, acker))
+        return out
 
     def _records(self, path: Path, start: Pos) -> Iterator[Rec]:
         fmt = self.cfg.format
@@ -168,9 +254,6 @@ class FileSource(Source):
 
     def _ndjson(self, path: Path, start: Pos) -> Iterator[Rec]:
         """NDJSON, strictly: duplicate keys, NaN, deep nesting and huge numbers are refused per line."""
-        from seamline.formats.errors import FormatError
-        from seamline.formats.json import decode
-
         limit = self.cfg.max_record_bytes
         offset, line_no, rec_no = start
         # a large buffer: fewer reads, and fewer times the reading thread gives up the interpreter
@@ -197,14 +280,8 @@ class FileSource(Source):
                 if not stripped:
                     continue
                 rec_no += 1
-                try:
-                    body = decode(stripped, max_bytes=limit)
-                except FormatError as exc:
-                    err = FatalError(f"record {rec_no}: {exc.message}", code=exc.code, details=exc.details)
-                    yield ((offset, line_no, rec_no), rec_no, {"$raw": stripped[:4096].decode("utf-8", "replace")},
-                           stripped, err)
-                    continue
-                yield (offset, line_no, rec_no), rec_no, body, stripped, None
+                body, raw, err = _decode_line(stripped, rec_no, limit)
+                yield (offset, line_no, rec_no), rec_no, body, raw, err
 
     def _csv(self, path: Path, start: Pos) -> Iterator[Rec]:
         """CSV with a dialect and typed columns; a bad row is dead-lettered, the rest carry on."""
@@ -262,6 +339,18 @@ class FileSource(Source):
         await self.commit_acks()
 
 
+def _decode_line(stripped: bytes, rec_no: int, limit: int) -> tuple[Any, bytes, BaseException | None]:
+    """One NDJSON record, strictly: ``(body, raw, error)``; a bad record's body says what it held."""
+    from seamline.formats.errors import FormatError
+    from seamline.formats.json import decode
+
+    try:
+        return decode(stripped, max_bytes=limit), stripped, None
+    except FormatError as exc:
+        err = FatalError(f"record {rec_no}: {exc.message}", code=exc.code, details=exc.details)
+        return {"$raw": stripped[:4096].decode("utf-8", "replace")}, stripped, err
+
+
 def _nack(requeue: bool) -> None:
     """Nothing to do: an unacknowledged record is read again after a restart."""
 
@@ -284,6 +373,11 @@ class _BatchAck:
         self._remaining -= 1
         if self._remaining == 0:
             self._tracker.ack(self._ticket)
+
+    def ack_all(self) -> None:
+        """The whole batch at once (the runtime settled it as one)."""
+        self._remaining = 0
+        self._tracker.ack(self._ticket)
 
 
 @register(
@@ -354,6 +448,13 @@ class FileSink(Sink):
                 await asyncio.to_thread(self._append_csv, [m.body for m in batch])
             else:
                 await asyncio.to_thread(self._write_files, [(self._target(m), m.raw) for m in batch])
+
+    def accepts_lines(self) -> bool:
+        return self.cfg.format == "ndjson"
+
+    async def write_lines(self, data: bytes, count: int) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._append, data)
 
     def _target(self, m: Message) -> Path:
         name = _TEMPLATE.sub(lambda mt: _safe_name(str(getattr(m, mt.group(1)))), self.cfg.path)

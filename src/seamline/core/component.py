@@ -21,13 +21,16 @@ if TYPE_CHECKING:
     from seamline.store.base import Store
 
 __all__ = [
+    "FILTERED",
     "BatchError",
     "BuildContext",
     "Defer",
     "Delivery",
     "Drop",
     "Emit",
+    "EmitRaw",
     "Held",
+    "RawBatch",
     "Sink",
     "Source",
     "Step",
@@ -69,6 +72,62 @@ class Delivery:
 
 Emit = Callable[[list[Delivery]], Awaitable[None]]
 
+#: what a step's body function returns to filter the message out (see ``Step.body_function``)
+FILTERED: Any = type("Filtered", (), {"__repr__": lambda self: "FILTERED"})()
+
+
+class RawBatch:
+    """A batch of NDJSON records as the source read them, not yet decoded (see ``Source.run_raw``).
+
+    ``data`` holds the batch's non-blank lines, each ending in a newline, exactly as read (None:
+    only ``expand`` can handle this batch, e.g. a record over ``max_record_bytes``);
+    ``first_record`` is the record number of the first line. ``expand()`` turns the batch into the deliveries
+    ``run`` would have emitted for the same lines (the runtime falls back to it whenever a record
+    needs more than the fast path handles); ``ack()`` acknowledges the whole batch at once, and
+    ``nack(requeue)`` gives it back.
+    """
+
+    __slots__ = (
+        "ack",
+        "correlation_field",
+        "count",
+        "data",
+        "expand",
+        "first_record",
+        "id_field",
+        "max_record_bytes",
+        "nack",
+        "name",
+    )
+
+    def __init__(
+        self,
+        data: bytes | None,
+        count: int,
+        *,
+        first_record: int,
+        name: str,
+        id_field: str | None,
+        correlation_field: str | None,
+        max_record_bytes: int,
+        expand: Callable[[], list[Delivery]],
+        ack: Callable[[], None],
+        nack: NackFn = _noop,
+    ) -> None:
+        self.data = data
+        self.max_record_bytes = max_record_bytes
+        self.count = count
+        self.first_record = first_record
+        self.name = name
+        self.id_field = id_field
+        self.correlation_field = correlation_field
+        self.expand = expand
+        self.ack = ack
+        self.nack = nack
+
+
+EmitRaw = Callable[[RawBatch], Awaitable[None]]
+
 
 @dataclass
 class BuildContext:
@@ -104,6 +163,14 @@ class Source:
         """Call ``await emit(batch)`` until exhausted (finite) or cancelled."""
         raise NotImplementedError
 
+    def can_run_raw(self) -> bool:
+        """True when ``run_raw`` can hand over this source's records undecoded (NDJSON lines)."""
+        return False
+
+    async def run_raw(self, emit_raw: EmitRaw) -> None:
+        """Like ``run``, but hand over :class:`RawBatch` objects (only when ``can_run_raw``)."""
+        raise NotImplementedError
+
     async def commit_acks(self) -> None:
         """Persist progress after a batch was acknowledged (offsets, checkpoints)."""
 
@@ -125,6 +192,12 @@ class Step:
     def process(self, message: Message) -> Message | Sequence[Message] | None:
         """Return the message (changed or not), several messages, or None to drop it."""
         raise NotImplementedError
+
+    def body_function(self) -> Callable[[Any], Any] | None:
+        """For steps that only look at the body and have no effects: a function from body to new
+        body (or :data:`FILTERED`) that does what ``process`` does, so that the step can run in a
+        worker process (the flow setting ``workers``). None: the step needs the whole message."""
+        return None
 
     async def process_async(self, message: Message) -> Message | Sequence[Message] | None:
         return self.process(message)
@@ -172,6 +245,15 @@ class Sink:
         """Connect."""
 
     async def write(self, batch: Sequence[Message]) -> None:
+        raise NotImplementedError
+
+    def accepts_lines(self) -> bool:
+        """True when ``write_lines`` can take a batch as encoded NDJSON lines (the ``workers`` path)."""
+        return False
+
+    async def write_lines(self, data: bytes, count: int) -> None:
+        """Write ``count`` records given as NDJSON (each line ends in a newline); same contract as
+        ``write`` for the whole batch."""
         raise NotImplementedError
 
     async def close(self) -> None:

@@ -108,8 +108,11 @@ def load_builtins() -> None:
 
 
 def get_spec(role: Role, name: str) -> ComponentSpec | None:
-    load_builtins()
-    return _REGISTRY.get((role, name))
+    spec = _REGISTRY.get((role, name))
+    if spec is None and not _loaded:  # registered by a module not imported yet
+        load_builtins()
+        spec = _REGISTRY.get((role, name))
+    return spec
 
 
 def all_specs(role: Role | None = None) -> list[ComponentSpec]:

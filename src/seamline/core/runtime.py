@@ -19,7 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seamline.core.clock import SYSTEM_CLOCK, Clock
-from seamline.core.component import BatchError, BuildContext, Defer, Delivery, Drop, Held, Sink, Source, Step
+from seamline.core.component import (
+    BatchError,
+    BuildContext,
+    Defer,
+    Delivery,
+    Drop,
+    Held,
+    RawBatch,
+    Sink,
+    Source,
+    Step,
+)
 from seamline.core.errors import FatalError, SeamlineError, classify
 from seamline.core.flow import ComponentRef, Flow
 from seamline.core.message import Message
@@ -243,12 +254,14 @@ class FlowRunner:
         self.step_policies: dict[str, RetryPolicy] = {}
         self._overrides: dict[str, str] = dict(getattr(flow.on_error, "classify", None) or {})
         self.sink_policies: dict[str, RetryPolicy] = {}
-        self._queue: asyncio.Queue[list[_Work] | None] = asyncio.Queue(maxsize=self.settings.queue)
+        self._queue: asyncio.Queue[list[_Work] | RawBatch | None] = asyncio.Queue(maxsize=self.settings.queue)
         self._tasks: list[asyncio.Task[Any]] = []
         self._source_task: asyncio.Task[None] | None = None
         self._source_done = asyncio.Event()
         self._source_error: BaseException | None = None
-        self._inflight: dict[int, list[_Work]] = {}
+        self._inflight: dict[int, list[_Work] | RawBatch] = {}
+        #: worker processes for the flow's pure steps (settings.workers), once open() found them usable
+        self._lanes: Any = None
         self._seq = 0
         self._sink_turn: dict[str, int] = {}
         self._turn_changed = asyncio.Condition()
@@ -324,9 +337,44 @@ class FlowRunner:
         for label, sk in self.sinks.items():
             await self._open_sink(label, sk)
         await self.source.open()
+        if self.settings.workers:
+            self._lanes = self._lane_pool()
+            self._lanes.start()
         release = getattr(self.store, "release_leases", None)
         if release is not None:
             await release([self.flow.name])
+
+    def _lane_pool(self) -> Any:
+        """The worker processes of ``settings.workers``, or a config error saying why this flow cannot
+        use them."""
+        from seamline.core.lanes import LanePool
+
+        def refuse(why: str) -> FatalError:
+            return FatalError(f"flow {self.flow.name}: workers: {why}", code="config.workers")
+
+        assert self.source is not None
+        if not self.source.can_run_raw():
+            raise refuse(f"the source ({self.flow.source.name}) cannot hand over raw NDJSON records")
+        steps = []
+        for st, ref in zip(self.steps, self.flow.steps, strict=True):
+            if st.body_function() is None:
+                raise refuse(f"step '{ref.label}' ({ref.name}) needs the whole message, not only its body")
+            spec = get_spec("step", ref.name)
+            assert spec is not None
+            steps.append([
+                spec.factory.__module__, ref.name, ref.label,
+                ref.config.model_dump(mode="json", by_alias=True, exclude_unset=True),
+            ])
+        if len(self.sinks) != 1:
+            raise refuse("the flow needs exactly one sink")
+        label, sink = next(iter(self.sinks.items()))
+        if not sink.accepts_lines():
+            raise refuse(f"sink '{label}' ({sink.component}) cannot take NDJSON lines")
+        plan = {
+            "flow": self.flow.name, "base_dir": str(self.flow.base_dir), "steps": steps, "sinks": [label],
+            "journal": self._journal,
+        }
+        return LanePool(self.settings.workers, plan, flow=self.flow.name)
 
     async def _open_sink(self, label: str, sink: Sink) -> BaseException | None:
         """Open a sink; an unreachable endpoint (a retryable error) does not stop the flow.
@@ -355,6 +403,9 @@ class FlowRunner:
             return None
 
     async def close(self) -> None:
+        if self._lanes is not None:
+            await self._lanes.stop()
+            self._lanes = None
         for comp in [self.source, *self.steps, *self.sinks.values(), self.dlq_sink]:
             if comp is None:
                 continue
@@ -374,7 +425,10 @@ class FlowRunner:
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
         self._source_task = asyncio.create_task(self._run_source(), name=f"{self.flow.name}:source")
-        for i in range(self.settings.concurrency):
+        # with worker processes, two batches per worker keep each fed while the engine writes the other
+        tasks = max(self.settings.concurrency, 2 * self.settings.workers) if self._lanes is not None else (
+            self.settings.concurrency)
+        for i in range(tasks):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"{self.flow.name}:worker{i}"))
         if self.dlq_guard is not None:
             self._forward_task = asyncio.create_task(self._forward_loop(), name=f"{self.flow.name}:dlq")
@@ -401,10 +455,24 @@ class FlowRunner:
                 await _call(d.nack, True)
             raise
 
+    async def _emit_raw(self, rb: RawBatch) -> None:
+        if self._stopping:
+            await _call(rb.nack, True)
+            raise asyncio.CancelledError
+        self.stats.received += rb.count
+        try:
+            await self._queue.put(rb)
+        except asyncio.CancelledError:
+            await _call(rb.nack, True)
+            raise
+
     async def _run_source(self) -> None:
         assert self.source is not None
         try:
-            await self.source.run(self._emit)
+            if self._lanes is not None:
+                await self.source.run_raw(self._emit_raw)
+            else:
+                await self.source.run(self._emit)
         except asyncio.CancelledError:
             pass
         except Exception as exc:
@@ -427,18 +495,16 @@ class FlowRunner:
             seq = self._seq
             self._inflight[seq] = items
             try:
-                await self._process(seq, items)
+                if isinstance(items, RawBatch):
+                    await self._process_raw(seq, items)
+                else:
+                    await self._process(seq, items)
             except asyncio.CancelledError:
-                for w in items:
-                    if w.delivery is not None and not w.settled:
-                        w.settled = True
-                        await _call(w.delivery.nack, True)
+                await _give_back(self._inflight.get(seq, items))
                 raise
             except Exception:
                 log.exception("flow %s: batch failed unexpectedly; giving it back", self.flow.name)
-                for w in items:
-                    if w.delivery is not None:
-                        await _call(w.delivery.nack, True)
+                await _give_back(self._inflight.get(seq, items), force=True)
             finally:
                 self._inflight.pop(seq, None)
                 self._queue.task_done()
@@ -713,6 +779,79 @@ class FlowRunner:
             self._forward_pending = True
             self._forward_wake.set()
 
+    async def _process_raw(self, seq: int, rb: RawBatch) -> None:
+        """A raw batch: a worker process runs the steps; the engine writes, journals and acknowledges.
+
+        Whenever no worker answers with the whole batch done (a record that does not decode or
+        that a step refuses, a worker that died) or the sink refuses the lines, the batch runs
+        the usual way, from its original lines, so every record ends where it would have anyway.
+        """
+        now = self.clock.now()
+        answer = None
+        if rb.data is not None and self._lanes is not None:
+            answer = await self._lanes.run(
+                [now, rb.first_record, rb.name, rb.id_field, rb.correlation_field, rb.max_record_bytes, rb.data]
+            )
+            if answer is not None and answer[0] != "ok":
+                log.debug("flow %s: batch from record %d runs in the engine: %s", self.flow.name,
+                          rb.first_record, answer[1])
+                answer = None
+        if answer is not None:
+            _, records, n_out, out_data, journal, keys, filtered = answer
+            label = next(iter(self.sinks))
+            if await self._write_lines(seq, label, out_data, n_out):
+                batch = Batch()
+                if journal:
+                    batch.journal_packed.append((now, self.flow.name, records, journal, keys, self.clock.now()))
+                await self.store.commit(batch)
+                await _call(rb.ack)
+                if self.source is not None:
+                    await self.source.commit_acks()
+                self.stats.delivered += n_out
+                self.stats.filtered += filtered
+                return
+        items = [_Work(d.message, delivery=d, first_at=now, resume=-1 if d.error is not None else 0)
+                 for d in rb.expand()]
+        self._inflight[seq] = items
+        await self._process(seq, items)
+
+    async def _write_lines(self, seq: int, label: str, data: bytes, count: int) -> bool:
+        """Write a worker's output lines to the sink in batch order; False when the sink refused them."""
+        sink = self.sinks[label]
+        if count == 0:
+            if sink.ordered:
+                await self._advance_turn(label, seq)
+            return True
+        if label in self._unopened:
+            if sink.ordered:
+                await self._advance_turn(label, seq)
+            return False
+        ok = True
+
+        async def write() -> None:
+            nonlocal ok
+            try:
+                await self.guards[label].write_lines(data, count)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.info("flow %s: sink %s refused a batch of lines (%s); it runs the usual way", self.flow.name,
+                         label, _code(exc))
+                ok = False
+
+        if not sink.ordered:
+            await write()
+            return ok
+        async with self._turn_changed:
+            await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
+        try:
+            await write()
+        finally:
+            async with self._turn_changed:
+                self._sink_turn[label] = seq
+                self._turn_changed.notify_all()
+        return ok
+
     async def _run_step(self, st: Step, msgs: list[Message]) -> tuple[list[Any], list[int]]:
         """Run one step over messages in batch order: ``(results, durations in µs)``, where a result
         is what the step returned or the exception it raised.
@@ -957,10 +1096,8 @@ class FlowRunner:
         while not self._queue.empty():
             queued = self._queue.get_nowait()
             self._queue.task_done()
-            for w in queued or ():
-                if w.delivery is not None and not w.settled:
-                    w.settled = True
-                    await _call(w.delivery.nack, True)
+            if queued is not None:
+                await _give_back(queued)
         for _ in workers:
             await self._queue.put(None)
         if workers:
@@ -971,19 +1108,26 @@ class FlowRunner:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
         # whatever was not finished goes back to the source
-        leftovers: list[_Work] = []
-        for items in list(self._inflight.values()):
-            leftovers.extend(items)
+        leftovers: list[list[_Work] | RawBatch] = list(self._inflight.values())
         self._inflight.clear()
         while not self._queue.empty():
             queued = self._queue.get_nowait()
             if queued:
-                leftovers.extend(queued)
-        for w in leftovers:
-            if w.delivery is not None and not w.settled:
-                w.settled = True
-                await _call(w.delivery.nack, True)
+                leftovers.append(queued)
+        for entry in leftovers:
+            await _give_back(entry)
         self._tasks.clear()
+
+
+async def _give_back(entry: list[_Work] | RawBatch, *, force: bool = False) -> None:
+    """Nack what was not settled (``force``: every delivery, as after an unexpected error)."""
+    if isinstance(entry, RawBatch):
+        await _call(entry.nack, True)
+        return
+    for w in entry:
+        if w.delivery is not None and (force or not w.settled):
+            w.settled = True
+            await _call(w.delivery.nack, True)
 
 
 async def _call(fn: Any, *args: Any) -> None:

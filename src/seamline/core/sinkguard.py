@@ -9,7 +9,7 @@ longer than that.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from seamline.core.component import BatchError, Sink
@@ -66,7 +66,15 @@ class SinkGuard:
         if errors:
             raise BatchError(errors)
 
+    async def write_lines(self, data: bytes, count: int) -> None:
+        """``count`` records as NDJSON lines through ``sink.write_lines``, with the same protections
+        (the rate limit takes the whole batch at once)."""
+        await self._guarded(count, lambda: self.sink.write_lines(data, count))
+
     async def _write(self, batch: Sequence[Message]) -> None:
+        await self._guarded(len(batch), lambda: self.sink.write(batch))
+
+    async def _guarded(self, size: int, call: Callable[[], Awaitable[None]]) -> None:
         breaker = self.breaker
         if breaker is not None:
             while True:
@@ -74,20 +82,20 @@ class SinkGuard:
                 if breaker.allow():
                     break
         if self.bucket is not None:
-            await self.bucket.acquire(len(batch))
+            await self.bucket.acquire(size)
         try:
             if self._slots is not None:
                 async with self._slots:
-                    await self._call(batch)
+                    await self._call(call)
             else:
-                await self._call(batch)
+                await self._call(call)
         except asyncio.CancelledError:
             if breaker is not None:
                 breaker.release()
             raise
         except BatchError as be:
             if breaker is not None:
-                if len(be.errors) == len(batch) and any(classify(e) for e in be.errors.values()):
+                if len(be.errors) == size and any(classify(e) for e in be.errors.values()):
                     breaker.record_failure(next(iter(be.errors.values())))
                 else:
                     breaker.record_success()
@@ -105,12 +113,12 @@ class SinkGuard:
             if breaker is not None:
                 breaker.record_success()
 
-    async def _call(self, batch: Sequence[Message]) -> None:
+    async def _call(self, call: Callable[[], Awaitable[None]]) -> None:
         if self.timeout is None:
-            await self.sink.write(batch)
+            await call()
             return
         try:
-            await asyncio.wait_for(self.sink.write(batch), self.timeout)
+            await asyncio.wait_for(call(), self.timeout)
         except TimeoutError:
             raise SinkTimeout(f"sink '{self.sink.label}' did not answer within {self.timeout:g}s") from None
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from pydantic import Field
 
 from seamline.config.models import StepConfig
-from seamline.core.component import BuildContext, Step
+from seamline.core.component import FILTERED, BuildContext, Step
 from seamline.core.message import Message
 from seamline.core.registry import register
 from seamline.mapping import Expression, compile
@@ -40,6 +43,14 @@ class FilterStep(Step):
 
     def process(self, message: Message) -> Message | None:
         return message if truthy(self.expr.evaluate(message.body)) else None
+
+    def body_function(self) -> Callable[[Any], Any]:
+        evaluate = self.expr.evaluate
+
+        def keep(body: Any) -> Any:
+            return body if truthy(evaluate(body)) else FILTERED
+
+        return keep
 
 
 @register(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from seamline.config.models import StepConfig
 from seamline.core.component import BuildContext, Step
 from seamline.core.message import Message
@@ -18,12 +21,18 @@ class MapStepConfig(StepConfig, MapConfig):
 
 
 class MapStep(Step):
-    def __init__(self, mapping: Mapping) -> None:
+    def __init__(self, mapping: Mapping, *, portable: bool = False) -> None:
         self.mapping = mapping
         self._apply = mapping.apply
+        # only a mapping whose lookups are files or inline tables is rebuilt in a worker process:
+        # SQL and HTTP lookups hold connections and credentials that stay in the engine
+        self._portable = portable
 
     def process(self, message: Message) -> Message:
         return message.evolve(self._apply(message.body))
+
+    def body_function(self) -> Callable[[Any], Any] | None:
+        return self._apply if self._portable else None
 
 
 @register(
@@ -37,4 +46,5 @@ class MapStep(Step):
     ),
 )
 def _map(cfg: MapStepConfig, ctx: BuildContext) -> MapStep:
-    return MapStep(build_mapping(cfg, base_dir=ctx.base_dir, clock=ctx.clock))
+    portable = all(lk.source_kind in ("inline", "csv") for lk in cfg.lookups.values())
+    return MapStep(build_mapping(cfg, base_dir=ctx.base_dir, clock=ctx.clock), portable=portable)

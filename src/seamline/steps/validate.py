@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +72,18 @@ class ValidateStep(Step):
             return message
         self._raise(problems)
         return message  # pragma: no cover
+
+    def body_function(self) -> Callable[[Any], Any] | None:
+        if self.schema_kind != "json-schema":
+            return None  # XML and Avro checks read the raw bytes
+        is_valid = self.validator.is_valid
+
+        def check(body: Any) -> Any:
+            if not is_valid(body):
+                raise ValueError("invalid")  # the batch goes the whole-message way, which names the problems
+            return body
+
+        return check
 
     def _issues(self, message: Message) -> list[dict[str, str]]:
         if self.schema_kind == "xsd":

@@ -8,6 +8,7 @@ idempotency keys, checkpoints, the journal and the audit log.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,12 +19,26 @@ __all__ = [
     "DlqFilter",
     "InboxItem",
     "JournalEntry",
+    "PackedJournal",
     "RetryEntry",
     "Store",
+    "key_token",
 ]
 
 # (ts, flow, msg_id, correlation_id, step, outcome, duration_us, digest, detail)
 JournalRow = tuple[float, str, str, str, str, str, int, str | None, str | None]
+
+#: a batch's journal already packed (a worker process did it): (first ts, flow, messages, entries
+#: as msgpack of ``(message id, correlation id or None, hops)``, index document of the ids, done at);
+#: a hop whose time is None took place at ``done at`` (the sink confirmed after the packing)
+PackedJournal = tuple[float, str, int, bytes, str, float | None]
+
+
+def key_token(key: str) -> str:
+    """One journal index token per id whatever characters it has: its UTF-8 in hex (a digest if long)."""
+    b = key.encode("utf-8", "surrogatepass")
+    return b.hex() if len(b) <= 48 else "h" + hashlib.blake2b(b, digest_size=16).hexdigest()
+
 
 #: a pushed message for ``Store.inbox_accept``: (record, idempotency scope, delivery id, key expires at)
 InboxItem = tuple[dict[str, Any], str | None, str | None, float]
@@ -102,6 +117,7 @@ class Batch:
     """Everything one processed batch changes, committed in one transaction."""
 
     journal: list[JournalRow] = field(default_factory=list)
+    journal_packed: list[PackedJournal] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
     retries: list[RetryEntry] = field(default_factory=list)
     retries_done: list[str] = field(default_factory=list)
@@ -111,8 +127,8 @@ class Batch:
 
     def empty(self) -> bool:
         return not (
-            self.journal or self.dead or self.retries or self.retries_done or self.checkpoints or self.idempotency
-            or self.unpark
+            self.journal or self.journal_packed or self.dead or self.retries or self.retries_done or self.checkpoints
+            or self.idempotency or self.unpark
         )
 
 

@@ -8,7 +8,6 @@ checkpoints) in one transaction.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sqlite3
 import threading
 import time
@@ -20,7 +19,16 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from seamline.store.base import Batch, DeadLetter, DlqFilter, InboxItem, JournalEntry, RetryEntry
+from seamline.store.base import (
+    Batch,
+    DeadLetter,
+    DlqFilter,
+    InboxItem,
+    JournalEntry,
+    PackedJournal,
+    RetryEntry,
+    key_token,
+)
 from seamline.store.migrations import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
@@ -33,21 +41,15 @@ __all__ = ["SqliteStore"]
 JOURNAL_SCHEMA = (
     """CREATE TABLE IF NOT EXISTS journal_batch (
         seq INTEGER PRIMARY KEY,
-        ts REAL NOT NULL, flow TEXT NOT NULL, messages INTEGER NOT NULL, entries BLOB NOT NULL)""",
+        ts REAL NOT NULL, flow TEXT NOT NULL, messages INTEGER NOT NULL, entries BLOB NOT NULL, done_at REAL)""",
     "CREATE VIRTUAL TABLE IF NOT EXISTS journal_key USING fts5(keys, detail=none, columnsize=0)",
     "CREATE INDEX IF NOT EXISTS journal_batch_ts ON journal_batch(ts)",
 )
-_JOURNAL_INSERT = "INSERT INTO journal_batch(ts, flow, messages, entries) VALUES (?,?,?,?)"
+_JOURNAL_INSERT = "INSERT INTO journal_batch(ts, flow, messages, entries, done_at) VALUES (?,?,?,?,?)"
 _JOURNAL_KEY = "INSERT INTO journal_key(rowid, keys) VALUES (?,?)"
 
 
-def _key_token(key: str) -> str:
-    """One index token per id whatever characters it has: its UTF-8 in hex (a digest if long)."""
-    b = key.encode("utf-8", "surrogatepass")
-    return b.hex() if len(b) <= 48 else "h" + hashlib.blake2b(b, digest_size=16).hexdigest()
-
-
-def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, str]]:
+def _pack_journal(rows: list[Any]) -> list[PackedJournal]:
     """Group hop rows by flow and message, keeping their order: one packed row per flow, with the
     index document of its ids."""
     flows: dict[str, dict[tuple[str, str], list[Any]]] = {}
@@ -76,7 +78,7 @@ def _pack_journal(rows: list[Any]) -> list[tuple[float, str, int, bytes, str]]:
                 entries.append((msg_id, corr, hops))
             else:
                 entries.append((msg_id, None, hops))
-        out.append((first or 0.0, flow, len(entries), enc(entries), " ".join(map(_key_token, keys))))
+        out.append((first or 0.0, flow, len(entries), enc(entries), " ".join(map(key_token, keys)), None))
     return out
 
 
@@ -161,6 +163,9 @@ class SqliteStore:
         if made < 3:  # an existing journal is opened without asking for its write lock
             for stmt in JOURNAL_SCHEMA:
                 self._jconn.execute(stmt)
+        cols = {r[1] for r in self._jconn.execute("PRAGMA table_info(journal_batch)")}
+        if "done_at" not in cols:  # a journal written before the workers setting existed
+            self._jconn.execute("ALTER TABLE journal_batch ADD COLUMN done_at REAL")
 
     def close_sync(self) -> None:
         if self._jconn is not None and self._jconn is not self._conn:
@@ -258,14 +263,14 @@ class SqliteStore:
     def write_journal_sync(self, rows: list[Any]) -> None:
         self._write_packed_sync(_pack_journal(rows))
 
-    def _write_packed_sync(self, packed: list[tuple[float, str, int, bytes, str]]) -> None:
+    def _write_packed_sync(self, packed: list[PackedJournal]) -> None:
         c = self._jconn if self._jconn is not None else self.conn
         lock = self._lock if c is self._conn else self._jlock
         with lock:
             c.execute("BEGIN IMMEDIATE")
             try:
-                for ts, flow, n, blob, keys in packed:
-                    seq = c.execute(_JOURNAL_INSERT, (ts, flow, n, blob)).lastrowid
+                for ts, flow, n, blob, keys, done_at in packed:
+                    seq = c.execute(_JOURNAL_INSERT, (ts, flow, n, blob, done_at)).lastrowid
                     c.execute(_JOURNAL_KEY, (seq, keys))
             except BaseException:
                 c.execute("ROLLBACK")
@@ -274,12 +279,14 @@ class SqliteStore:
 
     async def write_journal(self, rows: list[Any]) -> None:
         """Queue journal rows; written in order by the journal thread (bounded backlog)."""
-        if not rows:
-            return
+        if rows:
+            await self._queue_packed(_pack_journal(rows))
+
+    async def _queue_packed(self, packed: list[PackedJournal]) -> None:
         if self._closing:
             raise RuntimeError("the store is closing")
         if self.path == ":memory:":
-            await self._run(self.write_journal_sync, rows)
+            await self._run(self._write_packed_sync, packed)
             return
         if self._jpool is None:
             self._jpool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="seamline-journal")
@@ -288,7 +295,7 @@ class SqliteStore:
         while len(self._jpending) >= self.journal_backlog:
             await asyncio.wait(self._jpending[:1])
             self._jpending = [f for f in self._jpending if not f.done()]
-        self._jpending.append(loop.run_in_executor(self._jpool, self._write_packed_sync, _pack_journal(rows)))
+        self._jpending.append(loop.run_in_executor(self._jpool, self._write_packed_sync, packed))
 
     async def flush_journal(self) -> None:
         pending, self._jpending = self._jpending, []
@@ -355,6 +362,9 @@ class SqliteStore:
         if batch.journal:
             rows, batch.journal = batch.journal, []
             await self.write_journal(rows)
+        if batch.journal_packed:
+            packed, batch.journal_packed = batch.journal_packed, []
+            await self._queue_packed(packed)
         if not batch.empty():
             await self._run(self.commit_sync, batch)
 
@@ -750,17 +760,19 @@ class SqliteStore:
     def trace_sync(self, any_id: str) -> list[JournalEntry]:
         c = self._jconn if self._jconn is not None else self.conn
         rows = c.execute(
-            "SELECT flow, entries FROM journal_batch WHERE seq IN"
+            "SELECT flow, entries, done_at FROM journal_batch WHERE seq IN"
             " (SELECT rowid FROM journal_key WHERE journal_key MATCH ?) ORDER BY seq",
-            (f'"{_key_token(any_id)}"',),
+            (f'"{key_token(any_id)}"',),
         ).fetchall()
         out: list[JournalEntry] = []
         n = 0
-        for flow, blob in rows:
+        for flow, blob, done_at in rows:
             for msg_id, corr, hops in _loads(blob):
                 if msg_id != any_id and corr != any_id:
                     continue
                 for ts, step, outcome, dur, digest, detail in hops:
+                    if ts is None:
+                        ts = done_at
                     n += 1
                     out.append(JournalEntry(n, ts, flow, msg_id, corr or msg_id, step, outcome, dur, digest, detail))
         return out

@@ -1,0 +1,244 @@
+"""A worker process of the ``workers`` flow setting: runs a flow's pure steps over raw batches.
+
+The engine starts it as ``python -m seamline.core.lane_worker`` and writes one JSON line to its
+stdin: the steps to build (registered type, label, config) and what the journal records. Then
+it answers requests, one at a time, each a length-prefixed msgpack frame:
+
+- request: ``[now, first_record, file_name, id_field, correlation_field, max_bytes, data]``,
+  ``data`` being whole NDJSON lines as the source read them;
+- answer: ``["ok", records, out_count, out_data, journal, keys, filtered]`` or
+  ``["fallback", reason]``.
+
+``out_data`` is the batch's output as NDJSON, ``journal`` the batch's journal entries (msgpack,
+the store's packed format, delivered hops without a time: the engine stamps them when the sink
+confirmed) and ``keys`` the index document of their ids. A batch in which any record is not
+plain sailing (it does not decode, a step raises, the output cannot be encoded) is answered
+with ``fallback``: the engine then runs that batch itself, the usual way, which dead-letters
+what must be dead-lettered with the usual reasons. Nothing here touches the store or a sink.
+
+The worker ends on end of file on its stdin (the engine closed it or died), SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+import orjson
+from xxhash import xxh3_64_hexdigest
+
+from seamline.core.component import FILTERED, BuildContext
+from seamline.core.registry import get_spec
+from seamline.formats.errors import FormatError
+from seamline.formats.json import decode_many
+from seamline.store.base import key_token
+
+__all__ = ["LanePlan", "build_functions", "main", "process_batch", "read_frame", "write_frame"]
+
+_HEADER = struct.Struct(">I")
+_MAX_FRAME = 1 << 30
+
+
+@dataclass(frozen=True)
+class LanePlan:
+    """What a worker does to every batch: its step functions and what the journal records."""
+
+    steps: list[tuple[str, Callable[[Any], Any]]]  # label, body function
+    sinks: list[str]
+    journal: str  # hops | edges | off
+
+
+def build_functions(spec: dict[str, Any]) -> LanePlan:
+    """Build the plan's steps from their registered type and config (as sent by the engine)."""
+    base_dir = Path(spec["base_dir"])
+    steps: list[tuple[str, Callable[[Any], Any]]] = []
+    for module, name, label, config in spec["steps"]:
+        importlib.import_module(module)  # registers the step
+        sp = get_spec("step", name)
+        if sp is None:
+            raise ValueError(f"unknown step {name!r}")
+        cfg = sp.config.model_validate(config)
+        ctx = BuildContext(flow=spec["flow"], base_dir=base_dir, store=None, label=label)  # type: ignore[arg-type]
+        step = sp.factory(cfg, ctx)
+        fn = step.body_function()
+        if fn is None:
+            raise ValueError(f"step {label!r} cannot run in a worker")
+        steps.append((label, fn))
+    return LanePlan(steps=steps, sinks=list(spec["sinks"]), journal=spec["journal"])
+
+
+class Fallback(Exception):
+    """The batch needs the engine's own path."""
+
+
+def _split(data: bytes) -> list[bytes]:
+    out = []
+    for line in data.split(b"\n"):
+        s = line.strip()
+        if s:
+            out.append(s)
+    return out
+
+
+def process_batch(plan: LanePlan, request: list[Any]) -> list[Any]:
+    """One request's answer (see the module docs); pure: the same request gives the same answer,
+    apart from durations."""
+    now, first_record, name, id_field, corr_field, max_bytes, data = request
+    records = _split(data)
+    try:
+        values = decode_many(records, max_bytes=max_bytes)
+    except FormatError as exc:
+        return ["fallback", f"decode: {exc.code}"]
+    try:
+        return _run(plan, now, first_record, name, id_field, corr_field, records, values)
+    except Fallback as fb:
+        return ["fallback", str(fb)]
+
+
+def _ident(body: Any, field: str | None) -> str | None:
+    if field is None or type(body) is not dict:
+        return None
+    v = body.get(field)
+    if v is None:
+        return None
+    return v if type(v) is str else str(v)
+
+
+def _run(
+    plan: LanePlan,
+    now: float,
+    first_record: int,
+    name: str,
+    id_field: str | None,
+    corr_field: str | None,
+    records: list[bytes],
+    values: list[Any],
+) -> list[Any]:
+    hops_on = plan.journal == "hops"
+    edges = plan.journal != "off"
+    clock = time.perf_counter_ns
+    dumps = orjson.dumps
+    steps = plan.steps
+    delivered_tail = [(None, s, "delivered", 0, None, None) for s in plan.sinks]
+    outs: list[bytes] = []
+    entries: list[Any] = []
+    keys: dict[str, None] = {}
+    filtered = 0
+    rec_no = first_record - 1
+    for raw, body in zip(records, values, strict=True):
+        rec_no += 1
+        mid = _ident(body, id_field) or f"{name}:{rec_no}"
+        corr = _ident(body, corr_field)
+        if corr == mid:
+            corr = None
+        hops: list[Any] = []
+        digest = xxh3_64_hexdigest(raw) if edges else None
+        if edges:
+            hops.append((now, "source", "received", 0, digest, None))
+        out: bytes | None = raw
+        kept = True
+        for label, fn in steps:
+            t0 = clock()
+            try:
+                new = fn(body)
+            except Exception as exc:
+                raise Fallback(f"step {label}: {type(exc).__name__}") from None
+            dur = (clock() - t0) // 1000
+            if new is FILTERED:
+                if hops_on:
+                    hops.append((now, label, "filtered", dur, None, None))
+                kept = False
+                break
+            if new is not body:
+                body = new
+                out = None
+            if hops_on:
+                if out is None:
+                    try:
+                        out = dumps(body)
+                    except TypeError:
+                        raise Fallback(f"step {label}: the body cannot be encoded") from None
+                    digest = xxh3_64_hexdigest(out)
+                hops.append((now, label, "ok", dur, digest, None))
+        if edges:
+            keys[key_token(mid)] = None
+            if corr is not None:
+                keys[key_token(corr)] = None
+        if not kept:
+            filtered += 1
+            if edges:
+                entries.append((mid, corr, hops))
+            continue
+        if out is None:
+            try:
+                out = dumps(body)
+            except TypeError:
+                raise Fallback("the body cannot be encoded") from None
+            digest = xxh3_64_hexdigest(out)
+        outs.append(out)
+        if edges:
+            for _, sink, outcome, d, _, detail in delivered_tail:
+                hops.append((None, sink, outcome, d, digest, detail))
+            entries.append((mid, corr, hops))
+    out_data = b"\n".join(outs) + b"\n" if outs else b""
+    journal = msgspec.msgpack.encode(entries) if entries else b""
+    return ["ok", len(records), len(outs), out_data, journal, " ".join(keys), filtered]
+
+
+# -- framing ---------------------------------------------------------------------------------------
+
+
+def write_frame(stream: BinaryIO, payload: bytes) -> None:
+    stream.write(_HEADER.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """The next frame, or None at end of file."""
+    head = stream.read(_HEADER.size)
+    if len(head) < _HEADER.size:
+        return None
+    (size,) = _HEADER.unpack(head)
+    if size > _MAX_FRAME:
+        raise ValueError(f"frame of {size} bytes")
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    return body
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    first = stdin.readline()
+    if not first:
+        return 0
+    try:
+        plan = build_functions(orjson.loads(first))
+    except Exception as exc:
+        # the settings were validated by the engine; name the problem, never the values
+        print(f"seamline worker: cannot build the steps: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    write_frame(stdout, b"ready")
+    enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
+    while (frame := read_frame(stdin)) is not None:
+        try:
+            answer = process_batch(plan, dec.decode(frame))
+        except Exception as exc:  # a bug here must not lose the batch: the engine runs it itself
+            answer = ["fallback", f"worker: {type(exc).__name__}: {exc}"]
+        write_frame(stdout, enc.encode(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
