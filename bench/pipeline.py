@@ -1,11 +1,13 @@
 """Benchmark: file (NDJSON orders) -> map -> file, through seamline and by hand.
 
 Both sides read the same input, parse it, apply the same mapping and write
-NDJSON; the script checks that both outputs are equal, then prints msgs/s
-for each and the ratio. With ``--rss N`` it also runs N messages through
-seamline in a child process and reports its peak RSS.
+NDJSON; the script checks that the outputs are equal, then prints msgs/s
+for each and the ratio. seamline runs twice per round: in one process, and
+with ``settings.workers`` (``--workers``, default 2) worker processes running
+the mapping. With ``--rss N`` it also runs N messages through seamline (one
+process) in a child process and reports its peak RSS.
 
-    python bench/pipeline.py [--n 200000] [--rss 1000000]
+    python bench/pipeline.py [--n 200000] [--rounds 3] [--workers 2] [--rss 1000000]
 """
 
 from __future__ import annotations
@@ -84,14 +86,14 @@ steps:
   - map: {{expression: "{expr}"}}
 sinks:
   - file: {{path: {dst}, fsync: false}}
-settings: {{batch_size: 1000, concurrency: {conc}, queue: 4, journal: {journal}}}
+settings: {{batch_size: 1000, concurrency: 2, queue: 4, journal: {journal}, workers: {workers}}}
 """
 
 
-def flow_file(tmp: Path, src: Path, dst: Path) -> Path:
+def flow_file(tmp: Path, src: Path, dst: Path, workers: int = 0) -> Path:
     f = tmp / "bench.yaml"
     journal = os.environ.get("BENCH_JOURNAL", "hops")
-    f.write_text(FLOW.format(src=src, dst=dst, expr=EXPR.replace('"', '\\"'), journal=journal, conc=os.environ.get('BENCH_CONC', '2')))
+    f.write_text(FLOW.format(src=src, dst=dst, expr=EXPR.replace('"', '\\"'), journal=journal, workers=workers))
     return f
 
 
@@ -104,8 +106,8 @@ async def _run_engine(flow_path: Path, state: Path) -> None:
     await Engine(flows, open_store(str(state))).run(until_idle=True, idle_horizon=0, install_signals=False)
 
 
-def run_seamline(tmp: Path, src: Path, dst: Path) -> float:
-    f = flow_file(tmp, src, dst)
+def run_seamline(tmp: Path, src: Path, dst: Path, workers: int = 0) -> float:
+    f = flow_file(tmp, src, dst, workers)
     t0 = time.perf_counter()
     asyncio.run(_run_engine(f, tmp / f"state-{time.time_ns()}.db"))
     return time.perf_counter() - t0
@@ -130,6 +132,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--rss", type=int, default=0, help="also measure peak RSS at this many messages")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per side, taken in turns")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of the second seamline side")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -143,19 +147,24 @@ def main() -> None:
         make_orders(src, a.n)
         size = src.stat().st_size
         print(f"input: {a.n} orders, {size / a.n:.0f} bytes each on average")
-        # warm-up, then alternate to share the machine's noise fairly
-        hand_t, eng_t = [], []
-        for i in range(3):
+        # alternate the sides to share the machine's noise fairly; each side's best round counts
+        hand_t, eng_t, par_t = [], [], []
+        for i in range(a.rounds):
             hand_t.append(run_hand(src, tmp / f"hand-{i}.ndjson"))
             eng_t.append(run_seamline(tmp, src, tmp / f"engine-{i}.ndjson"))
+            par_t.append(run_seamline(tmp, src, tmp / f"workers-{i}.ndjson", workers=a.workers))
         hand_out = (tmp / "hand-0.ndjson").read_bytes().splitlines()
-        eng_out = (tmp / "engine-0.ndjson").read_bytes().splitlines()
-        assert len(hand_out) == len(eng_out) == a.n, (len(hand_out), len(eng_out))
-        assert [orjson.loads(x) for x in hand_out[:1000]] == [orjson.loads(x) for x in eng_out[:1000]]
-        h, e = min(hand_t), min(eng_t)
-        print(f"hand-written loop : {a.n / h:>10,.0f} msgs/s")
-        print(f"seamline pipeline : {a.n / e:>10,.0f} msgs/s  (journal, checkpoints and DLQ on)")
-        print(f"ratio             : {h / e:.2f}x (goal >= 0.5x)")
+        for name in ("engine-0", "workers-0"):
+            out = (tmp / f"{name}.ndjson").read_bytes().splitlines()
+            assert len(hand_out) == len(out) == a.n, (name, len(hand_out), len(out))
+            assert [orjson.loads(x) for x in hand_out] == [orjson.loads(x) for x in out], name
+        h, e, p = min(hand_t), min(eng_t), min(par_t)
+        print(f"hand-written loop          : {a.n / h:>10,.0f} msgs/s")
+        print(f"seamline, one process      : {a.n / e:>10,.0f} msgs/s  ratio {h / e:.2f}x  (journal, checkpoints, DLQ)")
+        print(f"seamline, workers: {a.workers:<8d}: {a.n / p:>10,.0f} msgs/s  ratio {h / p:.2f}x  (the same)")
+        print("rounds (hand / one process / workers, msgs/s): " + ", ".join(
+            f"{a.n / x:,.0f} / {a.n / y:,.0f} / {a.n / z:,.0f}" for x, y, z in zip(hand_t, eng_t, par_t, strict=True)))
+        print("goal >= 0.5x")
         if a.rss:
             # peak RSS must not grow with the input: compare a tenth of it with all of it
             for n in (a.rss // 10, a.rss):

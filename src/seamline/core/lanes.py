@@ -60,6 +60,7 @@ class LanePool:
         self._all: set[_Worker] = set()
         self._starting = 0
         self._stopping = False
+        self._draining = False
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
         self._enc = msgspec.msgpack.Encoder()
@@ -119,6 +120,10 @@ class LanePool:
                     self._idle.append(w)
             self._changed.notify_all()
 
+    def drain(self) -> None:
+        """The flow is stopping: workers finish what they have and are not replaced if they die."""
+        self._draining = True
+
     async def stop(self) -> None:
         """End every worker: end of file on its stdin, then SIGKILL after a grace period."""
         self._stopping = True
@@ -169,9 +174,7 @@ class LanePool:
             await self._lost(w, f"{type(exc).__name__}: {exc}")
             return None
         async with self._changed:
-            if self._stopping:
-                self._end(w)
-            else:
+            if w in self._all:  # not ended by stop() meanwhile
                 self._idle.append(w)
             self._changed.notify_all()
         result: list[Any] = self._dec.decode(answer)
@@ -181,7 +184,7 @@ class LanePool:
         self._end(w)
         async with self._changed:
             self._all.discard(w)
-            if not self._stopping:
+            if not (self._stopping or self._draining):
                 rc = w.proc.returncode
                 log.warning("flow %s: a worker process stopped (%s%s); starting another", self.flow, why,
                             f", exit code {rc}" if rc is not None else "")

@@ -1059,6 +1059,8 @@ class FlowRunner:
     async def abort(self) -> None:
         """Cancel every task of this flow at once (the engine is being torn down without a drain)."""
         self._stopping = True
+        if self._lanes is not None:
+            self._lanes.drain()
         tasks = [t for t in (self._source_task, self._tick_task, self._forward_task, *self._tasks) if t is not None]
         for t in tasks:
             t.cancel()
@@ -1070,6 +1072,8 @@ class FlowRunner:
     async def stop(self, timeout: float | None = None) -> None:
         """Stop intake, drain in-flight work up to ``timeout``, give back the rest."""
         self._stopping = True
+        if self._lanes is not None:
+            self._lanes.drain()
         timeout = self.settings.drain_timeout if timeout is None else timeout
         if self._source_task is not None and not self._source_task.done():
             self._source_task.cancel()
