@@ -103,15 +103,6 @@ def process_batch(plan: LanePlan, request: list[Any]) -> list[Any]:
         return ["fallback", str(fb)]
 
 
-def _ident(body: Any, field: str | None) -> str | None:
-    if field is None or type(body) is not dict:
-        return None
-    v = body.get(field)
-    if v is None:
-        return None
-    return v if type(v) is str else str(v)
-
-
 def _run(
     plan: LanePlan,
     now: float,
@@ -127,7 +118,7 @@ def _run(
     clock = time.perf_counter_ns
     dumps = orjson.dumps
     steps = plan.steps
-    delivered_tail = [(None, s, "delivered", 0, None, None) for s in plan.sinks]
+    sinks = plan.sinks
     outs: list[bytes] = []
     entries: list[Any] = []
     keys: dict[str, None] = {}
@@ -135,15 +126,23 @@ def _run(
     rec_no = first_record - 1
     for raw, body in zip(records, values, strict=True):
         rec_no += 1
-        mid = _ident(body, id_field) or f"{name}:{rec_no}"
-        corr = _ident(body, corr_field)
+        mid = corr = None
+        if body.__class__ is dict:
+            if id_field is not None and (v := body.get(id_field)) is not None:
+                mid = v if v.__class__ is str else str(v)
+            if corr_field is not None and (v := body.get(corr_field)) is not None:
+                corr = v if v.__class__ is str else str(v)
+        if mid is None:
+            mid = f"{name}:{rec_no}"
         if corr == mid:
             corr = None
-        hops: list[Any] = []
-        digest = xxh3_64_hexdigest(raw) if edges else None
-        if edges:
-            hops.append((now, "source", "received", 0, digest, None))
         out: bytes | None = raw
+        if edges:
+            digest = xxh3_64_hexdigest(raw)
+            hops: list[Any] = [(now, "source", "received", 0, digest, None)]
+            keys[mid] = None
+            if corr is not None:
+                keys[corr] = None
         kept = True
         for label, fn in steps:
             t0 = clock()
@@ -168,10 +167,6 @@ def _run(
                         raise Fallback(f"step {label}: the body cannot be encoded") from None
                     digest = xxh3_64_hexdigest(out)
                 hops.append((now, label, "ok", dur, digest, None))
-        if edges:
-            keys[key_token(mid)] = None
-            if corr is not None:
-                keys[key_token(corr)] = None
         if not kept:
             filtered += 1
             if edges:
@@ -182,15 +177,16 @@ def _run(
                 out = dumps(body)
             except TypeError:
                 raise Fallback("the body cannot be encoded") from None
-            digest = xxh3_64_hexdigest(out)
+            if edges:
+                digest = xxh3_64_hexdigest(out)
         outs.append(out)
         if edges:
-            for _, sink, outcome, d, _, detail in delivered_tail:
-                hops.append((None, sink, outcome, d, digest, detail))
+            for sink in sinks:
+                hops.append((None, sink, "delivered", 0, digest, None))
             entries.append((mid, corr, hops))
     out_data = b"\n".join(outs) + b"\n" if outs else b""
     journal = msgspec.msgpack.encode(entries) if entries else b""
-    return ["ok", len(records), len(outs), out_data, journal, " ".join(keys), filtered]
+    return ["ok", len(records), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered]
 
 
 # -- framing ---------------------------------------------------------------------------------------
@@ -227,7 +223,10 @@ def main() -> int:
         plan = build_functions(orjson.loads(first))
     except Exception as exc:
         # the settings were validated by the engine; name the problem, never the values
-        print(f"seamline worker: cannot build the steps: {type(exc).__name__}: {exc}", file=sys.stderr)
+        errors = getattr(exc, "errors", None)
+        what = (", ".join(".".join(map(str, e["loc"])) for e in errors()) if callable(errors)
+                else str(exc))
+        print(f"seamline worker: cannot build the steps: {type(exc).__name__}: {what}", file=sys.stderr)
         return 2
     write_frame(stdout, b"ready")
     enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()

@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import fcntl
 import logging
+import os
+import signal
 import struct
 import sys
 from typing import Any
@@ -26,6 +28,7 @@ log = logging.getLogger("seamline.lanes")
 _HEADER = struct.Struct(">I")
 _START_TIMEOUT = 60.0
 _STREAM_LIMIT = 1 << 22
+_MAX_FAILED_STARTS = 5
 
 
 def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
@@ -66,6 +69,7 @@ class LanePool:
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder()
         self.restarts = 0
+        self._failed_starts = 0  # in a row: a worker that cannot start at all is not tried forever
 
     # -- life cycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -104,11 +108,17 @@ class LanePool:
                 self._end(w)
             raise
         except Exception as exc:
-            log.error("flow %s: a worker process could not start (%s: %s); its batches run in the engine",
-                      self.flow, type(exc).__name__, exc)
             if w is not None:
                 self._end(w)
             w = None
+            self._failed_starts += 1
+            if self._failed_starts < _MAX_FAILED_STARTS and not (self._stopping or self._draining):
+                log.warning("flow %s: a worker process could not start (%s: %s); starting another",
+                            self.flow, type(exc).__name__, exc)
+                self._spawn_later(min(5.0, 0.2 * self._failed_starts))
+            else:
+                log.error("flow %s: a worker process could not start (%s: %s); its batches run in the engine",
+                          self.flow, type(exc).__name__, exc)
         finally:
             self._starting -= 1
         async with self._changed:
@@ -116,6 +126,7 @@ class LanePool:
                 if self._stopping:
                     self._end(w)
                 else:
+                    self._failed_starts = 0
                     self._all.add(w)
                     self._idle.append(w)
             self._changed.notify_all()
@@ -146,8 +157,10 @@ class LanePool:
 
     @staticmethod
     def _end(w: _Worker) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            w.proc.kill()
+        # os.kill, not proc.kill: the latter polls first and may reap the child under asyncio's watcher
+        if w.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.proc.pid, signal.SIGKILL)
 
     # -- work ---------------------------------------------------------------------------------------
     async def run(self, request: list[Any]) -> list[Any] | None:
@@ -168,10 +181,13 @@ class LanePool:
             answer = await self._read(proc.stdout)
         except asyncio.CancelledError:
             # the worker may be half-way through the frame: it cannot be trusted with another one
-            await self._lost(w, "cancelled mid-batch")
+            await self._lost(w, "cancelled mid-batch", kill=True)
             raise
-        except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            await self._lost(w, f"{type(exc).__name__}: {exc}")
+        except asyncio.IncompleteReadError:  # end of file: the worker is gone already
+            await self._lost(w, "it closed its output", kill=False)
+            return None
+        except (ConnectionError, OSError) as exc:
+            await self._lost(w, f"{type(exc).__name__}: {exc}", kill=True)
             return None
         async with self._changed:
             if w in self._all:  # not ended by stop() meanwhile
@@ -180,8 +196,11 @@ class LanePool:
         result: list[Any] = self._dec.decode(answer)
         return result
 
-    async def _lost(self, w: _Worker, why: str) -> None:
-        self._end(w)
+    async def _lost(self, w: _Worker, why: str, *, kill: bool) -> None:
+        if kill:
+            self._end(w)
+        with contextlib.suppress(TimeoutError, Exception):
+            await asyncio.wait_for(w.proc.wait(), 5.0)  # reaped by asyncio's watcher, not by a second wait
         async with self._changed:
             self._all.discard(w)
             if not (self._stopping or self._draining):

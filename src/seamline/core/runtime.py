@@ -366,7 +366,7 @@ class FlowRunner:
                 ref.config.model_dump(mode="json", by_alias=True, exclude_unset=True),
             ])
         if len(self.sinks) != 1:
-            raise refuse("the flow needs exactly one sink")
+            raise refuse(f"the flow needs exactly one sink, it has {len(self.sinks)}: {', '.join(self.sinks)}")
         label, sink = next(iter(self.sinks.items()))
         if not sink.accepts_lines():
             raise refuse(f"sink '{label}' ({sink.component}) cannot take NDJSON lines")
