@@ -100,6 +100,8 @@ class Engine:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, self.request_stop)
                     installed.append(sig)
+        # workers are forked before the store starts its threads (see lanes.prefork)
+        forked = {fl.name: _prefork(fl.settings.workers) for fl in self.flows if fl.settings.workers}
         await self.store.open()
         result = EngineResult()
         gc_before = _tune_gc()
@@ -112,6 +114,7 @@ class Engine:
                     retry_poll=self.retry_poll,
                     breakers=self.breakers,
                     limiters=self.limiters,
+                    forked=forked.pop(fl.name, None),
                 )
                 self.runners.append(runner)
                 await runner.open()
@@ -133,6 +136,9 @@ class Engine:
                 await r.abort()
             if self._background:
                 await asyncio.gather(*self._background, return_exceptions=True)
+            for unused in forked.values():  # flows that never got to open
+                for f in unused:
+                    f.discard()
             for r in self.runners:
                 await r.close()
                 result.stats[r.flow.name] = r.stats
@@ -144,6 +150,12 @@ class Engine:
             gc.set_threshold(*gc_before)
         result.interrupted = self._interrupted
         return result
+
+
+def _prefork(count: int) -> list[Any]:
+    from seamline.core.lanes import prefork
+
+    return prefork(count)
 
 
 def _tune_gc() -> tuple[int, int, int]:

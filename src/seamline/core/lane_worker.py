@@ -16,7 +16,8 @@ plain sailing (it does not decode, a step raises, the output cannot be encoded) 
 with ``fallback``: the engine then runs that batch itself, the usual way, which dead-letters
 what must be dead-lettered with the usual reasons. Nothing here touches the store or a sink.
 
-The worker ends on end of file on its stdin (the engine closed it or died), SIGTERM or SIGINT.
+The worker ends on end of file on its stdin (the engine closed it or died) or SIGTERM; it ignores
+SIGINT, which a terminal sends to the engine too (the engine drains, then closes the stdin).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from seamline.formats.errors import FormatError
 from seamline.formats.json import decode_many
 from seamline.store.base import key_token
 
-__all__ = ["LanePlan", "build_functions", "main", "process_batch", "read_frame", "write_frame"]
+__all__ = ["LanePlan", "build_functions", "main", "process_batch", "read_frame", "serve", "write_frame"]
 
 _HEADER = struct.Struct(">I")
 _MAX_FRAME = 1 << 30
@@ -212,10 +213,8 @@ def read_frame(stream: BinaryIO) -> bytes | None:
     return body
 
 
-def main() -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """Read the plan, answer ``ready``, then answer batches until end of file; the exit code."""
     first = stdin.readline()
     if not first:
         return 0
@@ -237,6 +236,14 @@ def main() -> int:
             answer = ["fallback", f"worker: {type(exc).__name__}: {exc}"]
         write_frame(stdout, enc.encode(answer))
     return 0
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Ctrl-C reaches the whole process group: the engine drains, using its workers, and then
+    # closes their stdin
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    return serve(sys.stdin.buffer, sys.stdout.buffer)
 
 
 if __name__ == "__main__":

@@ -236,8 +236,11 @@ class FlowRunner:
         retry_lease: float = 300.0,
         breakers: Any = None,
         limiters: Any = None,
+        forked: list[Any] | None = None,
     ) -> None:
         self.flow = flow
+        #: workers forked early for ``settings.workers`` (``lanes.prefork``), handed to the pool on open
+        self._forked: list[Any] = list(forked or [])
         self.breakers = breakers
         self.limiters = limiters
         self.store = store
@@ -374,7 +377,8 @@ class FlowRunner:
             "flow": self.flow.name, "base_dir": str(self.flow.base_dir), "steps": steps, "sinks": [label],
             "journal": self._journal,
         }
-        return LanePool(self.settings.workers, plan, flow=self.flow.name)
+        forked, self._forked = self._forked, []
+        return LanePool(self.settings.workers, plan, flow=self.flow.name, forked=forked)
 
     async def _open_sink(self, label: str, sink: Sink) -> BaseException | None:
         """Open a sink; an unreachable endpoint (a retryable error) does not stop the flow.
@@ -403,6 +407,9 @@ class FlowRunner:
             return None
 
     async def close(self) -> None:
+        for f in self._forked:  # forked early for a flow that did not get to use them
+            f.discard()
+        self._forked = []
         if self._lanes is not None:
             await self._lanes.stop()
             self._lanes = None

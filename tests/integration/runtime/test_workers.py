@@ -23,6 +23,12 @@ import pytest
 from tests.helpers import cli, read_ndjson, write_ndjson
 
 WORKER_MODULE = b"seamline.core.lane_worker"
+# a worker forked by the engine before it started any thread runs under the engine's command line
+ENGINE_MODULE = b"seamline.cli"
+
+
+def _worker_command(cmd: bytes) -> bool:
+    return WORKER_MODULE in cmd or ENGINE_MODULE in cmd
 
 SCHEMA = {
     "type": "object",
@@ -70,7 +76,7 @@ def _lane_workers(*, parent: int | None = None, cwd: Path | None = None) -> set[
         if info is None:
             continue
         ppid, st, cmd, wd = info
-        if st in ("Z", "X") or WORKER_MODULE not in cmd:
+        if st in ("Z", "X") or not _worker_command(cmd):
             continue
         if parent is not None and ppid != parent:
             continue
@@ -82,7 +88,7 @@ def _lane_workers(*, parent: int | None = None, cwd: Path | None = None) -> set[
 
 def _alive_worker(pid: int) -> bool:
     info = _proc_info(pid)
-    return info is not None and info[1] not in ("Z", "X") and WORKER_MODULE in info[2]
+    return info is not None and info[1] not in ("Z", "X") and _worker_command(info[2])
 
 
 def _waiting_for_work(pid: int) -> bool:
