@@ -7,7 +7,7 @@ with ``settings.workers`` (``--workers``, default 2) worker processes running
 the mapping. With ``--rss N`` it also runs N messages through seamline (one
 process) in a child process and reports its peak RSS.
 
-    python bench/pipeline.py [--n 200000] [--rounds 3] [--workers 2] [--rss 1000000]
+    python bench/pipeline.py [--n 200000] [--rounds 5] [--workers 2] [--rss 1000000]
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200_000)
     ap.add_argument("--rss", type=int, default=0, help="also measure peak RSS at this many messages")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds per side, taken in turns")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds per side, taken in turns")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the second seamline side")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -22,6 +22,7 @@ SIGINT, which a terminal sends to the engine too (the engine drains, then closes
 
 from __future__ import annotations
 
+import gc
 import importlib
 import signal
 import struct
@@ -227,6 +228,11 @@ def serve(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 else str(exc))
         print(f"seamline worker: cannot build the steps: {type(exc).__name__}: {what}", file=sys.stderr)
         return 2
+    # as in the engine (see engine._tune_gc): batches are acyclic garbage, freed by reference
+    # counting; the collector need not walk them many times a batch
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     write_frame(stdout, b"ready")
     enc, dec = msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder()
     while (frame := read_frame(stdin)) is not None:
