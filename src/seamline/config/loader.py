@@ -25,7 +25,7 @@ from seamline.config.models import FlowSettings, OnErrorConfig
 from seamline.config.yamlpos import Located, YamlLoadError, load_with_positions
 from seamline.core.errors import ConfigError, ConfigIssue
 from seamline.core.flow import ComponentRef, Flow
-from seamline.core.registry import Role, all_specs, get_spec
+from seamline.core.registry import Role, all_specs, flow_checks, get_spec
 from seamline.security.secrets import SecretRefError
 
 __all__ = ["find_flow_files", "load_flow_file", "load_flows"]
@@ -107,6 +107,8 @@ class _FileLoader:
         sinks = self._list("sink", data.get("sinks"), "sinks")
         if "sinks" not in data:
             self.issue("missing 'sinks' (at least one)", ())
+        if src is not None and not self.issues:
+            self._check_whole(src, sinks)
         on_error = self._model(OnErrorConfig, data.get("on_error") or {}, ("on_error",), kind="on_error")
         dlq_sink = None
         if on_error is not None and isinstance(on_error.dlq, dict):
@@ -136,6 +138,14 @@ class _FileLoader:
             for i in exc.issues:
                 self.issue(i.message, ())
             return None
+
+    def _check_whole(self, src: ComponentRef, sinks: list[ComponentRef | None]) -> None:
+        for check in flow_checks():
+            for i, fld, message, hint in check(src, sinks, self.file.parent.resolve()):
+                ref = sinks[i]
+                assert ref is not None
+                self.issue(message, ("sinks", i, ref.name, fld), kind=f"sink '{ref.label}' ({ref.name})", hint=hint,
+                           code="config.flow")
 
     def _list(self, role: Role, value: Any, key: str) -> list[ComponentRef | None]:
         if value is None:

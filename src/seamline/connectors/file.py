@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import fnmatch
 import functools
 import glob as globlib
 import hashlib
@@ -29,7 +30,7 @@ from seamline.connectors.offsets import OffsetTracker
 from seamline.core.component import BuildContext, Delivery, Emit, EmitRaw, RawBatch, Sink, Source
 from seamline.core.errors import FatalError
 from seamline.core.message import Message
-from seamline.core.registry import register
+from seamline.core.registry import flow_check, register
 
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig"]
 
@@ -522,3 +523,19 @@ def _safe_name(s: str) -> str:
 )
 def _file_sink(cfg: FileSinkConfig, ctx: BuildContext) -> FileSink:
     return FileSink(cfg, ctx)
+
+
+@flow_check
+def _reads_its_own_output(source: Any, sinks: list[Any], base_dir: Path) -> Iterator[tuple[int, str, str, str | None]]:
+    """A file sink appending to the file (or a file of the glob) the file source reads would feed the
+    flow its own output for ever; said when the flow is loaded, not found when the disk is full."""
+    if source.name != "file":
+        return
+    pattern = os.path.normpath(os.path.join(base_dir, source.config.path))
+    for i, sink in enumerate(sinks):
+        if sink is None or sink.name != "file" or _TEMPLATE.search(sink.config.path):
+            continue
+        target = os.path.normpath(os.path.join(base_dir, sink.config.path))
+        if target == pattern or fnmatch.fnmatchcase(target, pattern):
+            yield (i, "path", f"writes {sink.config.path}, which the source reads: the flow would read its own "
+                   "output again and again", "write to a file the source does not read")

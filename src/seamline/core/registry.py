@@ -7,8 +7,9 @@ the JSON Schema of flow files and the reference docs.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -16,8 +17,11 @@ from pydantic import BaseModel
 __all__ = [
     "BUILTIN_MODULES",
     "ComponentSpec",
+    "FlowCheck",
     "Role",
     "all_specs",
+    "flow_check",
+    "flow_checks",
     "get_spec",
     "load_builtins",
     "register",
@@ -68,6 +72,23 @@ class ComponentSpec:
 
 _REGISTRY: dict[tuple[Role, str], ComponentSpec] = {}
 _loaded = False
+
+#: ``check(source_ref, sink_refs, base_dir)`` yields ``(sink index, field, message, hint)`` for a
+#: problem only the combination of a flow's parts shows (a sink writing what the source reads)
+FlowCheck = Callable[[Any, list[Any], Path], Iterable[tuple[int, str, str, str | None]]]
+_FLOW_CHECKS: list[FlowCheck] = []
+
+
+def flow_check(fn: FlowCheck) -> FlowCheck:
+    """Decorator: a connector's check of the whole flow, run when a flow file is loaded."""
+    if fn not in _FLOW_CHECKS:
+        _FLOW_CHECKS.append(fn)
+    return fn
+
+
+def flow_checks() -> list[FlowCheck]:
+    load_builtins()
+    return list(_FLOW_CHECKS)
 
 
 def register(

@@ -138,3 +138,19 @@ def test_validate_catches_bad_expressions(tmp_path: Path) -> None:
     r = cli("validate", str(bad))
     assert r.returncode == 2
     assert "bad.yaml:" in r.stderr and "to-canonical" in r.stderr and "expression" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("source", "sink"),
+    [("in.ndjson", "in.ndjson"), ("data/in.ndjson", "./data/../data/in.ndjson"), ("data/*.ndjson", "data/out.ndjson")],
+)
+def test_a_file_sink_writing_what_the_file_source_reads_is_refused(tmp_path: Path, source: str, sink: str) -> None:
+    text = GOOD.replace("path: in.ndjson", f'path: "{source}"').replace("path: out.ndjson", f'path: "{sink}"')
+    (msg,) = issues(tmp_path, text)
+    assert ":10:18: sink 'erp' (file): writes " in msg and "which the source reads" in msg
+
+
+def test_a_file_sink_beside_the_source_is_fine(tmp_path: Path) -> None:
+    text = GOOD.replace("path: in.ndjson", 'path: "in/*.ndjson"').replace("path: out.ndjson", "path: out/all.ndjson")
+    (flow,) = load_flows(write(tmp_path, text))
+    assert flow.sink_labels() == ["erp"]
