@@ -18,7 +18,7 @@ import hashlib
 import io
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,6 +149,9 @@ class FileSource(Source):
         return Delivery(msg, acker, _nack, err)
 
     async def _run_file(self, path: Path, emit: Emit) -> None:
+        if self.cfg.format == "ndjson":
+            await self._run_ndjson(path, emit)
+            return
         start = await self._begin(path)
         assert self._tracker is not None
         tracker = self._tracker
@@ -173,14 +176,56 @@ class FileSource(Source):
         return self.cfg.format == "ndjson"
 
     async def run_raw(self, emit_raw: EmitRaw) -> None:
+        limit = self.cfg.max_record_bytes
+
+        async def hand_over(name: str, first: int, lines: list[bytes], long_record: int | None,
+                            acker: _BatchAck) -> None:
+            expand = functools.partial(self._expand, name, first, lines, long_record, acker)
+            await emit_raw(RawBatch(
+                b"".join(lines) if lines else None, len(lines) or 1, first_record=first, name=name,
+                id_field=self.cfg.id_field, correlation_field=self.cfg.correlation_field,
+                max_record_bytes=limit, expand=expand, ack=acker.ack_all, nack=_nack,
+            ))
+
         for path in self._files():
-            await self._run_file_raw(path, emit_raw)
+            await self._read_ndjson(path, hand_over)
 
-    async def _run_file_raw(self, path: Path, emit_raw: EmitRaw) -> None:
-        """NDJSON handed over as whole lines, ``batch_size`` records at a time (``workers``).
+    async def _run_ndjson(self, path: Path, emit: Emit) -> None:
+        """NDJSON, strictly: duplicate keys, NaN, deep nesting and huge numbers are refused per record.
 
-        A record longer than ``max_record_bytes`` is not kept: it travels alone, as a batch
-        that only the engine's own path handles (it is dead-lettered there, as by ``run``).
+        A batch's records are decoded together (``decode_many``: the strict checks run once over
+        the batch); a batch with a bad record is decoded record by record, so each record gets
+        its own verdict.
+        """
+        from seamline.formats.errors import FormatError
+        from seamline.formats.json import decode_many
+
+        limit = self.cfg.max_record_bytes
+
+        async def decoded(name: str, first: int, lines: list[bytes], long_record: int | None,
+                          acker: _BatchAck) -> None:
+            if long_record is None:
+                records = [line.strip() for line in lines]
+                try:
+                    values = decode_many(records, max_bytes=limit)
+                except FormatError:
+                    pass
+                else:
+                    await emit([self._delivery(name, rec_no, body, raw, None, acker)
+                                for rec_no, (body, raw) in enumerate(zip(values, records, strict=True), first)])
+                    return
+            await emit(self._expand(name, first, lines, long_record, acker))
+
+        await self._read_ndjson(path, decoded)
+
+    async def _read_ndjson(
+        self, path: Path, handle: Callable[[str, int, list[bytes], int | None, _BatchAck], Awaitable[None]]
+    ) -> None:
+        """Hand ``path``'s NDJSON lines to ``handle``, ``batch_size`` records at a time, from the checkpoint:
+        ``handle(file name, first record number, lines, long record, acknowledgement)``.
+
+        A record longer than ``max_record_bytes`` is not kept: it travels alone (``lines`` empty,
+        ``long record`` its length), to be dead-lettered.
         """
         offset, line_no, rec_no = await self._begin(path)
         assert self._tracker is not None
@@ -220,24 +265,18 @@ class FileSource(Source):
                     long_record = None
                 elif long_record is None:
                     break
-                end: Pos = (offset, line_no, rec_no)
                 acker = _BatchAck(tracker)
-                count = len(lines) or 1
-                acker.seal(end, count)
-                expand = functools.partial(self._expand, name, first, lines, long_record, acker)
-                await emit_raw(RawBatch(
-                    b"".join(lines) if lines else None, count, first_record=first, name=name,
-                    id_field=self.cfg.id_field, correlation_field=self.cfg.correlation_field,
-                    max_record_bytes=limit, expand=expand, ack=acker.ack_all, nack=_nack,
-                ))
+                acker.seal((offset, line_no, rec_no), len(lines) or 1)
+                await handle(name, first, lines, long_record, acker)
 
     def _expand(self, name: str, first: int, lines: list[bytes], long_record: int | None,
                 acker: _BatchAck) -> list[Delivery]:
         """The deliveries ``run`` makes of the same lines (see ``RawBatch.expand``)."""
         limit = self.cfg.max_record_bytes
         if long_record is not None:
-            err = FatalError(f"record {first} is {long_record} bytes (limit {limit})", code="format.json.too_large")
-            return [self._delivery(name, first, {"$record": first}, None, err, acker)]
+            too_long = FatalError(f"record {first} is {long_record} bytes (limit {limit})",
+                                  code="format.json.too_large")
+            return [self._delivery(name, first, {"$record": first}, None, too_long, acker)]
         out = []
         for rec_no, chunk in enumerate(lines, first):
             body, raw, err = _decode_line(chunk.strip(), rec_no, limit)
@@ -245,44 +284,10 @@ class FileSource(Source):
         return out
 
     def _records(self, path: Path, start: Pos) -> Iterator[Rec]:
-        fmt = self.cfg.format
-        if fmt == "ndjson":
-            yield from self._ndjson(path, start)
-        elif fmt == "csv":
+        if self.cfg.format == "csv":
             yield from self._csv(path, start)
         else:
             yield from self._json_array(path, start)
-
-    def _ndjson(self, path: Path, start: Pos) -> Iterator[Rec]:
-        """NDJSON, strictly: duplicate keys, NaN, deep nesting and huge numbers are refused per line."""
-        limit = self.cfg.max_record_bytes
-        offset, line_no, rec_no = start
-        # a large buffer: fewer reads, and fewer times the reading thread gives up the interpreter
-        with path.open("rb", buffering=_READ_BUFFER) as f:
-            f.seek(offset)
-            readline = f.readline
-            while chunk := readline(limit + 1):
-                length = len(chunk)
-                if length > limit and not chunk.endswith(b"\n"):
-                    while more := readline(_SKIP_CHUNK):  # an over-long record: skip to its end
-                        length += len(more)
-                        if more.endswith(b"\n"):
-                            break
-                    offset += length
-                    line_no += 1
-                    rec_no += 1
-                    err = FatalError(f"record {rec_no} is {length} bytes (limit {limit})",
-                                     code="format.json.too_large")
-                    yield (offset, line_no, rec_no), rec_no, {"$record": rec_no}, None, err
-                    continue
-                offset += length
-                line_no += 1
-                stripped = chunk.strip()
-                if not stripped:
-                    continue
-                rec_no += 1
-                body, raw, err = _decode_line(stripped, rec_no, limit)
-                yield (offset, line_no, rec_no), rec_no, body, raw, err
 
     def _csv(self, path: Path, start: Pos) -> Iterator[Rec]:
         """CSV with a dialect and typed columns; a bad row is dead-lettered, the rest carry on."""

@@ -78,3 +78,26 @@ async def test_the_position_moves_past_a_batch_only_when_all_of_it_is_acked(tmp_
         assert (await ctx.store.get_checkpoint(src._scope))["records"] == 4
     finally:
         await ctx.store.close()
+
+
+async def test_a_clean_batch_keeps_record_numbers_ids_and_raw_bytes(tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b'{"n": 1}\n\n  {"n": 2}  \r\n{"n": 3}\n{"n": 4}\n')
+    src = FileSource(FileSourceConfig(path=str(tmp_path / "in.ndjson")),
+                     BuildContext(flow="f", base_dir=tmp_path, store=open_store(":memory:"), batch_size=3))
+    await src.ctx.store.open()
+    got: list[list[Delivery]] = []
+
+    async def emit(batch: list[Delivery]) -> None:
+        got.append(batch)
+
+    try:
+        await src.run(emit)
+    finally:
+        await src.ctx.store.close()
+    assert [len(b) for b in got] == [3, 1]
+    msgs = [d.message for b in got for d in b]
+    assert [m.id for m in msgs] == ["in.ndjson:1", "in.ndjson:2", "in.ndjson:3", "in.ndjson:4"]
+    assert [m.headers["file.record"] for m in msgs] == ["1", "2", "3", "4"]
+    assert [m.body for m in msgs] == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
+    assert msgs[1].raw == b'{"n": 2}'  # the record as read, without the blanks around it
+    assert all(d.error is None for b in got for d in b)
