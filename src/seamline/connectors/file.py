@@ -103,9 +103,10 @@ class FileSource(Source):
         self.cfg = cfg
         self.ctx = ctx
         self.batch_size = ctx.batch_size
-        self._tracker: OffsetTracker | None = None
-        self._scope = ""
-        self._fp = ""
+        self._tracker: OffsetTracker | None = None  # the file being read
+        # every file with positions still to save, by checkpoint scope: a glob's earlier file may
+        # have batches in flight (and acknowledged later) while the next file is already read
+        self._positions: dict[str, tuple[OffsetTracker, str]] = {}
         self._lock = asyncio.Lock()
 
     def _files(self) -> list[Path]:
@@ -130,7 +131,8 @@ class FileSource(Source):
         size = path.stat().st_size
         if isinstance(cp, dict) and cp.get("fingerprint") == fp and int(cp.get("offset", 0)) <= size:
             start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
-        self._tracker, self._scope, self._fp = OffsetTracker(start), scope, fp
+        self._tracker = OffsetTracker(start)
+        self._positions[scope] = (self._tracker, fp)
         return start
 
     def _delivery(self, name: str, rec_no: int, body: Any, raw: bytes | None, err: BaseException | None,
@@ -331,15 +333,18 @@ class FileSource(Source):
             yield (i + 1, 1, i + 1), i + 1, items[i], None, None
 
     async def commit_acks(self) -> None:
-        t = self._tracker
-        if t is not None and t.dirty:
-            async with self._lock:
+        if not any(t.dirty for t, _ in self._positions.values()):
+            return
+        async with self._lock:
+            for scope, (t, fp) in list(self._positions.items()):
                 if t.dirty:
                     t.dirty = False
                     offset, line, records = t.committed
                     await self.ctx.store.put_checkpoint(
-                        self._scope, {"offset": offset, "line": line, "records": records, "fingerprint": self._fp}
+                        scope, {"offset": offset, "line": line, "records": records, "fingerprint": fp}
                     )
+                if t is not self._tracker and not t.in_flight and not t.dirty:
+                    del self._positions[scope]  # an earlier file, all of it saved
 
     async def close(self) -> None:
         await self.commit_acks()

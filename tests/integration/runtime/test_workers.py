@@ -344,7 +344,7 @@ def test_sigkill_of_the_engine_with_workers_loses_nothing(tmp_path: Path) -> Non
 
 # -- 3. a worker dies mid-run --------------------------------------------------------------------------
 
-DIE_N = 60_000
+DIE_N = 150_000  # long enough, even on a loaded machine, for the replacement to start before the end
 
 DIE_FLOW = """
 flow: workers-die
@@ -481,3 +481,39 @@ def test_a_flow_that_cannot_use_workers_is_refused(tmp_path: Path, case: str) ->
         assert name in r.stderr, (name, r.stderr)
     assert read_ndjson(tmp_path / "out.ndjson") == [], "nothing may be delivered by a refused flow"
     assert not _lane_workers(cwd=tmp_path), "a refused flow started worker processes"
+
+
+GLOB_FLOW = """
+flow: many-files
+source:
+  file: {path: "in/*.ndjson", format: ndjson, id_field: id}
+steps:
+  - map: {expression: "$merge([$, {'file_no': $floor(id / 1000)}])"}
+sinks:
+  - file: {path: out/all.ndjson, label: out}
+settings: {batch_size: 150, workers: WORKERS}
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_glob_of_files_is_read_file_by_file_once(tmp_path: Path, workers: int) -> None:
+    (tmp_path / "flow.yaml").write_text(GLOB_FLOW.replace("WORKERS", str(workers)))
+    (tmp_path / "in").mkdir()
+    for f in range(3):
+        write_ndjson(tmp_path / "in" / f"part-{f}.ndjson", [{"id": f * 1000 + i} for i in range(700)])
+    state = tmp_path / "state.db"
+    r = cli("run", "flow.yaml", "--until-idle", "--state", str(state), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = read_ndjson(tmp_path / "out" / "all.ndjson")
+    assert [o["id"] for o in out] == [f * 1000 + i for f in range(3) for i in range(700)]  # file order, line order
+    assert all(o["file_no"] == o["id"] // 1000 for o in out)
+    # a second run finds every file's checkpoint at its end: nothing is delivered twice
+    r = cli("run", "flow.yaml", "--until-idle", "--state", str(state), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(read_ndjson(tmp_path / "out" / "all.ndjson")) == 2100
+    # a new file in the folder is picked up on the next run, and only it
+    write_ndjson(tmp_path / "in" / "part-3.ndjson", [{"id": 3000 + i} for i in range(10)])
+    r = cli("run", "flow.yaml", "--until-idle", "--state", str(state), "-q", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    ids = [o["id"] for o in read_ndjson(tmp_path / "out" / "all.ndjson")]
+    assert len(ids) == 2110 and ids[-10:] == [3000 + i for i in range(10)]
