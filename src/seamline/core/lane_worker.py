@@ -43,9 +43,10 @@ from seamline.formats.errors import FormatError
 from seamline.formats.json import decode_many
 from seamline.store.base import key_token
 
-__all__ = ["LanePlan", "build_functions", "main", "process_batch", "read_frame", "serve", "write_frame"]
+__all__ = ["FRAME_HEADER", "LanePlan", "build_functions", "main", "process_batch", "read_frame", "serve", "write_frame"]
 
-_HEADER = struct.Struct(">I")
+#: every frame on a worker's pipes starts with its length, 4 bytes big-endian
+FRAME_HEADER = struct.Struct(">I")
 _MAX_FRAME = 1 << 30
 
 
@@ -195,17 +196,17 @@ def _run(
 
 
 def write_frame(stream: BinaryIO, payload: bytes) -> None:
-    stream.write(_HEADER.pack(len(payload)))
+    stream.write(FRAME_HEADER.pack(len(payload)))
     stream.write(payload)
     stream.flush()
 
 
 def read_frame(stream: BinaryIO) -> bytes | None:
     """The next frame, or None at end of file."""
-    head = stream.read(_HEADER.size)
-    if len(head) < _HEADER.size:
+    head = stream.read(FRAME_HEADER.size)
+    if len(head) < FRAME_HEADER.size:
         return None
-    (size,) = _HEADER.unpack(head)
+    (size,) = FRAME_HEADER.unpack(head)
     if size > _MAX_FRAME:
         raise ValueError(f"frame of {size} bytes")
     body = stream.read(size)

@@ -14,18 +14,18 @@ import fcntl
 import logging
 import os
 import signal
-import struct
 import sys
 from typing import Any
 
 import msgspec
 import orjson
 
+from seamline.core.lane_worker import FRAME_HEADER
+
 __all__ = ["Forked", "LanePool", "prefork"]
 
 log = logging.getLogger("seamline.lanes")
 
-_HEADER = struct.Struct(">I")
 _START_TIMEOUT = 60.0
 _STREAM_LIMIT = 1 << 22
 _MAX_FAILED_STARTS = 5
@@ -311,7 +311,7 @@ class LanePool:
             w = self._idle.pop()
         payload = self._enc.encode(request)
         try:
-            w.writer.write(_HEADER.pack(len(payload)))
+            w.writer.write(FRAME_HEADER.pack(len(payload)))
             w.writer.write(payload)
             await w.writer.drain()
             answer = await self._read(w.reader)
@@ -349,6 +349,6 @@ class LanePool:
 
     @staticmethod
     async def _read(stream: asyncio.StreamReader) -> bytes:
-        head = await stream.readexactly(_HEADER.size)
-        (size,) = _HEADER.unpack(head)
+        head = await stream.readexactly(FRAME_HEADER.size)
+        (size,) = FRAME_HEADER.unpack(head)
         return await stream.readexactly(size)

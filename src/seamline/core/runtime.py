@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -846,17 +847,7 @@ class FlowRunner:
                          label, _code(exc))
                 ok = False
 
-        if not sink.ordered:
-            await write()
-            return ok
-        async with self._turn_changed:
-            await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
-        try:
-            await write()
-        finally:
-            async with self._turn_changed:
-                self._sink_turn[label] = seq
-                self._turn_changed.notify_all()
+        await self._in_turn(seq, label, write)
         return ok
 
     async def _run_step(self, st: Step, msgs: list[Message]) -> tuple[list[Any], list[int]]:
@@ -999,13 +990,18 @@ class FlowRunner:
 
     async def _write(self, seq: int, label: str, units: list[_Unit]) -> None:
         sink = self.sinks[label]
-        if not sink.ordered:  # no order to keep: write while earlier batches are still being written
-            await self._write_batch(sink, label, units)
+        await self._in_turn(seq, label, lambda: self._write_batch(sink, label, units))
+
+    async def _in_turn(self, seq: int, label: str, write: Callable[[], Awaitable[None]]) -> None:
+        """Run ``write`` for batch ``seq`` after the sink has taken every earlier batch (an unordered
+        sink takes it at once, while earlier batches are still being written)."""
+        if not self.sinks[label].ordered:
+            await write()
             return
         async with self._turn_changed:
             await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
         try:
-            await self._write_batch(sink, label, units)
+            await write()
         finally:
             async with self._turn_changed:
                 self._sink_turn[label] = seq
