@@ -342,8 +342,20 @@ class MqttSource(Source):
         if self._acks is not None:
             self._acks.alive = False
         if client is not None:
-            # acknowledgements queued during the drain go out before the DISCONNECT (paho keeps order)
+            await self._settle_acks(client)
             await self._disconnect(client)
+
+    async def _settle_acks(self, client: Any) -> None:
+        """Return once the broker has processed every acknowledgement sent so far.
+
+        The broker keeps sending messages while the drain acknowledges, so the socket may hold unread
+        data when it is closed; the kernel then resets the connection, and a broker that sees the reset
+        before reading the last PUBACKs drops them (those messages would be delivered again). The broker
+        handles a connection's packets in order: an UNSUBACK for a filter this client never subscribed
+        proves every earlier acknowledgement was processed.
+        """
+        with contextlib.suppress(Exception):
+            await client.unsubscribe(f"seamline/ack-barrier/{uuid.uuid4().hex}", timeout=self.cfg.connect_timeout)
 
     async def _consume(self, client: Any, acks: _InOrderAcks, emit: Emit) -> None:
         # Read aiomqtt's queue directly: cancelling its message iterator can drop a message it
