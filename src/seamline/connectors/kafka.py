@@ -33,7 +33,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -503,7 +503,33 @@ class KafkaSource(Source):
 # -- sink --------------------------------------------------------------------------------------------------------------
 
 
+class _Sent:
+    """The delivery reports of one batch handed to the producer."""
+
+    __slots__ = ("done", "errors", "left")
+
+    def __init__(self, n: int) -> None:
+        self.left = n
+        self.done = bytearray(n)
+        self.errors: dict[int, Any] = {}
+
+    def report(self, i: int, err: Any, _msg: Any) -> None:
+        if not self.done[i]:
+            self.done[i] = 1
+            self.left -= 1
+            if err is not None:
+                self.errors[i] = err
+
+    def fail(self, i: int, err: BaseException) -> None:
+        self.report(i, err, None)
+
+    def reported(self, i: int) -> bool:
+        return bool(self.done[i])
+
+
 class KafkaSink(Sink):
+    pipelined = True
+
     def __init__(self, cfg: KafkaSinkConfig, ctx: BuildContext) -> None:
         self.cfg = cfg
         self.ctx = ctx
@@ -525,7 +551,6 @@ class KafkaSink(Sink):
                 "message.timeout.ms": max(1, int(c.delivery_timeout * 1000)),
                 "partitioner": c.partitioner,
                 "message.max.bytes": c.max_message_bytes,
-                "delivery.report.only.error": True,
                 "error_cb": self._on_error,
                 "logger": _RDKAFKA_LOG,
             }
@@ -564,76 +589,80 @@ class KafkaSink(Sink):
     async def _renew(self) -> None:
         from confluent_kafka import Producer
 
-        old = self._producer
+        # batches handed to the old producer keep polling it until they are settled; it is dropped after
         self._producer = Producer(self._conf())
         self._broken = False
-        if old is not None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, old.flush, 1.0)
 
     async def write(self, batch: Sequence[Message]) -> None:
+        confirm = await self.submit(batch)
+        await confirm()
+
+    async def submit(self, batch: Sequence[Message]) -> Callable[[], Awaitable[None]]:
+        """Produce the batch (its order on each partition is fixed here) and return the wait for its
+        delivery reports. Reports are served by ``poll`` on the event loop's thread: a producer polled
+        or flushed on another thread needs the interpreter lock for every report and waits for it
+        behind the event loop."""
         from confluent_kafka import KafkaException
 
         async with self._lock:
             if self._broken:
                 await self._renew()
             producer = self._producer
-            loop = asyncio.get_running_loop()
-            n = len(batch)
-            results: list[Any] = [None] * n
-            reported = [False] * n
-
-            def report(i: int, err: Any, _msg: Any) -> None:
-                results[i] = err
-                reported[i] = True
-
+            sent = _Sent(len(batch))
             topic = self.cfg.topic
+            produce = producer.produce
+            report = sent.report
             for i, m in enumerate(batch):
                 try:
                     headers = outgoing_headers(m)  # str values: librdkafka gets them as UTF-8
                     key = self._key(m)
                     value = m.raw
                 except Exception as exc:
-                    results[i] = FatalError(f"cannot encode message {m.id}: {exc}", code="kafka.encode")
-                    reported[i] = True
+                    sent.fail(i, FatalError(f"cannot encode message {m.id}: {exc}", code="kafka.encode"))
                     continue
                 while True:
                     try:
-                        producer.produce(topic, value=value, key=key, headers=headers,
-                                         on_delivery=functools.partial(report, i))
+                        produce(topic, value=value, key=key, headers=headers, on_delivery=functools.partial(report, i))
                         break
                     except BufferError:
                         # the local queue is full: serve delivery reports, then try again
-                        await loop.run_in_executor(self._pool, producer.poll, 0.05)
+                        producer.poll(0)
+                        await asyncio.sleep(0.005)
                     except KafkaException as exc:
-                        results[i] = exc
-                        reported[i] = True
+                        sent.fail(i, exc)
                         break
-            # flush() sends at once (linger is skipped) and returns once every record is confirmed or
-            # failed. Reports come for failures only (delivery.report.only.error): a success report per
-            # record, called back on the flushing thread, would queue for the GIL behind the event loop.
-            # Every record is settled within message.timeout.ms; wait a little longer than that.
-            left = await loop.run_in_executor(self._pool, producer.flush, self.cfg.delivery_timeout + 5.0)
-            if left == 0:
-                reported = [True] * n
-            errors: dict[int, BaseException] = {}
-            for i in range(n):
-                if not reported[i]:
+            # send now rather than after linger.ms: the batch is complete
+            producer.flush(0)
+        deadline = asyncio.get_running_loop().time() + self.cfg.delivery_timeout + 5.0
+        return functools.partial(self._confirm, producer, sent, batch, deadline)
+
+    async def _confirm(self, producer: Any, sent: _Sent, batch: Sequence[Message], deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        delay = 0.0005
+        producer.poll(0)
+        # every record is reported within message.timeout.ms; the deadline is a little longer than that
+        while sent.left and loop.time() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.005)
+            producer.poll(0)
+        topic = self.cfg.topic
+        errors: dict[int, BaseException] = {}
+        for i, err in sent.errors.items():
+            if isinstance(err, SeamlineError):
+                errors[i] = err
+            else:
+                if hasattr(err, "fatal") and err.fatal():
+                    self._broken = True
+                errors[i] = _error(err, f"writing message {batch[i].id} to {topic}")
+        if sent.left:
+            for i in range(len(batch)):
+                if i not in errors and not sent.reported(i):
                     errors[i] = RetryableError(
-                        f"no delivery report for message {batch[i].id} ({left} record(s) still queued)",
+                        f"no delivery report for message {batch[i].id} ({sent.left} record(s) unconfirmed)",
                         code="kafka.timeout",
                     )
-                    continue
-                err = results[i]
-                if err is None:
-                    continue
-                if isinstance(err, SeamlineError):
-                    errors[i] = err
-                else:
-                    if hasattr(err, "fatal") and err.fatal():
-                        self._broken = True
-                    errors[i] = _error(err, f"writing message {batch[i].id} to {topic}")
-            if errors:
-                raise BatchError(errors)
+        if errors:
+            raise BatchError(errors)
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None

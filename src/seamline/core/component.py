@@ -41,6 +41,10 @@ AckFn = Callable[[], Awaitable[None] | None]
 NackFn = Callable[[bool], Awaitable[None] | None]
 
 
+async def _confirmed() -> None:
+    """The confirmation of a batch that is already confirmed."""
+
+
 def _noop(*_: Any) -> None:
     return None
 
@@ -237,6 +241,9 @@ class Sink:
     #: then batches may be written while earlier ones are still being written, and the sink
     #: bounds its own in-flight work across batches
     ordered: bool = True
+    #: True when the sink takes a batch in two phases (see ``submit``): handing a batch over fixes its
+    #: place in the sink's order, and waiting for its confirmation may overlap later batches' hand-over
+    pipelined: ClassVar[bool] = False
     #: set by the runtime: the sink's label and its registered type name
     label: str = ""
     component: str = ""
@@ -246,6 +253,14 @@ class Sink:
 
     async def write(self, batch: Sequence[Message]) -> None:
         raise NotImplementedError
+
+    async def submit(self, batch: Sequence[Message]) -> Callable[[], Awaitable[None]]:
+        """Hand ``batch`` over and return the wait for its confirmation, which returns or raises like
+        ``write``. Once ``submit`` returned, a later batch is written after this one (a producer's
+        send queue keeps that order) while this one is still being confirmed. A sink that sets
+        ``pipelined`` overrides it; the default writes the whole batch here."""
+        await self.write(batch)
+        return _confirmed
 
     def accepts_lines(self) -> bool:
         """True when ``write_lines`` can take a batch as encoded NDJSON lines (the ``workers`` path)."""

@@ -990,7 +990,42 @@ class FlowRunner:
 
     async def _write(self, seq: int, label: str, units: list[_Unit]) -> None:
         sink = self.sinks[label]
-        await self._in_turn(seq, label, lambda: self._write_batch(sink, label, units))
+        if not sink.pipelined:
+            await self._in_turn(seq, label, lambda: self._write_batch(sink, label, units))
+            return
+        # the batch is handed over in turn; its confirmation is awaited after the turn passed on,
+        # so the next batch is handed over meanwhile
+        confirms: list[Callable[[], Awaitable[None]]] = []
+
+        async def hand_over() -> None:
+            confirm = await self._submit_batch(sink, label, units)
+            if confirm is not None:
+                confirms.append(confirm)
+
+        await self._in_turn(seq, label, hand_over)
+        if confirms:
+            try:
+                await confirms[0]()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                _failed(label, units, exc)
+
+    async def _submit_batch(self, sink: Sink, label: str, units: list[_Unit]) -> Callable[[], Awaitable[None]] | None:
+        """Hand a batch to a pipelined sink; the wait for its confirmation, or None when it already failed."""
+        if label in self._unopened:
+            err = await self._open_sink(label, sink)
+            if err is not None:
+                for u in units:
+                    u.failed[label] = err
+                return None
+        try:
+            return await self.guards[label].submit([u.message for u in units])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _failed(label, units, exc)
+            return None
 
     async def _in_turn(self, seq: int, label: str, write: Callable[[], Awaitable[None]]) -> None:
         """Run ``write`` for batch ``seq`` after the sink has taken every earlier batch (an unordered
@@ -1124,6 +1159,16 @@ class FlowRunner:
         for entry in leftovers:
             await _give_back(entry)
         self._tasks.clear()
+
+
+def _failed(label: str, units: list[_Unit], exc: BaseException) -> None:
+    """Record a sink's failure on the messages it concerns (all of them unless it is a ``BatchError``)."""
+    if isinstance(exc, BatchError):
+        for i, e in exc.errors.items():
+            units[i].failed[label] = e
+    else:
+        for u in units:
+            u.failed[label] = exc
 
 
 async def _give_back(entry: list[_Work] | RawBatch, *, force: bool = False) -> None:

@@ -19,6 +19,10 @@ from seamline.core.message import Message
 __all__ = ["SinkGuard", "SinkTimeout"]
 
 
+async def _confirmed() -> None:
+    """The confirmation of a batch that was written whole."""
+
+
 class SinkTimeout(RetryableError):
     code = "sink.timeout"
 
@@ -74,7 +78,35 @@ class SinkGuard:
     async def _write(self, batch: Sequence[Message]) -> None:
         await self._guarded(len(batch), lambda: self.sink.write(batch))
 
+    async def submit(self, batch: Sequence[Message]) -> Callable[[], Awaitable[None]]:
+        """``sink.submit`` with the same protections as ``write``: the breaker and the rate limit admit
+        the batch before it is handed over; the bulkhead, the timeout and the breaker's verdict apply to
+        the wait for its confirmation (which the returned function runs). A sink that is not pipelined,
+        or a batch the rate limit splits, is written whole here."""
+        if not self.sink.pipelined or (self.chunk is not None and len(batch) > self.chunk):
+            await self.write(batch)
+            return _confirmed
+        size = len(batch)
+        await self._admit(size)
+        try:
+            confirm = await self.sink.submit(batch)
+        except asyncio.CancelledError:
+            if self.breaker is not None:
+                self.breaker.release()
+            raise
+        except Exception as exc:
+            failed = exc
+
+            async def confirm() -> None:
+                raise failed
+
+        return lambda: self._checked(size, confirm)
+
     async def _guarded(self, size: int, call: Callable[[], Awaitable[None]]) -> None:
+        await self._admit(size)
+        await self._checked(size, call)
+
+    async def _admit(self, size: int) -> None:
         breaker = self.breaker
         if breaker is not None:
             while True:
@@ -83,6 +115,9 @@ class SinkGuard:
                     break
         if self.bucket is not None:
             await self.bucket.acquire(size)
+
+    async def _checked(self, size: int, call: Callable[[], Awaitable[None]]) -> None:
+        breaker = self.breaker
         try:
             if self._slots is not None:
                 async with self._slots:
