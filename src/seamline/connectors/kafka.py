@@ -643,7 +643,7 @@ class KafkaSink(Sink):
         # every record is reported within message.timeout.ms; the deadline is a little longer than that
         while sent.left and loop.time() < deadline:
             await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.005)
+            delay = min(delay * 1.5, 0.001)
             producer.poll(0)
         topic = self.cfg.topic
         errors: dict[int, BaseException] = {}
