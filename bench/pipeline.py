@@ -173,9 +173,14 @@ def main() -> None:
         print(f"input: {a.n} orders, {size / a.n:.0f} bytes each on average")
         # alternate the sides to share the machine's noise fairly; each side's best round counts
         hand_t, eng_t, par_t = [], [], []
+        # each side starts once the files the one before wrote are on disk: their writeback would
+        # otherwise take CPU from it (the first hand round was the only one without)
         for i in range(a.rounds):
+            os.sync()
             hand_t.append(run_hand(src, tmp / f"hand-{i}.ndjson"))
+            os.sync()
             eng_t.append(run_side(tmp, src, tmp / f"engine-{i}.ndjson", 0))
+            os.sync()
             par_t.append(run_side(tmp, src, tmp / f"workers-{i}.ndjson", a.workers))
         hand_out = (tmp / "hand-0.ndjson").read_bytes().splitlines()
         for name in ("engine-0", "workers-0"):
