@@ -333,3 +333,44 @@ async def test_keys_partitions_compression_and_oversized_records(kafka_bootstrap
         assert order == sorted(order)
     finally:
         await b.aclose()
+
+
+async def test_batches_handed_over_back_to_back_are_confirmed_each_on_its_own(kafka_bootstrap: str,
+                                                                             tmp_path: Path) -> None:
+    """The sink is pipelined: a second batch is produced before the first is confirmed; confirming them
+    in the other order works, every record arrives once, and per-key order holds across both."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    from seamline.core.message import Message
+
+    b = KafkaBackend(kafka_bootstrap)
+    try:
+        topic = await b.new_channel("pipelined")
+        cfg = {"bootstrap_servers": kafka_bootstrap, "topic": topic, "key_field": "k"}
+        first = [Message({"k": f"k{i % 5}", "i": i}, id=f"p-{i}") for i in range(300)]
+        second = [Message({"k": f"k{i % 5}", "i": i}, id=f"p-{i}") for i in range(300, 600)]
+        async with _component("sink", cfg, tmp_path) as sink:
+            assert type(sink).pipelined
+            confirm_first = await sink.submit(first)
+            confirm_second = await sink.submit(second)
+            # confirmed in the other order
+            await asyncio.wait_for(confirm_second(), 30)
+            await asyncio.wait_for(confirm_first(), 30)
+
+        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "pipelined-check", "enable.auto.commit": False,
+                      **QUIET})
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+        got: list[Any] = []
+        try:
+            for _ in range(100):
+                got += [m for m in await asyncio.to_thread(c.consume, 500, 0.2) if m.error() is None]
+                if len(got) >= 600:
+                    break
+        finally:
+            await asyncio.to_thread(c.close)
+        assert sorted(json.loads(m.value())["i"] for m in got) == list(range(600))
+        for k in range(5):
+            order = [json.loads(m.value())["i"] for m in got if m.key() == f"k{k}".encode()]
+            assert order == sorted(order) and len(order) == 120, (k, order[:10])
+    finally:
+        await b.aclose()
