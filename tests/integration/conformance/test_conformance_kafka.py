@@ -285,6 +285,23 @@ async def test_offsets_are_committed_in_order_only_past_acked_messages(kafka_boo
         await b.aclose()
 
 
+async def _read_topic(bootstrap: str, topic: str, n: int) -> list[Any]:
+    """Every partition of ``topic`` from the start, until ``n`` records came (at most about 20 s)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False, **QUIET})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    got: list[Any] = []
+    try:
+        for _ in range(100):
+            got += [m for m in await asyncio.to_thread(c.consume, 500, 0.2) if m.error() is None]
+            if len(got) >= n:
+                break
+    finally:
+        await asyncio.to_thread(c.close)
+    return got
+
+
 async def _is(bootstrap: str, group: str, topic: str, offset: int) -> bool:
     return (await _committed(bootstrap, group, topic, 1)).get(0) == offset
 
@@ -292,8 +309,6 @@ async def _is(bootstrap: str, group: str, topic: str, offset: int) -> bool:
 async def test_keys_partitions_compression_and_oversized_records(kafka_bootstrap: str, tmp_path: Path) -> None:
     """The sink keys records from a body field (same key → same partition), compresses, and reports an
     oversized record as a fatal error of that message alone."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
     from seamline.core.component import BatchError
     from seamline.core.errors import FatalError
     from seamline.core.message import Message
@@ -312,17 +327,7 @@ async def test_keys_partitions_compression_and_oversized_records(kafka_bootstrap
         err = info.value.errors[7]
         assert isinstance(err, FatalError) and err.code == "kafka.message_too_large", err
 
-        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "keys-check", "enable.auto.commit": False,
-                      **QUIET})
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        got: list[Any] = []
-        try:
-            for _ in range(50):
-                got += [m for m in await asyncio.to_thread(c.consume, 100, 0.2) if m.error() is None]
-                if len(got) >= 40:
-                    break
-        finally:
-            await asyncio.to_thread(c.close)
+        got = await _read_topic(kafka_bootstrap, topic, 40)
         assert len(got) == 40
         parts: dict[str, set[int]] = {}
         for m in got:
@@ -339,8 +344,6 @@ async def test_batches_handed_over_back_to_back_are_confirmed_each_on_its_own(ka
                                                                              tmp_path: Path) -> None:
     """The sink is pipelined: a second batch is produced before the first is confirmed; confirming them
     in the other order works, every record arrives once, and per-key order holds across both."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
     from seamline.core.message import Message
 
     b = KafkaBackend(kafka_bootstrap)
@@ -357,17 +360,7 @@ async def test_batches_handed_over_back_to_back_are_confirmed_each_on_its_own(ka
             await asyncio.wait_for(confirm_second(), 30)
             await asyncio.wait_for(confirm_first(), 30)
 
-        c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "pipelined-check", "enable.auto.commit": False,
-                      **QUIET})
-        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
-        got: list[Any] = []
-        try:
-            for _ in range(100):
-                got += [m for m in await asyncio.to_thread(c.consume, 500, 0.2) if m.error() is None]
-                if len(got) >= 600:
-                    break
-        finally:
-            await asyncio.to_thread(c.close)
+        got = await _read_topic(kafka_bootstrap, topic, 600)
         assert sorted(json.loads(m.value())["i"] for m in got) == list(range(600))
         for k in range(5):
             order = [json.loads(m.value())["i"] for m in got if m.key() == f"k{k}".encode()]

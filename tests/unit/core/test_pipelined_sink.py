@@ -105,6 +105,19 @@ def _flow(key: str, *, timeout: float | None = None, **settings: Any) -> Flow:
     )
 
 
+async def _run_with_retries(fl: Flow, tmp_path: Path) -> Any:
+    """Run ``fl`` until idle while the clock moves on half a second every 10 ms (retries come due)."""
+    clock = ManualClock()
+    eng = Engine([fl], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
+    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=5.0, install_signals=False))
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        clock.advance(0.5)
+        if task.done():
+            break
+    return await asyncio.wait_for(task, 5)
+
+
 async def _wait(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
     for _ in range(int(timeout / 0.01)):
         if pred():
@@ -146,15 +159,7 @@ async def test_failures_reported_by_the_confirmation_are_retried_or_dead_lettere
                 "m5": RetryableError("broker busy", code="test.busy")}
     for i in range(8):
         channel("in").put({"n": i}, id=f"m{i}")
-    clock = ManualClock()
-    eng = Engine([_flow("b", batch_size=4)], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
-    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=5.0, install_signals=False))
-    for _ in range(300):
-        await asyncio.sleep(0.01)
-        clock.advance(0.5)
-        if task.done():
-            break
-    res = await asyncio.wait_for(task, 5)
+    res = await _run_with_retries(_flow("b", batch_size=4), tmp_path)
     confirmed = [mid for b in log.confirmed for mid in b]
     assert sorted(confirmed) == sorted(f"m{i}" for i in range(8) if i != 3)
     assert confirmed.count("m5") == 1 and confirmed[-1] == "m5"  # on its retry
@@ -175,16 +180,7 @@ async def test_the_sink_timeout_bounds_the_wait_for_a_confirmation(tmp_path: Pat
     log.hang_once = {"m0"}
     for i in range(4):
         channel("in").put({"n": i}, id=f"m{i}")
-    clock = ManualClock()
-    eng = Engine([_flow("c", timeout=0.2, batch_size=4)], open_store(str(tmp_path / "s.db")), clock=clock,
-                 retry_poll=0.01)
-    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=5.0, install_signals=False))
-    for _ in range(300):
-        await asyncio.sleep(0.01)
-        clock.advance(0.5)
-        if task.done():
-            break
-    res = await asyncio.wait_for(task, 5)
+    res = await _run_with_retries(_flow("c", timeout=0.2, batch_size=4), tmp_path)
     # the first confirmation never came: the batch timed out (retryable) and went through on its retry
     assert log.submitted[0] == [f"m{i}" for i in range(4)]
     assert sorted(mid for b in log.submitted[1:] for mid in b) == [f"m{i}" for i in range(4)]
