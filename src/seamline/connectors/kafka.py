@@ -586,7 +586,7 @@ class KafkaSink(Sink):
             return None
         return k if isinstance(k, bytes) else str(k).encode("utf-8")
 
-    async def _renew(self) -> None:
+    def _renew(self) -> None:
         from confluent_kafka import Producer
 
         # batches handed to the old producer keep polling it until they are settled; it is dropped after
@@ -606,7 +606,7 @@ class KafkaSink(Sink):
 
         async with self._lock:
             if self._broken:
-                await self._renew()
+                self._renew()
             producer = self._producer
             sent = _Sent(len(batch))
             topic = self.cfg.topic

@@ -1013,12 +1013,8 @@ class FlowRunner:
 
     async def _submit_batch(self, sink: Sink, label: str, units: list[_Unit]) -> Callable[[], Awaitable[None]] | None:
         """Hand a batch to a pipelined sink; the wait for its confirmation, or None when it already failed."""
-        if label in self._unopened:
-            err = await self._open_sink(label, sink)
-            if err is not None:
-                for u in units:
-                    u.failed[label] = err
-                return None
+        if not await self._sink_open(sink, label, units):
+            return None
         try:
             return await self.guards[label].submit([u.message for u in units])
         except asyncio.CancelledError:
@@ -1042,34 +1038,34 @@ class FlowRunner:
                 self._sink_turn[label] = seq
                 self._turn_changed.notify_all()
 
-    async def _write_batch(self, sink: Sink, label: str, units: list[_Unit]) -> None:
+    async def _sink_open(self, sink: Sink, label: str, units: list[_Unit]) -> bool:
+        """True when the sink is open (opened now if it was unreachable); else its error is recorded."""
         if label in self._unopened:
             err = await self._open_sink(label, sink)
             if err is not None:
-                for u in units:
-                    u.failed[label] = err
-                return
-        msgs = [u.message for u in units]
+                _failed(label, units, err)
+                return False
+        return True
+
+    async def _write_batch(self, sink: Sink, label: str, units: list[_Unit]) -> None:
+        if not await self._sink_open(sink, label, units):
+            return
         guard = self.guards[label]
         try:
-            await guard.write(msgs)
-        except BatchError as be:
-            for i, e in be.errors.items():
-                units[i].failed[label] = e
+            await guard.write([u.message for u in units])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if sink.atomic_batches and len(units) > 1:
-                for u in units:
-                    try:
-                        await guard.write([u.message])
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as one:
-                        u.failed[label] = one
-            else:
-                for u in units:
-                    u.failed[label] = exc
+            if isinstance(exc, BatchError) or not (sink.atomic_batches and len(units) > 1):
+                _failed(label, units, exc)
+                return
+            for u in units:
+                try:
+                    await guard.write([u.message])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as one:
+                    u.failed[label] = one
 
     # -- lifecycle helpers --------------------------------------------------------------------
     def busy(self) -> bool:

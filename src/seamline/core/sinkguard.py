@@ -12,15 +12,11 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from seamline.core.component import BatchError, Sink
+from seamline.core.component import BatchError, Sink, _confirmed
 from seamline.core.errors import RetryableError, classify
 from seamline.core.message import Message
 
 __all__ = ["SinkGuard", "SinkTimeout"]
-
-
-async def _confirmed() -> None:
-    """The confirmation of a batch that was written whole."""
 
 
 class SinkTimeout(RetryableError):
