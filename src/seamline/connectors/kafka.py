@@ -33,7 +33,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -42,8 +42,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.offsets import OffsetTracker
-from seamline.connectors.wire import decode_message, field_at, outgoing_headers
-from seamline.core.component import BatchError, BuildContext, Delivery, Emit, Sink, Source
+from seamline.connectors.wire import JSON_CONTENT_TYPES, MESSAGE_ID_HEADER, decode_message, field_at, outgoing_headers
+from seamline.core.component import (
+    BatchError,
+    BuildContext,
+    Delivery,
+    Emit,
+    EmitRaw,
+    LaneCodec,
+    RawBatch,
+    Sink,
+    Source,
+)
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
 from seamline.core.registry import register
@@ -225,6 +235,77 @@ def _error(err: Any, what: str) -> SeamlineError:
 # -- source ----------------------------------------------------------------------------------------------------------
 
 
+def _record_message(topic: str, spart: str, offset: int, key: bytes | None, ts_type: int, ts: int,
+                    hdrs: list[tuple[str, bytes | None]] | None, value: bytes | None, content_type: str,
+                    max_bytes: int, now: float) -> tuple[Message, BaseException | None]:
+    """The message for one record (what the source hands on, in the engine or in a worker)."""
+    soffset = str(offset)
+    transport = {"kafka.topic": topic, "kafka.partition": spart, "kafka.offset": soffset}
+    if key is not None:
+        try:
+            transport[KEY_HEADER] = key.decode("utf-8")
+        except UnicodeDecodeError:
+            transport[KEY_HEADER + ".b64"] = base64.b64encode(key).decode("ascii")
+    if ts_type:
+        transport["kafka.timestamp"] = str(ts)
+    wire = {hk: ("" if hv is None else hv.decode("utf-8", "replace")) for hk, hv in hdrs} if hdrs else {}
+    return decode_message(
+        value or b"",
+        wire,
+        default_id=f"{topic}-{spart}-{soffset}",
+        default_content_type=content_type,
+        transport=transport,
+        max_bytes=max_bytes,
+        connector="kafka",
+        now=now,
+    )
+
+
+class _BatchAcks:
+    """The offset tickets of a raw batch (one per partition); they are acknowledged once the whole
+    batch is (``ack_all``), or each of its deliveries (``ack_one``) when it ran the usual way."""
+
+    __slots__ = ("left", "tickets")
+
+    def __init__(self, tickets: list[tuple[OffsetTracker, int]], count: int) -> None:
+        self.tickets = tickets
+        self.left = count
+
+    def ack_all(self) -> None:
+        self.left = 0
+        tickets, self.tickets = self.tickets, []
+        for tracker, ticket in tickets:
+            tracker.ack(ticket)
+
+    def ack_one(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.ack_all()
+
+
+def _nack_all(nacks: list[Callable[[bool], None]], requeue: bool) -> None:
+    for nack in nacks:
+        nack(requeue)
+
+
+def lane_decode(settings: dict[str, Any], payload: list[Any], now: float) -> list[Any]:
+    """A worker's decoding of a raw batch (``KafkaSource.lane_decoder``): the same messages the
+    engine would build; a record that is too big, not JSON or not valid JSON sends the batch back
+    to the engine, which dead-letters it with the usual reason."""
+    from seamline.core.lane_worker import Fallback
+
+    ctype, max_bytes = settings["content_type"], settings["max_bytes"]
+    items = []
+    for topic, spart, offset, key, (ts_type, ts), hdrs, value in zip(*payload, strict=True):
+        msg, error = _record_message(topic, spart, offset, key, ts_type, ts, hdrs, value, ctype, max_bytes, now)
+        if error is not None:
+            raise Fallback(f"record {msg.id}: {getattr(error, 'code', type(error).__name__)}")
+        if msg.content_type not in JSON_CONTENT_TYPES:
+            raise Fallback(f"record {msg.id}: content type {msg.content_type}")
+        items.append((msg.id, msg.correlation_id, value, msg.body, msg))
+    return items
+
+
 class KafkaSource(Source):
     def __init__(self, cfg: KafkaSourceConfig, ctx: BuildContext) -> None:
         self.cfg = cfg
@@ -389,69 +470,57 @@ class KafkaSource(Source):
                 log.warning("kafka: rewinding %s[%d] to %d failed: %s", t, p, offset, exc)
         return consumer.consume(self.batch_size, self.cfg.batch_wait)  # type: ignore[no-any-return]
 
-    def _deliveries(self, msgs: list[Any]) -> list[Delivery]:
-        """Records → deliveries, on the event loop's thread, between two polls (so no rebalance
-        callback runs meanwhile)."""
+    def _accepted(self, msgs: list[Any]) -> list[tuple[Any, tuple[OffsetTracker, Any, str]]]:
+        """The records of one poll to hand on, each with its partition's ``(tracker, nack, partition as
+        text)``; errors and records fetched before a rewind took effect are left out. Called under
+        the lock, on the event loop's thread, between two polls (so no rebalance callback runs
+        meanwhile)."""
         from confluent_kafka import KafkaError, KafkaException
 
+        out: list[tuple[Any, tuple[OffsetTracker, Any, str]]] = []
+        parts, starts = self._parts, self._starts
+        nack = self._nack
+        groups: dict[tuple[str, int], tuple[OffsetTracker, Any, str]] = {}
+        for m in msgs:
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal():
+                    raise KafkaException(err)
+                self._quiet(err.name(), logging.WARNING, "kafka: consuming for group %s: %s", self.cfg.group,
+                            err.str())
+                continue
+            key = (m.topic(), m.partition())
+            group = groups.get(key)
+            if group is None:
+                tracker = parts.get(key)
+                if tracker is None:
+                    offset = m.offset()
+                    start = starts.pop(key, None)
+                    if start is not None and offset != start:
+                        # fetched before a rewind took effect: it comes again from the rewound position
+                        starts[key] = start
+                        continue
+                    tracker = parts[key] = OffsetTracker(offset)
+                group = groups[key] = (tracker, functools.partial(nack, key, tracker), str(key[1]))
+            out.append((m, group))
+        return out
+
+    def _deliveries(self, msgs: list[Any]) -> list[Delivery]:
+        """Records → deliveries, each acknowledged on its own."""
+        ctype, max_bytes = self.cfg.content_type, self.cfg.max_message_bytes
+        partial = functools.partial
+        now = time.time()  # one receive time for the records of one poll
         out: list[Delivery] = []
         append = out.append
-        parts, starts = self._parts, self._starts
-        ctype, max_bytes = self.cfg.content_type, self.cfg.max_message_bytes
-        nack = self._nack
-        partial = functools.partial
-        # partition -> (tracker, nack, partition as text)
-        groups: dict[tuple[str, int], tuple[OffsetTracker, Any, str]] = {}
-        now = time.time()  # one receive time for the records of one poll
         with self._lock:
-            for m in msgs:
-                err = m.error()
-                if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
-                        continue
-                    if err.fatal():
-                        raise KafkaException(err)
-                    self._quiet(err.name(), logging.WARNING, "kafka: consuming for group %s: %s", self.cfg.group,
-                                err.str())
-                    continue
-                topic, part, offset = m.topic(), m.partition(), m.offset()
-                key = (topic, part)
-                group = groups.get(key)
-                if group is None:
-                    tracker = parts.get(key)
-                    if tracker is None:
-                        start = starts.pop(key, None)
-                        if start is not None and offset != start:
-                            # fetched before a rewind took effect: it comes again from the rewound position
-                            starts[key] = start
-                            continue
-                        tracker = parts[key] = OffsetTracker(offset)
-                    group = groups[key] = (tracker, partial(nack, key, tracker), str(part))
-                tracker, group_nack, spart = group
+            for m, (tracker, group_nack, spart) in self._accepted(msgs):
+                offset = m.offset()
                 ticket = tracker.track(offset + 1)
-                soffset = str(offset)
-                transport = {"kafka.topic": topic, "kafka.partition": spart, "kafka.offset": soffset}
-                k = m.key()
-                if k is not None:
-                    try:
-                        transport[KEY_HEADER] = k.decode("utf-8")
-                    except UnicodeDecodeError:
-                        transport[KEY_HEADER + ".b64"] = base64.b64encode(k).decode("ascii")
                 ts_type, ts = m.timestamp()
-                if ts_type:
-                    transport["kafka.timestamp"] = str(ts)
-                hdrs = m.headers()
-                wire = {hk: ("" if hv is None else hv.decode("utf-8", "replace")) for hk, hv in hdrs} if hdrs else {}
-                msg, error = decode_message(
-                    m.value() or b"",
-                    wire,
-                    default_id=f"{topic}-{spart}-{soffset}",
-                    default_content_type=ctype,
-                    transport=transport,
-                    max_bytes=max_bytes,
-                    connector="kafka",
-                    now=now,
-                )
+                msg, error = _record_message(m.topic(), spart, offset, m.key(), ts_type, ts, m.headers(), m.value(),
+                                             ctype, max_bytes, now)
                 append(Delivery(msg, partial(tracker.ack, ticket), group_nack, error))
         return out
 
@@ -465,6 +534,68 @@ class KafkaSource(Source):
                 raise _error(exc, f"kafka consumer of group {self.cfg.group} failed") from exc
             if batch:
                 await emit(batch)
+
+    # the workers path (flow setting ``workers``) ---------------------------------------------------------
+    def can_run_raw(self) -> bool:
+        return True
+
+    def lane_decoder(self) -> LaneCodec:
+        return ("seamline.connectors.kafka", "lane_decode",
+                {"content_type": self.cfg.content_type, "max_bytes": self.cfg.max_message_bytes})
+
+    async def run_raw(self, emit_raw: EmitRaw) -> None:
+        from confluent_kafka import KafkaException
+
+        while True:
+            try:
+                batch = self._raw_batch(await self._call(self._poll))
+            except KafkaException as exc:
+                raise _error(exc, f"kafka consumer of group {self.cfg.group} failed") from exc
+            if batch is not None:
+                await emit_raw(batch)
+
+    def _raw_batch(self, msgs: list[Any]) -> RawBatch | None:
+        """One poll's records as they came (see ``lane_decode``), acknowledged together: one offset
+        ticket per partition, past the batch's last record there."""
+        max_bytes = self.cfg.max_message_bytes
+        with self._lock:
+            accepted = self._accepted(msgs)
+            if not accepted:
+                return None
+            last: dict[int, tuple[tuple[OffsetTracker, Any, str], int]] = {}
+            topics, parts, offsets, keys, stamps, headers, values = [], [], [], [], [], [], []
+            fits = True
+            for m, group in accepted:
+                offset = m.offset()
+                last[id(group)] = (group, offset)
+                value = m.value()
+                if value is not None and len(value) > max_bytes:
+                    fits = False
+                topics.append(m.topic())
+                parts.append(group[2])
+                offsets.append(offset)
+                keys.append(m.key())
+                stamps.append(m.timestamp())
+                headers.append(m.headers())
+                values.append(value)
+            acks = _BatchAcks([(g[0], g[0].track(offset + 1)) for g, offset in last.values()], len(accepted))
+        nacks = [g[1] for g, _ in last.values()]
+        expand = functools.partial(self._expand, accepted, acks, time.time())
+        payload = [topics, parts, offsets, keys, stamps, headers, values] if fits else None
+        return RawBatch(payload, len(accepted), kind="records", expand=expand, ack=acks.ack_all,
+                        nack=functools.partial(_nack_all, nacks))
+
+    def _expand(self, accepted: list[tuple[Any, tuple[OffsetTracker, Any, str]]], acks: _BatchAcks,
+                now: float) -> list[Delivery]:
+        """The deliveries ``run`` makes of a raw batch's records (acknowledged together)."""
+        ctype, max_bytes = self.cfg.content_type, self.cfg.max_message_bytes
+        out = []
+        for m, (_, group_nack, spart) in accepted:
+            ts_type, ts = m.timestamp()
+            msg, error = _record_message(m.topic(), spart, m.offset(), m.key(), ts_type, ts, m.headers(), m.value(),
+                                         ctype, max_bytes, now)
+            out.append(Delivery(msg, acks.ack_one, group_nack, error))
+        return out
 
     async def close(self) -> None:
         if self._consumer is None or self._closed:
@@ -501,6 +632,37 @@ class KafkaSource(Source):
 
 
 # -- sink --------------------------------------------------------------------------------------------------------------
+
+
+def _record_key(key_field: str | None, key_header: str | None, body: Any, headers: dict[str, str]) -> bytes | None:
+    """The record key of a message: a body field, else a header (``kafka.key.b64`` for a binary key)."""
+    k: Any = None
+    if key_field:
+        k = field_at(body, key_field)
+    elif key_header:
+        k = headers.get(key_header)
+        if k is None and key_header == KEY_HEADER and KEY_HEADER + ".b64" in headers:
+            return base64.b64decode(headers[KEY_HEADER + ".b64"])
+    if k is None:
+        return None
+    return k if isinstance(k, bytes) else str(k).encode("utf-8")
+
+
+def lane_encode(settings: dict[str, Any], outs: list[Any]) -> list[Any]:
+    """A worker's encoding for ``KafkaSink.submit_encoded``: ``[values, keys, headers]``, each record
+    as ``submit`` would produce it (``meta`` is the message the source's decoder built). A record
+    over ``max_message_bytes`` sends the batch back to the engine, which dead-letters it."""
+    from seamline.core.lane_worker import Fallback
+
+    key_field, key_header, max_bytes = settings["key_field"], settings["key_header"], settings["max_bytes"]
+    values, keys, headers = [], [], []
+    for out, body, msg in outs:
+        if len(out) > max_bytes:
+            raise Fallback(f"message {msg.id} is over max_message_bytes")
+        values.append(out)
+        keys.append(_record_key(key_field, key_header, body, msg.headers))
+        headers.append(outgoing_headers(msg))
+    return [values, keys, headers]
 
 
 class _Sent:
@@ -574,17 +736,7 @@ class KafkaSink(Sink):
             raise _error(exc, "cannot create the Kafka producer") from exc
 
     def _key(self, m: Message) -> bytes | None:
-        c = self.cfg
-        k: Any = None
-        if c.key_field:
-            k = field_at(m.body, c.key_field)
-        elif c.key_header:
-            k = m.headers.get(c.key_header)
-            if k is None and c.key_header == KEY_HEADER and KEY_HEADER + ".b64" in m.headers:
-                return base64.b64decode(m.headers[KEY_HEADER + ".b64"])
-        if k is None:
-            return None
-        return k if isinstance(k, bytes) else str(k).encode("utf-8")
+        return _record_key(self.cfg.key_field, self.cfg.key_header, m.body, m.headers)
 
     def _renew(self) -> None:
         from confluent_kafka import Producer
@@ -602,16 +754,9 @@ class KafkaSink(Sink):
         delivery reports. Reports are served by ``poll`` on the event loop's thread: a producer polled
         or flushed on another thread needs the interpreter lock for every report and waits for it
         behind the event loop."""
-        from confluent_kafka import KafkaException
+        sent = _Sent(len(batch))
 
-        async with self._lock:
-            if self._broken:
-                self._renew()
-            producer = self._producer
-            sent = _Sent(len(batch))
-            topic = self.cfg.topic
-            produce = producer.produce
-            report = sent.report
+        def records() -> Iterator[tuple[int, bytes, bytes | None, dict[str, str]]]:
             for i, m in enumerate(batch):
                 try:
                     headers = outgoing_headers(m)  # str values: librdkafka gets them as UTF-8
@@ -620,9 +765,43 @@ class KafkaSink(Sink):
                 except Exception as exc:
                     sent.fail(i, FatalError(f"cannot encode message {m.id}: {exc}", code="kafka.encode"))
                     continue
+                yield i, value, key, headers
+
+        producer = await self._produce(sent, records())
+        deadline = asyncio.get_running_loop().time() + self.cfg.delivery_timeout + 5.0
+        return functools.partial(self._confirm, producer, sent, lambda i: batch[i].id, deadline)
+
+    # the workers path (flow setting ``workers``) -----------------------------------------------------
+    def lane_encoder(self) -> LaneCodec:
+        c = self.cfg
+        return ("seamline.connectors.kafka", "lane_encode",
+                {"key_field": c.key_field, "key_header": c.key_header, "max_bytes": c.max_message_bytes})
+
+    async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:
+        """Produce records a worker encoded (``lane_encode``), like ``submit``."""
+        values, keys, headers = payload
+        sent = _Sent(count)
+        producer = await self._produce(sent, zip(range(count), values, keys, headers, strict=True))
+        deadline = asyncio.get_running_loop().time() + self.cfg.delivery_timeout + 5.0
+        return functools.partial(self._confirm, producer, sent, lambda i: headers[i].get(MESSAGE_ID_HEADER, f"#{i}"),
+                                 deadline)
+
+    async def _produce(self, sent: _Sent, records: Iterable[tuple[int, bytes, bytes | None, dict[str, str]]]) -> Any:
+        """Hand records to the producer in order and send them at once; the producer they went to."""
+        from confluent_kafka import KafkaException
+
+        async with self._lock:
+            if self._broken:
+                self._renew()
+            producer = self._producer
+            topic = self.cfg.topic
+            produce = producer.produce
+            report = sent.report
+            partial = functools.partial
+            for i, value, key, headers in records:
                 while True:
                     try:
-                        produce(topic, value=value, key=key, headers=headers, on_delivery=functools.partial(report, i))
+                        produce(topic, value=value, key=key, headers=headers, on_delivery=partial(report, i))
                         break
                     except BufferError:
                         # the local queue is full: serve delivery reports, then try again
@@ -633,10 +812,9 @@ class KafkaSink(Sink):
                         break
             # send now rather than after linger.ms: the batch is complete
             producer.flush(0)
-        deadline = asyncio.get_running_loop().time() + self.cfg.delivery_timeout + 5.0
-        return functools.partial(self._confirm, producer, sent, batch, deadline)
+        return producer
 
-    async def _confirm(self, producer: Any, sent: _Sent, batch: Sequence[Message], deadline: float) -> None:
+    async def _confirm(self, producer: Any, sent: _Sent, name: Callable[[int], str], deadline: float) -> None:
         loop = asyncio.get_running_loop()
         delay = 0.0005
         producer.poll(0)
@@ -653,12 +831,12 @@ class KafkaSink(Sink):
             else:
                 if hasattr(err, "fatal") and err.fatal():
                     self._broken = True
-                errors[i] = _error(err, f"writing message {batch[i].id} to {topic}")
+                errors[i] = _error(err, f"writing message {name(i)} to {topic}")
         if sent.left:
-            for i in range(len(batch)):
+            for i in range(len(sent.done)):
                 if i not in errors and not sent.reported(i):
                     errors[i] = RetryableError(
-                        f"no delivery report for message {batch[i].id} ({sent.left} record(s) unconfirmed)",
+                        f"no delivery report for message {name(i)} ({sent.left} record(s) unconfirmed)",
                         code="kafka.timeout",
                     )
         if errors:

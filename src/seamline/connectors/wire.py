@@ -44,6 +44,7 @@ from seamline.core.message import Message
 __all__ = [
     "CONTENT_TYPE_HEADER",
     "CORRELATION_HEADER",
+    "JSON_CONTENT_TYPES",
     "MESSAGE_ID_HEADER",
     "PLACEHOLDER",
     "TRACEPARENT",
@@ -179,8 +180,11 @@ def outgoing_headers(
     ensure_traceparent(message)
     skip = {e.lower() for e in exclude} if exclude else None
     out: dict[str, str] = {}
+    kinds = _KINDS
     for k, v in message.headers.items():
-        kind = _kind(k)
+        kind = kinds.get(k)
+        if kind is None:
+            kind = _kind(k)
         if kind in (_KEEP, _TRACE) and (skip is None or k.lower() not in skip):
             out[k] = v
         # transport headers and the id / correlation / content-type aliases are not passed on
@@ -227,7 +231,9 @@ def incoming(
     return message_id or None, correlation_id or None, content_type or None, rest
 
 
-_JSON_TYPES = ("application/json", "application/x-ndjson")
+#: content types whose bodies are parsed as JSON on the way in
+JSON_CONTENT_TYPES = ("application/json", "application/x-ndjson")
+_JSON_TYPES = JSON_CONTENT_TYPES
 _JSON = "application/json"
 
 

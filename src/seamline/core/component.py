@@ -30,6 +30,7 @@ __all__ = [
     "Emit",
     "EmitRaw",
     "Held",
+    "LaneCodec",
     "RawBatch",
     "Sink",
     "Source",
@@ -81,14 +82,19 @@ FILTERED: Any = type("Filtered", (), {"__repr__": lambda self: "FILTERED"})()
 
 
 class RawBatch:
-    """A batch of NDJSON records as the source read them, not yet decoded (see ``Source.run_raw``).
+    """A batch of records as the source read them, not yet decoded (see ``Source.run_raw``).
 
-    ``data`` holds the batch's non-blank lines, each ending in a newline, exactly as read (None:
-    only ``expand`` can handle this batch, e.g. a record over ``max_record_bytes``);
-    ``first_record`` is the record number of the first line. ``expand()`` turns the batch into the deliveries
-    ``run`` would have emitted for the same lines (the runtime falls back to it whenever a record
-    needs more than the fast path handles); ``ack()`` acknowledges the whole batch at once, and
-    ``nack(requeue)`` gives it back.
+    ``kind`` says what ``data`` holds:
+
+    - ``"lines"``: the batch's non-blank NDJSON lines, each ending in a newline, exactly as read;
+      ``first_record`` is the record number of the first line, ``name`` the file's name;
+    - ``"records"``: the source's own payload (plain lists, bytes and strings), which a worker turns
+      into records with the source's ``lane_decoder``.
+
+    ``data`` None: only ``expand`` can handle this batch (e.g. a record over ``max_record_bytes``).
+    ``expand()`` turns the batch into the deliveries ``run`` would have emitted for the same records
+    (the runtime falls back to it whenever a record needs more than the fast path handles);
+    ``ack()`` acknowledges the whole batch at once, and ``nack(requeue)`` gives it back.
     """
 
     __slots__ = (
@@ -99,6 +105,7 @@ class RawBatch:
         "expand",
         "first_record",
         "id_field",
+        "kind",
         "max_record_bytes",
         "nack",
         "name",
@@ -106,19 +113,21 @@ class RawBatch:
 
     def __init__(
         self,
-        data: bytes | None,
+        data: Any,
         count: int,
         *,
-        first_record: int,
-        name: str,
-        id_field: str | None,
-        correlation_field: str | None,
-        max_record_bytes: int,
         expand: Callable[[], list[Delivery]],
         ack: Callable[[], None],
         nack: NackFn = _noop,
+        kind: str = "lines",
+        first_record: int = 1,
+        name: str = "",
+        id_field: str | None = None,
+        correlation_field: str | None = None,
+        max_record_bytes: int = 0,
     ) -> None:
         self.data = data
+        self.kind = kind
         self.max_record_bytes = max_record_bytes
         self.count = count
         self.first_record = first_record
@@ -129,6 +138,18 @@ class RawBatch:
         self.ack = ack
         self.nack = nack
 
+    def request(self, now: float) -> list[Any]:
+        """What a worker process is sent for this batch (see ``seamline.core.lane_worker``)."""
+        if self.kind == "records":
+            return ["records", now, self.data]
+        return [now, self.first_record, self.name, self.id_field, self.correlation_field,
+                self.max_record_bytes, self.data]
+
+
+#: how a worker process decodes a source's records or encodes a sink's: ``(module, function,
+#: settings)``; the worker imports the module and calls ``function(settings, ...)`` (see
+#: ``Source.lane_decoder`` and ``Sink.lane_encoder``); settings are plain JSON values
+LaneCodec = tuple[str, str, dict[str, Any]]
 
 EmitRaw = Callable[[RawBatch], Awaitable[None]]
 
@@ -168,8 +189,15 @@ class Source:
         raise NotImplementedError
 
     def can_run_raw(self) -> bool:
-        """True when ``run_raw`` can hand over this source's records undecoded (NDJSON lines)."""
+        """True when ``run_raw`` can hand over this source's records undecoded (the ``workers`` path)."""
         return False
+
+    def lane_decoder(self) -> LaneCodec | None:
+        """How a worker decodes this source's ``"records"`` batches: ``function(settings, payload, now)``
+        returns ``[(id, correlation id or None, raw bytes, body, meta), ...]`` for the batch's
+        records, in order, or raises ``lane_worker.Fallback`` when the batch must run in the engine.
+        None: the source hands over NDJSON lines."""
+        return None
 
     async def run_raw(self, emit_raw: EmitRaw) -> None:
         """Like ``run``, but hand over :class:`RawBatch` objects (only when ``can_run_raw``)."""
@@ -269,6 +297,18 @@ class Sink:
     async def write_lines(self, data: bytes, count: int) -> None:
         """Write ``count`` records given as NDJSON (each line ends in a newline); same contract as
         ``write`` for the whole batch."""
+        raise NotImplementedError
+
+    def lane_encoder(self) -> LaneCodec | None:
+        """How a worker encodes this sink's records (the ``workers`` path), for sinks that take more
+        than NDJSON lines: ``function(settings, outputs)`` gets ``[(encoded body, body, meta), ...]``
+        (meta as the source's decoder gave it) and returns the payload for ``submit_encoded``, or
+        raises ``lane_worker.Fallback``. None: the sink takes NDJSON lines or cannot use workers."""
+        return None
+
+    async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:
+        """Hand over ``count`` records a worker encoded (see ``lane_encoder``) and return the wait for
+        their confirmation, as ``submit`` does for messages; a failure fails the whole batch."""
         raise NotImplementedError
 
     async def close(self) -> None:

@@ -5,11 +5,14 @@ stdin: the steps to build (registered type, label, config) and what the journal 
 it answers requests, one at a time, each a length-prefixed msgpack frame:
 
 - request: ``[now, first_record, file_name, id_field, correlation_field, max_bytes, data]``,
-  ``data`` being whole NDJSON lines as the source read them;
+  ``data`` being whole NDJSON lines as the source read them, or ``["records", now, payload]``,
+  ``payload`` being what the source's ``lane_decoder`` decodes (e.g. Kafka record values, keys and
+  headers);
 - answer: ``["ok", records, out_count, out_data, journal, keys, filtered]`` or
   ``["fallback", reason]``.
 
-``out_data`` is the batch's output as NDJSON, ``journal`` the batch's journal entries (msgpack,
+``out_data`` is the batch's output as NDJSON, or what the sink's ``lane_encoder`` made of it,
+``journal`` the batch's journal entries (msgpack,
 the store's packed format, delivered hops without a time: the engine stamps them when the sink
 confirmed) and ``keys`` the index document of their ids. A batch in which any record is not
 plain sailing (it does not decode, a step raises, the output cannot be encoded) is answered
@@ -22,6 +25,7 @@ SIGINT, which a terminal sends to the engine too (the engine drains, then closes
 
 from __future__ import annotations
 
+import functools
 import gc
 import importlib
 import signal
@@ -43,7 +47,17 @@ from seamline.formats.errors import FormatError
 from seamline.formats.json import decode_many
 from seamline.store.base import key_token
 
-__all__ = ["FRAME_HEADER", "LanePlan", "build_functions", "main", "process_batch", "read_frame", "serve", "write_frame"]
+__all__ = [
+    "FRAME_HEADER",
+    "Fallback",
+    "LanePlan",
+    "build_functions",
+    "main",
+    "process_batch",
+    "read_frame",
+    "serve",
+    "write_frame",
+]
 
 #: every frame on a worker's pipes starts with its length, 4 bytes big-endian
 FRAME_HEADER = struct.Struct(">I")
@@ -52,11 +66,23 @@ _MAX_FRAME = 1 << 30
 
 @dataclass(frozen=True)
 class LanePlan:
-    """What a worker does to every batch: its step functions and what the journal records."""
+    """What a worker does to every batch: its step functions, what the journal records, and how the
+    source's records are decoded and the sink's encoded (None: NDJSON lines)."""
 
     steps: list[tuple[str, Callable[[Any], Any]]]  # label, body function
     sinks: list[str]
     journal: str  # hops | edges | off
+    decode: Callable[[Any, float], list[Any]] | None = None
+    encode: Callable[[list[Any]], Any] | None = None
+
+
+def _codec(spec: Any) -> Callable[..., Any] | None:
+    """``[module, function, settings]`` → the function with its settings bound."""
+    if spec is None:
+        return None
+    module, name, settings = spec
+    fn = getattr(importlib.import_module(module), name)
+    return functools.partial(fn, settings)
 
 
 def build_functions(spec: dict[str, Any]) -> LanePlan:
@@ -75,7 +101,8 @@ def build_functions(spec: dict[str, Any]) -> LanePlan:
         if fn is None:
             raise ValueError(f"step {label!r} cannot run in a worker")
         steps.append((label, fn))
-    return LanePlan(steps=steps, sinks=list(spec["sinks"]), journal=spec["journal"])
+    return LanePlan(steps=steps, sinks=list(spec["sinks"]), journal=spec["journal"],
+                    decode=_codec(spec.get("decode")), encode=_codec(spec.get("encode")))
 
 
 class Fallback(Exception):
@@ -91,41 +118,15 @@ def _split(data: bytes) -> list[bytes]:
     return out
 
 
-def process_batch(plan: LanePlan, request: list[Any]) -> list[Any]:
-    """One request's answer (see the module docs); pure: the same request gives the same answer,
-    apart from durations."""
-    now, first_record, name, id_field, corr_field, max_bytes, data = request
+def _lines(first_record: int, name: str, id_field: str | None, corr_field: str | None, max_bytes: int,
+           data: bytes) -> list[Any]:
+    """An NDJSON batch's records, strictly decoded: ``[(id, correlation id, raw, body, None), ...]``."""
     records = _split(data)
     try:
         values = decode_many(records, max_bytes=max_bytes)
     except FormatError as exc:
-        return ["fallback", f"decode: {exc.code}"]
-    try:
-        return _run(plan, now, first_record, name, id_field, corr_field, records, values)
-    except Fallback as fb:
-        return ["fallback", str(fb)]
-
-
-def _run(
-    plan: LanePlan,
-    now: float,
-    first_record: int,
-    name: str,
-    id_field: str | None,
-    corr_field: str | None,
-    records: list[bytes],
-    values: list[Any],
-) -> list[Any]:
-    hops_on = plan.journal == "hops"
-    edges = plan.journal != "off"
-    clock = time.perf_counter_ns
-    dumps = orjson.dumps
-    steps = plan.steps
-    sinks = plan.sinks
-    outs: list[bytes] = []
-    entries: list[Any] = []
-    keys: dict[str, None] = {}
-    filtered = 0
+        raise Fallback(f"decode: {exc.code}") from None
+    items = []
     rec_no = first_record - 1
     for raw, body in zip(records, values, strict=True):
         rec_no += 1
@@ -137,6 +138,43 @@ def _run(
                 corr = v if v.__class__ is str else str(v)
         if mid is None:
             mid = f"{name}:{rec_no}"
+        items.append((mid, corr, raw, body, None))
+    return items
+
+
+def _ndjson(outs: list[Any]) -> bytes:
+    return b"\n".join([o[0] for o in outs]) + b"\n" if outs else b""
+
+
+def process_batch(plan: LanePlan, request: list[Any]) -> list[Any]:
+    """One request's answer (see the module docs); pure: the same request gives the same answer,
+    apart from durations."""
+    try:
+        if request[0] == "records":
+            if plan.decode is None:
+                raise Fallback("the source's records have no decoder here")
+            now = request[1]
+            items = plan.decode(request[2], now)
+        else:
+            now = request[0]
+            items = _lines(*request[1:])
+        return _run(plan, now, items)
+    except Fallback as fb:
+        return ["fallback", str(fb)]
+
+
+def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
+    hops_on = plan.journal == "hops"
+    edges = plan.journal != "off"
+    clock = time.perf_counter_ns
+    dumps = orjson.dumps
+    steps = plan.steps
+    sinks = plan.sinks
+    outs: list[Any] = []
+    entries: list[Any] = []
+    keys: dict[str, None] = {}
+    filtered = 0
+    for mid, corr, raw, body, meta in items:
         if corr == mid:
             corr = None
         out: bytes | None = raw
@@ -182,14 +220,14 @@ def _run(
                 raise Fallback("the body cannot be encoded") from None
             if edges:
                 digest = xxh3_64_hexdigest(out)
-        outs.append(out)
+        outs.append((out, body, meta))
         if edges:
             for sink in sinks:
                 hops.append((None, sink, "delivered", 0, digest, None))
             entries.append((mid, corr, hops))
-    out_data = b"\n".join(outs) + b"\n" if outs else b""
+    out_data = _ndjson(outs) if plan.encode is None else plan.encode(outs)
     journal = msgspec.msgpack.encode(entries) if entries else b""
-    return ["ok", len(records), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered]
+    return ["ok", len(items), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered]
 
 
 # -- framing ---------------------------------------------------------------------------------------
@@ -254,4 +292,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this ``__main__`` copy of it: codecs raise the package's ``Fallback``
+    from seamline.core.lane_worker import main as _main
+
+    sys.exit(_main())

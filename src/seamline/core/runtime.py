@@ -358,7 +358,7 @@ class FlowRunner:
 
         assert self.source is not None
         if not self.source.can_run_raw():
-            raise refuse(f"the source ({self.flow.source.name}) cannot hand over raw NDJSON records")
+            raise refuse(f"the source ({self.flow.source.name}) cannot hand over raw records")
         steps = []
         for st, ref in zip(self.steps, self.flow.steps, strict=True):
             if st.body_function() is None:
@@ -372,11 +372,16 @@ class FlowRunner:
         if len(self.sinks) != 1:
             raise refuse(f"the flow needs exactly one sink, it has {len(self.sinks)}: {', '.join(self.sinks)}")
         label, sink = next(iter(self.sinks.items()))
-        if not sink.accepts_lines():
-            raise refuse(f"sink '{label}' ({sink.component}) cannot take NDJSON lines")
+        encoder, decoder = sink.lane_encoder(), self.source.lane_decoder()
+        if encoder is None and not sink.accepts_lines():
+            raise refuse(f"sink '{label}' ({sink.component}) cannot take records encoded in a worker")
+        if encoder is not None and decoder is None:
+            # its encoder needs the messages a source's decoder builds (headers, ids), not bare lines
+            raise refuse(f"sink '{label}' ({sink.component}) takes records from a worker only when the source's"
+                         f" are decoded there too; the source ({self.flow.source.name}) hands over NDJSON lines")
         plan = {
             "flow": self.flow.name, "base_dir": str(self.flow.base_dir), "steps": steps, "sinks": [label],
-            "journal": self._journal,
+            "journal": self._journal, "decode": decoder, "encode": encoder,
         }
         forked, self._forked = self._forked, []
         return LanePool(self.settings.workers, plan, flow=self.flow.name, forked=forked)
@@ -433,9 +438,12 @@ class FlowRunner:
     # -- running -----------------------------------------------------------------------
     def start(self) -> None:
         self._source_task = asyncio.create_task(self._run_source(), name=f"{self.flow.name}:source")
-        # with worker processes, two batches per worker keep each fed while the engine writes the other
-        tasks = max(self.settings.concurrency, 2 * self.settings.workers) if self._lanes is not None else (
-            self.settings.concurrency)
+        tasks = self.settings.concurrency
+        if self._lanes is not None:
+            # with worker processes, two batches per worker keep each fed while the engine writes the
+            # other; four when the sink is pipelined, as each batch then also waits for its confirmation
+            per_worker = 4 if any(sk.pipelined for sk in self.sinks.values()) else 2
+            tasks = max(tasks, per_worker * self.settings.workers)
         for i in range(tasks):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"{self.flow.name}:worker{i}"))
         if self.dlq_guard is not None:
@@ -797,12 +805,10 @@ class FlowRunner:
         now = self.clock.now()
         answer = None
         if rb.data is not None and self._lanes is not None:
-            answer = await self._lanes.run(
-                [now, rb.first_record, rb.name, rb.id_field, rb.correlation_field, rb.max_record_bytes, rb.data]
-            )
+            answer = await self._lanes.run(rb.request(now))
             if answer is not None and answer[0] != "ok":
-                log.debug("flow %s: batch from record %d runs in the engine: %s", self.flow.name,
-                          rb.first_record, answer[1])
+                where = f"from record {rb.first_record}" if rb.kind == "lines" else f"of {rb.count} record(s)"
+                log.debug("flow %s: batch %s runs in the engine: %s", self.flow.name, where, answer[1])
                 answer = None
         if answer is not None:
             _, records, n_out, out_data, journal, keys, filtered = answer
@@ -823,8 +829,10 @@ class FlowRunner:
         self._inflight[seq] = items
         await self._process(seq, items)
 
-    async def _write_lines(self, seq: int, label: str, data: bytes, count: int) -> bool:
-        """Write a worker's output lines to the sink in batch order; False when the sink refused them."""
+    async def _write_lines(self, seq: int, label: str, data: Any, count: int) -> bool:
+        """Write a worker's output to the sink in batch order (NDJSON lines, or what the sink's
+        ``lane_encoder`` made); False when the sink refused it. A pipelined sink is handed the batch
+        in turn and confirms it after the turn passed on."""
         sink = self.sinks[label]
         if count == 0:
             if sink.ordered:
@@ -834,21 +842,26 @@ class FlowRunner:
             if sink.ordered:
                 await self._advance_turn(label, seq)
             return False
-        ok = True
+        guard = self.guards[label]
+        confirms: list[Callable[[], Awaitable[None]]] = []
 
         async def write() -> None:
-            nonlocal ok
-            try:
-                await self.guards[label].write_lines(data, count)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.info("flow %s: sink %s refused a batch of lines (%s); it runs the usual way", self.flow.name,
-                         label, _code(exc))
-                ok = False
+            if sink.lane_encoder() is None:
+                await guard.write_lines(data, count)
+            else:
+                confirms.append(await guard.submit_encoded(data, count))
 
-        await self._in_turn(seq, label, write)
-        return ok
+        try:
+            await self._in_turn(seq, label, write)
+            if confirms:
+                await confirms[0]()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.info("flow %s: sink %s refused a batch a worker encoded (%s); it runs the usual way",
+                     self.flow.name, label, _code(exc))
+            return False
+        return True
 
     async def _run_step(self, st: Step, msgs: list[Message]) -> tuple[list[Any], list[int]]:
         """Run one step over messages in batch order: ``(results, durations in µs)``, where a result
@@ -985,7 +998,7 @@ class FlowRunner:
     async def _advance_turn(self, label: str, seq: int) -> None:
         async with self._turn_changed:
             await self._turn_changed.wait_for(lambda: self._sink_turn[label] >= seq - 1)
-            self._sink_turn[label] = seq
+            self._sink_turn[label] = max(self._sink_turn[label], seq)
             self._turn_changed.notify_all()
 
     async def _write(self, seq: int, label: str, units: list[_Unit]) -> None:
@@ -1035,7 +1048,9 @@ class FlowRunner:
             await write()
         finally:
             async with self._turn_changed:
-                self._sink_turn[label] = seq
+                # never back: a batch written a second time (a worker's output the sink refused, then
+                # the usual way) comes after its turn has passed
+                self._sink_turn[label] = max(self._sink_turn[label], seq)
                 self._turn_changed.notify_all()
 
     async def _sink_open(self, sink: Sink, label: str, units: list[_Unit]) -> bool:

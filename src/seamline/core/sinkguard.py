@@ -71,6 +71,24 @@ class SinkGuard:
         (the rate limit takes the whole batch at once)."""
         await self._guarded(count, lambda: self.sink.write_lines(data, count))
 
+    async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:
+        """``sink.submit_encoded`` (records a worker encoded) with the protections of ``submit``; the
+        rate limit takes the whole batch at once."""
+        await self._admit(count)
+        try:
+            confirm = await self.sink.submit_encoded(payload, count)
+        except asyncio.CancelledError:
+            if self.breaker is not None:
+                self.breaker.release()
+            raise
+        except Exception as exc:
+            failed = exc
+
+            async def confirm() -> None:
+                raise failed
+
+        return lambda: self._checked(count, confirm)
+
     async def _write(self, batch: Sequence[Message]) -> None:
         await self._guarded(len(batch), lambda: self.sink.write(batch))
 

@@ -470,8 +470,15 @@ class ConformanceSuite:
     deadline: ClassVar[float] = 60.0
     #: seconds per message in the crash and reconnect cases (keeps the stream in flight)
     pace: ClassVar[float] = 0.002
+    #: settings every flow of the suite gets (e.g. ``workers``)
+    flow_settings: ClassVar[dict[str, Any]] = {}
 
     # -- helpers -----------------------------------------------------------------------------------------------
+    def pace_steps(self, flowdir: Path) -> list[dict[str, Any]]:
+        """The steps that keep a stream in flight in the crash and reconnect cases (``pace`` seconds a
+        message)."""
+        return [pace_step(flowdir, self.pace)]
+
     def flow(
         self,
         backend: Backend,
@@ -491,7 +498,7 @@ class ConformanceSuite:
             source={backend.name: backend.source_config(src, group=group)},
             sinks=[{backend.name: backend.sink_config(dst)}],
             steps=steps,
-            settings=settings,
+            settings={**self.flow_settings, **(settings or {})},
         )
         return flowdir
 
@@ -564,7 +571,7 @@ class ConformanceSuite:
             ids = {m.id for m in msgs}
             flowdir = tmp_path / "flows"
             flowdir.mkdir()
-            steps = [pace_step(flowdir, self.pace)]
+            steps = self.pace_steps(flowdir)
             self.flow(b, tmp_path, src=src, dst=dst, group=uid("g"), steps=steps, settings={"batch_size": 20})
             async with b.collect(dst) as out, InProcessEngine(flowdir, tmp_path / "state.db") as eng:
                 for share in (0.2, 0.5):
@@ -647,7 +654,7 @@ class ConformanceSuite:
         ids = {m.id for m in msgs}
         flowdir = tmp_path / "flows"
         flowdir.mkdir()
-        steps = [pace_step(flowdir, self.pace)]
+        steps = self.pace_steps(flowdir)
         self.flow(backend, tmp_path, src=src, dst=dst, group=uid("g"), steps=steps, settings={"batch_size": 50})
         state = tmp_path / "state.db"
         proc = EngineProcess(flowdir, state, tmp_path / "engine.log")
@@ -742,7 +749,7 @@ class ConformanceSuite:
             ids = {m.id for m in msgs}
             flowdir = tmp_path / "flows"
             flowdir.mkdir()
-            steps = [pace_step(flowdir, self.pace)]
+            steps = self.pace_steps(flowdir)
             self.flow(b, tmp_path, src=src, dst=dst, group=uid("g"), steps=steps, settings={"batch_size": 20})
             state = tmp_path / "state.db"
             async with b.collect(dst) as out, InProcessEngine(flowdir, state) as eng:

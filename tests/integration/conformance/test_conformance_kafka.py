@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from tests.integration.brokers.broker_services import MotoServer, Tansu, TcpProxy, free_port
@@ -205,6 +205,18 @@ class TestKafkaConformance(ConformanceSuite):
         b = KafkaBackend(kafka_bootstrap)
         yield b
         await b.aclose()
+
+
+class TestKafkaConformanceWithWorkers(TestKafkaConformance):
+    """The same cases with ``workers: 2``: records reach the worker processes as raw batches (values,
+    keys, headers) and come back encoded for the sink; offsets move per batch."""
+
+    flow_settings: ClassVar[dict[str, Any]] = {"workers": 2}
+
+    def pace_steps(self, flowdir: Path) -> list[dict[str, Any]]:
+        # a worker runs only pure steps, so the pace is work: about 2 ms of a worker's time a message,
+        # body unchanged
+        return [{"map": {"label": "pace", "expression": "$count([1..120000]) > 0 ? $ : $"}}]
 
 
 # -- Kafka specifics ---------------------------------------------------------------------------------------------------

@@ -464,6 +464,17 @@ settings: {workers: 2}
 """,
         ["sink 'table'"],
     ),
+    "lines-to-kafka": (
+        """
+flow: refuse-lines-to-kafka
+source:
+  file: {path: in.ndjson, format: ndjson, id_field: id}
+sinks:
+  - kafka: {bootstrap_servers: "127.0.0.1:9", topic: orders, label: feed}
+settings: {workers: 2}
+""",
+        ["sink 'feed'", "NDJSON lines"],
+    ),
 }
 
 

@@ -1,0 +1,193 @@
+"""Kafka → steps → Kafka with ``workers``: the records a flow writes, its dead letters and its traces are
+the same as without workers, record by record (values, keys, headers), and the batches really ran in
+the worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from tests.integration.conformance.harness import InProcessEngine, eventually, write_flow
+from tests.integration.conformance.test_conformance_kafka import PARTITIONS, QUIET, KafkaBackend
+
+from seamline.connectors.wire import TRACEPARENT, is_valid_traceparent, new_traceparent
+
+BATCH = 50
+N = 600
+POISON = 333  # a record that is not JSON: its batch runs in the engine
+FILTERED = {i for i in range(N) if i % 7 == 3}
+TRACED = new_traceparent()
+
+
+def _records(run: str) -> list[tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]]:
+    """``(key, value, headers)`` of every input record: keys text, binary or missing; ids from a
+    header or from the record's position; correlation ids, custom headers, valid and broken trace
+    contexts, a header without a value."""
+    out: list[tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]] = []
+    for i in range(N):
+        key: bytes | None = f"k{i % 6}".encode()
+        if i % 50 == 7:
+            key = b"\xff\xfe" + bytes([i % 5])  # not UTF-8: travels as kafka.key.b64
+        elif i % 50 == 9:
+            key = None
+        headers: list[tuple[str, bytes | None]] = []
+        if i % 10 != 5:  # the others get their id from topic, partition and offset
+            headers.append(("message-id", f"{run}-{i}".encode()))
+        if i % 4 == 0:
+            headers.append(("correlation-id", f"order-{i // 4}".encode()))
+        if i % 3 == 0:
+            headers.append(("x-tenant", b"acme"))
+        if i % 11 == 0:
+            headers.append((TRACEPARENT, TRACED.encode()))
+        elif i % 11 == 1:
+            headers.append((TRACEPARENT, b"00-not-a-trace-context"))
+        if i % 13 == 0:
+            headers.append(("x-empty", None))
+        if i == POISON:
+            value = b"{not json"
+        else:
+            value = orjson.dumps({"n": i, "skip": i in FILTERED, "amount": i * 1.25,
+                                  "customer": {"id": f"c{i % 9}", "name": f"Customer {i % 9}"}})
+        out.append((key, value, headers))
+    return out
+
+
+def _publish(bootstrap: str, topic: str, records: list[Any]) -> None:
+    from confluent_kafka import Producer
+
+    # one partition's worth of order per key; the same records in the same order for both runs
+    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                  "partitioner": "murmur2", **QUIET})
+    for key, value, headers in records:
+        p.produce(topic, value=value, key=key, headers=headers)
+    assert p.flush(30) == 0
+
+
+def _read(bootstrap: str, topic: str, n: int) -> list[Any]:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{topic}", "enable.auto.commit": False, **QUIET})
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(PARTITIONS)])
+    got: list[Any] = []
+    try:
+        for _ in range(150):
+            got += [m for m in c.consume(500, 0.2) if m.error() is None]
+            if len(got) >= n:
+                break
+    finally:
+        c.close()
+    return got
+
+
+def _view(records: list[Any], src: str) -> dict[str, tuple[bytes, bytes | None, list[tuple[str, str]], str]]:
+    """message id → (value, key, headers but the trace context, trace context); ids made from the input
+    position are named by input offset (the same in both runs)."""
+    out = {}
+    for m in records:
+        headers = [(k, (v or b"").decode()) for k, v in m.headers() or []]
+        mid = dict(headers)["message-id"]
+        # a default id is <input topic>-<partition>-<offset>
+        mid = "pos" + mid[len(src):] if mid.startswith(src) else mid.split("-", 1)[1]
+        tp = dict(headers)[TRACEPARENT]
+        rest = [(k, v) for k, v in headers if k != TRACEPARENT]
+        rest = [(k, "<id>" if k in ("message-id", "correlation-id") and v.startswith(src) else v) for k, v in rest]
+        out[mid] = (m.value(), m.key(), rest, tp)
+    return out
+
+
+async def _run(backend: KafkaBackend, tmp: Path, workers: int, run: str) -> dict[str, Any]:
+    src = await backend.new_channel(f"same-in-{workers}")
+    dst = await backend.new_channel(f"same-out-{workers}")
+    records = _records(run)
+    await asyncio.to_thread(_publish, backend.bootstrap, src, records)
+    flowdir = tmp / f"flows-{workers}"
+    group = f"same-{uuid.uuid4().hex[:8]}"
+    write_flow(
+        flowdir, "kafka-same",
+        source={"kafka": backend.source_config(src, group=group)},
+        steps=[
+            {"filter": {"label": "keep", "condition": "skip = false"}},
+            {"map": {"label": "canonical", "expression":
+                     "$merge([$, {'cents': $round(amount * 100), 'who': $uppercase(customer.name)}])"}},
+        ],
+        sinks=[{"kafka": {**backend.sink_config(dst), "label": "out"}}],
+        settings={"batch_size": BATCH, "workers": workers},
+    )
+    state = tmp / f"state-{workers}.db"
+    expected = N - len(FILTERED) - 1
+    async with InProcessEngine(flowdir, state) as eng:
+        async def done() -> bool:
+            eng.check()
+            st = eng.engine.runners[0].stats if eng.engine.runners else None
+            return st is not None and st.delivered >= expected and st.dead >= 1
+
+        await eventually(done, 60, "every record delivered or dead-lettered")
+        result = await eng.stop()
+    assert result.ok, result.errors
+    stats = result.stats["kafka-same"]
+    out = await asyncio.to_thread(_read, backend.bootstrap, dst, expected)
+    assert len(out) == expected, (len(out), expected)
+    assert await backend.unacked(src, group) == 0
+
+    from seamline.store import open_store
+    from seamline.store.base import DlqFilter
+
+    store = open_store(str(state))
+    await store.open()
+    try:
+        dead = [(d.msg_id.replace(src, "<src>"), d.step, d.error_code) for d in await store.list_dead(DlqFilter())]
+        traces = {}
+        for key in (f"{run}-0", f"{run}-3", f"{run}-{POISON}", f"{run}-{POISON + 1}", f"{run}-8"):
+            hops = await store.trace(key)
+            traces[key.split("-", 1)[1]] = [(h.step, h.outcome) for h in hops]
+    finally:
+        await store.close()
+    return {"records": _view(out, src), "dead": dead, "traces": traces, "filtered": stats.filtered,
+            "delivered": stats.delivered}
+
+
+async def test_workers_write_the_same_records_as_the_engine_alone(
+    kafka_bootstrap: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = KafkaBackend(kafka_bootstrap)
+    run = uuid.uuid4().hex[:8]
+    caplog.set_level(logging.DEBUG, logger="seamline.runtime")
+    try:
+        alone = await _run(backend, tmp_path, 0, run)
+        caplog.clear()
+        with_workers = await _run(backend, tmp_path, 2, run)
+    finally:
+        await backend.aclose()
+    in_engine = [r.getMessage() for r in caplog.records if "runs in the engine" in r.getMessage()]
+    # only the poison's batch ran in the engine; every other batch ran in a worker
+    assert len(in_engine) == 1 and "format.json.syntax" in in_engine[0], in_engine
+
+    assert with_workers["delivered"] == alone["delivered"] == N - len(FILTERED) - 1
+    assert with_workers["filtered"] == alone["filtered"] == len(FILTERED)
+    assert with_workers["dead"] == alone["dead"], (with_workers["dead"], alone["dead"])
+    assert [(step, code) for _, step, code in alone["dead"]] == [("source", "format.json.syntax")]
+    assert with_workers["traces"] == alone["traces"]
+    assert with_workers["traces"]["0"] == [("source", "received"), ("keep", "ok"), ("canonical", "ok"),
+                                           ("out", "delivered")]
+    assert with_workers["traces"]["3"][-1] == ("keep", "filtered")
+
+    a, w = alone["records"], with_workers["records"]
+    assert set(a) == set(w)
+    for mid in a:
+        value_a, key_a, headers_a, tp_a = a[mid]
+        value_w, key_w, headers_w, tp_w = w[mid]
+        assert (value_w, key_w, headers_w) == (value_a, key_a, headers_a), mid
+        assert is_valid_traceparent(tp_w) and is_valid_traceparent(tp_a)
+    kept = [i for i in range(N) if i not in FILTERED and i != POISON]
+    traced = [i for i in kept if i % 11 == 0 and i % 10 != 5]
+    assert traced and all(w[str(i)][3] == TRACED for i in traced)
+    sample = w["0"]
+    assert orjson.loads(sample[0])["cents"] == 0 and sample[1] == b"k0"
+    assert ("x-tenant", "acme") in sample[2] and ("correlation-id", "order-0") in sample[2]
+    binary = w["7"]
+    assert binary[1] == b"\xff\xfe\x02"
