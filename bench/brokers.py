@@ -6,6 +6,8 @@ Kafka
     produce → flush (wait for the delivery reports) → commit the offsets. Both
     keep the same promise (offsets committed only after the output was
     confirmed) on the same Tansu broker (started here unless ``--kafka``).
+    seamline runs twice: in one process, and with ``workers: 2`` (``--workers``),
+    where worker processes decode, map and encode the records.
 RabbitMQ
     seamline: ``rabbitmq`` source → ``map`` → ``rabbitmq`` sink, against a raw
     aio-pika loop: consume with prefetch → the same mapping → publish with
@@ -18,7 +20,8 @@ turns; the best round of each side counts, and every round's ratio is printed.
 Both sides handle the same N messages; the script checks that every message
 arrived, prints msgs/s for each and the ratio seamline / raw.
 
-    python bench/brokers.py [--n 20000] [--rounds 3] [--kafka HOST:PORT] [--rabbitmq URL] [--only kafka|rabbitmq]
+    python bench/brokers.py [--n 50000] [--rounds 3] [--workers 2] [--kafka HOST:PORT] [--rabbitmq URL]
+        [--only kafka|rabbitmq]
 """
 
 from __future__ import annotations
@@ -113,13 +116,14 @@ def tansu_binary() -> str:
     return found
 
 
-def flow_yaml(directory: Path, name: str, source: dict[str, Any], sink: dict[str, Any]) -> Path:
+def flow_yaml(directory: Path, name: str, source: dict[str, Any], sink: dict[str, Any], workers: int = 0) -> Path:
     doc = {
         "flow": name,
         "source": source,
         "steps": [{"map": {"label": "to-canonical", "expression": EXPR}}],
         "sinks": [sink],
-        "settings": {"batch_size": BATCH, "journal": "off", "concurrency": CONC},
+        "settings": {"batch_size": BATCH, "journal": "off", "concurrency": CONC,
+                     **({"workers": workers} if workers else {})},
     }
     directory.mkdir(parents=True, exist_ok=True)
     (directory / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -236,7 +240,8 @@ def kafka_raw(bootstrap: str, src: str, dst: str, n: int, transform: Callable[[A
         c.close()
 
 
-async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3) -> tuple[float, float]:
+async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3,
+                      workers: int = 2) -> tuple[float, float, float]:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     proc = None
@@ -255,17 +260,20 @@ async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3) -> tuple[f
         orders = make_orders(n)
         raw_rates: list[float] = []
         sl_rates: list[float] = []
+        slw_rates: list[float] = []
         rawj_rates: list[float] = []
         # the sides take turns, round after round, on fresh topics: the machine's noise is shared
         for rnd in range(rounds):
             run = uuid.uuid4().hex[:8]
-            topics = {k: f"bench-{k}-{run}" for k in ("raw-in", "raw-out", "rawj-in", "rawj-out", "sl-in", "sl-out")}
+            topics = {k: f"bench-{k}-{run}" for k in ("raw-in", "raw-out", "rawj-in", "rawj-out", "sl-in", "sl-out",
+                                                      "slw-in", "slw-out")}
             for f in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1)
                                           for t in topics.values()]).values():
                 f.result(30)
             await asyncio.to_thread(kafka_produce, bootstrap, topics["raw-in"], orders)
             await asyncio.to_thread(kafka_produce, bootstrap, topics["sl-in"], orders)
             await asyncio.to_thread(kafka_produce, bootstrap, topics["rawj-in"], orders)
+            await asyncio.to_thread(kafka_produce, bootstrap, topics["slw-in"], orders)
 
             raw_s = await asyncio.to_thread(kafka_raw, bootstrap, topics["raw-in"], topics["raw-out"], n)
             raw_count = await asyncio.to_thread(kafka_count, bootstrap, topics["raw-out"], n)
@@ -273,31 +281,39 @@ async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3) -> tuple[f
             rawj_s = await asyncio.to_thread(kafka_raw, bootstrap, topics["rawj-in"], topics["rawj-out"], n,
                                              jsonata_map())
 
-            with tempfile.TemporaryDirectory() as tmp:
-                common = {"bootstrap_servers": bootstrap}
-                flowdir = flow_yaml(
-                    Path(tmp), "bench-kafka",
-                    {"kafka": {**common, "topics": [topics["sl-in"]], "group": f"sl-{run}", "session_timeout": "6s",
-                               "heartbeat_interval": "1s"}},
-                    {"kafka": {**common, "topic": topics["sl-out"]}},
-                )
+            secs = {}
+            for side, w in (("sl", 0), ("slw", workers)):
+                with tempfile.TemporaryDirectory() as tmp:
+                    common = {"bootstrap_servers": bootstrap}
+                    flowdir = flow_yaml(
+                        Path(tmp), "bench-kafka",
+                        {"kafka": {**common, "topics": [topics[f"{side}-in"]], "group": f"{side}-{run}",
+                                   "session_timeout": "6s", "heartbeat_interval": "1s"}},
+                        {"kafka": {**common, "topic": topics[f"{side}-out"]}},
+                        workers=w,
+                    )
 
-                async def check(out: str = topics["sl-out"]) -> None:
-                    got = await asyncio.to_thread(kafka_count, bootstrap, out, n)
-                    assert got == n, f"seamline: {got} of {n} arrived"
+                    async def check(out: str = topics[f"{side}-out"]) -> None:
+                        got = await asyncio.to_thread(kafka_count, bootstrap, out, n)
+                        assert got == n, f"seamline: {got} of {n} arrived"
 
-                sl_s = await run_seamline(flowdir, n, check)
+                    secs[side] = await run_seamline(flowdir, n, check)
+            sl_s, slw_s = secs["sl"], secs["slw"]
             raw_rates.append(n / raw_s)
             rawj_rates.append(n / rawj_s)
             sl_rates.append(n / sl_s)
-            print(f"kafka     round {rnd + 1}: raw {n / raw_s:10,.0f}   seamline {n / sl_s:10,.0f}   "
-                  f"ratio {raw_s / sl_s:.2f}x", flush=True)
+            slw_rates.append(n / slw_s)
+            print(f"kafka     round {rnd + 1}: raw {n / raw_s:10,.0f}   seamline {n / sl_s:10,.0f} "
+                  f"({raw_s / sl_s:.2f}x)   seamline workers:{workers} {n / slw_s:10,.0f} ({raw_s / slw_s:.2f}x)",
+                  flush=True)
         print(f"kafka     raw loop with the flow's JSONata mapping {max(rawj_rates):10,.0f} msgs/s   "
-              f"(seamline / that: {max(sl_rates) / max(rawj_rates):.2f}x)")
-        ratios = sorted(s_ / r_ for s_, r_ in zip(sl_rates, raw_rates, strict=True))
-        shown = ", ".join(f"{r:.2f}" for r in ratios)
-        print(f"kafka     ratio per round: {shown} (median {ratios[len(ratios) // 2]:.2f}x)")
-        return max(raw_rates), max(sl_rates)
+              f"(seamline / that: {max(sl_rates) / max(rawj_rates):.2f}x, "
+              f"with workers: {max(slw_rates) / max(rawj_rates):.2f}x)")
+        for label, rates in (("one process", sl_rates), (f"workers:{workers}", slw_rates)):
+            ratios = sorted(s_ / r_ for s_, r_ in zip(rates, raw_rates, strict=True))
+            shown = ", ".join(f"{r:.2f}" for r in ratios)
+            print(f"kafka     {label}: ratio per round {shown} (median {ratios[len(ratios) // 2]:.2f}x)")
+        return max(raw_rates), max(sl_rates), max(slw_rates)
     finally:
         if proc is not None:
             proc.terminate()
@@ -422,21 +438,23 @@ async def bench_rabbitmq(url: str, n: int) -> tuple[float, float]:
 
 
 def report(name: str, raw: float, sl: float) -> None:
-    print(f"{name:9s} raw {raw:10,.0f} msgs/s   seamline {sl:10,.0f} msgs/s   ratio {sl / raw:.2f}x")
+    print(f"{name:18s} raw {raw:10,.0f} msgs/s   seamline {sl:10,.0f} msgs/s   ratio {sl / raw:.2f}x")
 
 
 async def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=20_000, help="messages per side")
+    ap.add_argument("--n", type=int, default=50_000, help="messages per side")
     ap.add_argument("--kafka", default=os.environ.get("SEAMLINE_KAFKA"), help="Kafka bootstrap (default: Tansu)")
     ap.add_argument("--rabbitmq", default=os.environ.get("SEAMLINE_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/"))
     ap.add_argument("--only", choices=["kafka", "rabbitmq"])
     ap.add_argument("--rounds", type=int, default=3, help="Kafka: rounds per side, taking turns; the best counts")
+    ap.add_argument("--workers", type=int, default=2, help="Kafka: worker processes of the second seamline side")
     args = ap.parse_args()
     print(f"{args.n:,} order messages per side, batch {BATCH}, JSONata map step; Python {sys.version.split()[0]}")
     if args.only in (None, "kafka"):
-        raw, sl = await bench_kafka(args.kafka, args.n, args.rounds)
+        raw, sl, slw = await bench_kafka(args.kafka, args.n, args.rounds, args.workers)
         report("kafka", raw, sl)
+        report(f"kafka workers:{args.workers}", raw, slw)
     if args.only in (None, "rabbitmq"):
         raw, sl = await bench_rabbitmq(args.rabbitmq, args.n)
         report("rabbitmq", raw, sl)
