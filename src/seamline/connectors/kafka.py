@@ -655,14 +655,26 @@ def lane_encode(settings: dict[str, Any], outs: list[Any]) -> list[Any]:
     from seamline.core.lane_worker import Fallback
 
     key_field, key_header, max_bytes = settings["key_field"], settings["key_header"], settings["max_bytes"]
+    # a value within a few KiB of the limit: the record's size on the wire (key, headers, framing) decides,
+    # and a record that may be too big runs in the engine, which dead-letters it alone
+    near = max_bytes - _NEAR_LIMIT
     values, keys, headers = [], [], []
     for out, body, msg in outs:
-        if len(out) > max_bytes:
-            raise Fallback(f"message {msg.id} is over max_message_bytes")
+        key = _record_key(key_field, key_header, body, msg.headers)
+        hdrs = outgoing_headers(msg)
+        if len(out) > near and (len(out) + len(key or b"") + _WIRE_MARGIN
+                                + sum(len(k) + len(v) + 8 for k, v in hdrs.items())) > max_bytes:
+            raise Fallback(f"message {msg.id} may be over max_message_bytes")
         values.append(out)
-        keys.append(_record_key(key_field, key_header, body, msg.headers))
-        headers.append(outgoing_headers(msg))
+        keys.append(key)
+        headers.append(hdrs)
     return [values, keys, headers]
+
+
+#: what a record may need on the wire beside its value, key and headers (librdkafka's framing)
+_WIRE_MARGIN = 64
+#: values closer than this to ``max_message_bytes`` have their whole record measured
+_NEAR_LIMIT = 8192
 
 
 class _Sent:

@@ -191,3 +191,39 @@ async def test_workers_write_the_same_records_as_the_engine_alone(
     assert ("x-tenant", "acme") in sample[2] and ("correlation-id", "order-0") in sample[2]
     binary = w["7"]
     assert binary[1] == b"\xff\xfe\x02"
+
+
+async def test_kafka_records_to_an_ndjson_file_through_workers(kafka_bootstrap: str, tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """A Kafka source with a file sink: the workers decode and map the records and hand back NDJSON lines."""
+    backend = KafkaBackend(kafka_bootstrap)
+    caplog.set_level(logging.DEBUG, logger="seamline.runtime")
+    try:
+        src = await backend.new_channel("to-file")
+        records = [(f"k{i % 3}".encode(), orjson.dumps({"n": i}), [("message-id", f"f-{i}".encode())])
+                   for i in range(400)]
+        await asyncio.to_thread(_publish, kafka_bootstrap, src, records)
+        group = f"file-{uuid.uuid4().hex[:8]}"
+        flowdir = tmp_path / "flows"
+        write_flow(
+            flowdir, "kafka-to-file",
+            source={"kafka": backend.source_config(src, group=group)},
+            steps=[{"map": {"label": "square", "expression": "{'n': n, 'sq': n * n}"}}],
+            sinks=[{"file": {"path": str(tmp_path / "out.ndjson"), "label": "out"}}],
+            settings={"batch_size": 40, "workers": 2},
+        )
+        async with InProcessEngine(flowdir, tmp_path / "state.db") as eng:
+            async def done() -> bool:
+                eng.check()
+                return bool(eng.engine.runners) and eng.engine.runners[0].stats.delivered >= 400
+
+            await eventually(done, 60, "400 records in the file")
+            result = await eng.stop()
+        assert result.ok, result.errors
+        assert await backend.unacked(src, group) == 0
+    finally:
+        await backend.aclose()
+    lines = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
+    assert sorted(x["n"] for x in lines) == list(range(400))
+    assert all(x["sq"] == x["n"] ** 2 for x in lines)
+    assert not [r for r in caplog.records if "runs in the engine" in r.getMessage()]
