@@ -289,14 +289,15 @@ def _nack_all(nacks: list[Callable[[bool], None]], requeue: bool) -> None:
 
 
 def lane_decode(settings: dict[str, Any], payload: list[Any], now: float) -> list[Any]:
-    """A worker's decoding of a raw batch (``KafkaSource.lane_decoder``): the same messages the
-    engine would build; a record that is too big, not JSON or not valid JSON sends the batch back
-    to the engine, which dead-letters it with the usual reason."""
+    """A worker's decoding of a raw batch (``KafkaSource.lane_decoder``); ``payload`` holds one
+    ``(topic, partition, offset, key, (timestamp type, timestamp), headers, value)`` per record. The
+    messages are the ones the engine would build; a record that is too big, not JSON or not valid
+    JSON sends the batch back to the engine, which dead-letters it with the usual reason."""
     from seamline.core.lane_worker import Fallback
 
     ctype, max_bytes = settings["content_type"], settings["max_bytes"]
     items = []
-    for topic, spart, offset, key, (ts_type, ts), hdrs, value in zip(*payload, strict=True):
+    for topic, spart, offset, key, (ts_type, ts), hdrs, value in payload:
         msg, error = _record_message(topic, spart, offset, key, ts_type, ts, hdrs, value, ctype, max_bytes, now)
         if error is not None:
             raise Fallback(f"record {msg.id}: {getattr(error, 'code', type(error).__name__)}")
@@ -563,7 +564,8 @@ class KafkaSource(Source):
             if not accepted:
                 return None
             last: dict[int, tuple[tuple[OffsetTracker, Any, str], int]] = {}
-            topics, parts, offsets, keys, stamps, headers, values = [], [], [], [], [], [], []
+            records = []
+            append = records.append
             fits = True
             for m, group in accepted:
                 offset = m.offset()
@@ -571,17 +573,11 @@ class KafkaSource(Source):
                 value = m.value()
                 if value is not None and len(value) > max_bytes:
                     fits = False
-                topics.append(m.topic())
-                parts.append(group[2])
-                offsets.append(offset)
-                keys.append(m.key())
-                stamps.append(m.timestamp())
-                headers.append(m.headers())
-                values.append(value)
+                append((m.topic(), group[2], offset, m.key(), m.timestamp(), m.headers(), value))
             acks = _BatchAcks([(g[0], g[0].track(offset + 1)) for g, offset in last.values()], len(accepted))
         nacks = [g[1] for g, _ in last.values()]
         expand = functools.partial(self._expand, accepted, acks, time.time())
-        payload = [topics, parts, offsets, keys, stamps, headers, values] if fits else None
+        payload = records if fits else None
         return RawBatch(payload, len(accepted), kind="records", expand=expand, ack=acks.ack_all,
                         nack=functools.partial(_nack_all, nacks))
 

@@ -37,9 +37,8 @@ def _plan(tmp_path: Path, *, key_field: str | None = None, sink_max: int = 1_000
 
 
 def _payload(records: list[tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]]) -> list[Any]:
-    n = len(records)
-    return [["orders"] * n, ["2"] * n, list(range(100, 100 + n)), [r[0] for r in records],
-            [(1, 1_700_000_000_000 + i) for i in range(n)], [r[2] for r in records], [r[1] for r in records]]
+    return [("orders", "2", 100 + i, key, (1, 1_700_000_000_000 + i), headers, value)
+            for i, (key, value, headers) in enumerate(records)]
 
 
 def _ask(plan: lane_worker.LanePlan, payload: list[Any], now: float) -> list[Any]:
