@@ -71,24 +71,6 @@ class SinkGuard:
         (the rate limit takes the whole batch at once)."""
         await self._guarded(count, lambda: self.sink.write_lines(data, count))
 
-    async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:
-        """``sink.submit_encoded`` (records a worker encoded) with the protections of ``submit``; the
-        rate limit takes the whole batch at once."""
-        await self._admit(count)
-        try:
-            confirm = await self.sink.submit_encoded(payload, count)
-        except asyncio.CancelledError:
-            if self.breaker is not None:
-                self.breaker.release()
-            raise
-        except Exception as exc:
-            failed = exc
-
-            async def confirm() -> None:
-                raise failed
-
-        return lambda: self._checked(count, confirm)
-
     async def _write(self, batch: Sequence[Message]) -> None:
         await self._guarded(len(batch), lambda: self.sink.write(batch))
 
@@ -100,10 +82,19 @@ class SinkGuard:
         if not self.sink.pipelined or (self.chunk is not None and len(batch) > self.chunk):
             await self.write(batch)
             return _confirmed
-        size = len(batch)
+        return await self._handed(len(batch), lambda: self.sink.submit(batch))
+
+    async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:
+        """``sink.submit_encoded`` (records a worker encoded) with the protections of ``submit``; the
+        rate limit takes the whole batch at once."""
+        return await self._handed(count, lambda: self.sink.submit_encoded(payload, count))
+
+    async def _handed(
+        self, size: int, hand_over: Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
+    ) -> Callable[[], Awaitable[None]]:
         await self._admit(size)
         try:
-            confirm = await self.sink.submit(batch)
+            confirm = await hand_over()
         except asyncio.CancelledError:
             if self.breaker is not None:
                 self.breaker.release()
