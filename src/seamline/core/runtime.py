@@ -858,8 +858,11 @@ class FlowRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            what = _code(exc)
+            if isinstance(exc, BatchError) and exc.errors:
+                what = f"{len(exc.errors)} of {count} record(s), {_code(next(iter(exc.errors.values())))}"
             log.info("flow %s: sink %s refused a batch a worker encoded (%s); it runs the usual way",
-                     self.flow.name, label, _code(exc))
+                     self.flow.name, label, what)
             return False
         return True
 

@@ -268,3 +268,56 @@ async def test_a_graceful_stop_mid_stream_with_workers_loses_nothing(kafka_boots
     arrived = [m.id for m in out.messages if m.id in ids]
     assert set(arrived) == ids
     assert len(arrived) == len(ids), f"{len(arrived) - len(ids)} record(s) delivered twice after a graceful stop"
+
+
+async def test_a_batch_the_sink_refuses_runs_in_the_engine(kafka_bootstrap: str, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A record whose headers make it too big for the sink passes the worker (its value is small): the
+    producer refuses it, the whole batch runs again in the engine, which dead-letters that record
+    alone; every other record is delivered (those the producer took the first time, twice)."""
+    backend = KafkaBackend(kafka_bootstrap)
+    caplog.set_level(logging.INFO, logger="seamline.runtime")
+    try:
+        src, dst = await backend.new_channel("refused-in"), await backend.new_channel("refused-out")
+        records = [(b"k", orjson.dumps({"n": i}),
+                    [("message-id", f"r-{i}".encode())] + ([("x-big", b"x" * 12_000)] if i == 10 else []))
+                   for i in range(30)]
+        await asyncio.to_thread(_publish, kafka_bootstrap, src, records)
+        group = f"refused-{uuid.uuid4().hex[:8]}"
+        flowdir = tmp_path / "flows"
+        write_flow(
+            flowdir, "kafka-refused",
+            source={"kafka": backend.source_config(src, group=group)},
+            steps=[{"map": {"label": "tag", "expression": "$merge([$, {'tagged': true}])"}}],
+            sinks=[{"kafka": {**backend.sink_config(dst), "max_message_bytes": 10_000}}],
+            settings={"batch_size": 100, "workers": 2},
+        )
+        state = tmp_path / "state.db"
+        async with InProcessEngine(flowdir, state) as eng:
+            async def done() -> bool:
+                eng.check()
+                st = eng.engine.runners[0].stats if eng.engine.runners else None
+                return st is not None and st.delivered >= 29 and st.dead >= 1
+
+            await eventually(done, 60, "29 delivered and one dead-lettered")
+            result = await eng.stop()
+        assert result.ok, result.errors
+        assert await backend.unacked(src, group) == 0
+        out = await asyncio.to_thread(_read, kafka_bootstrap, dst, 29)
+    finally:
+        await backend.aclose()
+    refused = [r.getMessage() for r in caplog.records if "refused a batch a worker encoded" in r.getMessage()]
+    assert refused and "kafka.message_too_large" in refused[0], refused
+    from seamline.store import open_store
+    from seamline.store.base import DlqFilter
+
+    store = open_store(str(state))
+    await store.open()
+    try:
+        dead = await store.list_dead(DlqFilter())
+    finally:
+        await store.close()
+    assert [(d.msg_id, d.step, d.error_code) for d in dead] == [("r-10", "kafka", "kafka.message_too_large")]
+    ids = {dict(m.headers())["message-id"].decode() for m in out}
+    assert ids == {f"r-{i}" for i in range(30) if i != 10}
+    assert all(orjson.loads(m.value())["tagged"] is True for m in out)
