@@ -8,8 +8,9 @@ it answers requests, one at a time, each a length-prefixed msgpack frame:
   ``data`` being whole NDJSON lines as the source read them, or ``["records", now, payload]``,
   ``payload`` being what the source's ``lane_decoder`` decodes (e.g. Kafka record values, keys and
   headers);
-- answer: ``["ok", records, out_count, out_data, journal, keys, filtered]`` or
-  ``["fallback", reason]``.
+- answer: ``["ok", records, out_count, out_data, journal, keys, filtered, kept]`` or
+  ``["fallback", reason]``; ``kept`` (for a sink with an encoder, else None) gives the input
+  index of each output, so that the engine can tell which records a partly failed write concerns.
 
 ``out_data`` is the batch's output as NDJSON, or what the sink's ``lane_encoder`` made of it,
 ``journal`` the batch's journal entries (msgpack,
@@ -174,7 +175,9 @@ def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
     entries: list[Any] = []
     keys: dict[str, None] = {}
     filtered = 0
-    for mid, corr, raw, body, meta in items:
+    # for a sink that reports failures record by record: which input each output is
+    sources: list[int] | None = [] if plan.encode is not None else None
+    for index, (mid, corr, raw, body, meta) in enumerate(items):
         if corr == mid:
             corr = None
         out: bytes | None = raw
@@ -221,13 +224,15 @@ def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
             if edges:
                 digest = xxh3_64_hexdigest(out)
         outs.append((out, body, meta))
+        if sources is not None:
+            sources.append(index)
         if edges:
             for sink in sinks:
                 hops.append((None, sink, "delivered", 0, digest, None))
             entries.append((mid, corr, hops))
     out_data = _ndjson(outs) if plan.encode is None else plan.encode(outs)
     journal = msgspec.msgpack.encode(entries) if entries else b""
-    return ["ok", len(items), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered]
+    return ["ok", len(items), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered, sources]
 
 
 # -- framing ---------------------------------------------------------------------------------------

@@ -811,37 +811,85 @@ class FlowRunner:
                 log.debug("flow %s: batch %s runs in the engine: %s", self.flow.name, where, answer[1])
                 answer = None
         if answer is not None:
-            _, records, n_out, out_data, journal, keys, filtered = answer
+            _, records, n_out, out_data, journal, keys, filtered, kept = answer
             label = next(iter(self.sinks))
-            if await self._write_lines(seq, label, out_data, n_out):
-                batch = Batch()
-                if journal:
-                    batch.journal_packed.append((now, self.flow.name, records, journal, keys, self.clock.now()))
-                await self.store.commit(batch)
-                await _call(rb.ack)
-                if self.source is not None:
-                    await self.source.commit_acks()
-                self.stats.delivered += n_out
-                self.stats.filtered += filtered
+            refused = await self._write_lines(seq, label, out_data, n_out)
+            if refused is None:
+                await self._settle_raw(rb, now, records, journal, keys, n_out, filtered)
+                return
+            if isinstance(refused, BatchError) and kept is not None and len(refused.errors) < n_out:
+                # the sink took the others: only the failed records run again, the usual way
+                await self._process_failed_raw(seq, rb, now, answer, {kept[i] for i in refused.errors})
                 return
         items = [_Work(d.message, delivery=d, first_at=now, resume=-1 if d.error is not None else 0)
                  for d in rb.expand()]
         self._inflight[seq] = items
         await self._process(seq, items)
 
-    async def _write_lines(self, seq: int, label: str, data: Any, count: int) -> bool:
+    async def _settle_raw(self, rb: RawBatch, now: float, records: int, journal: bytes, keys: str,
+                          delivered: int, filtered: int) -> None:
+        """A worker's batch is written: journal it, then acknowledge it."""
+        batch = Batch()
+        if journal:
+            batch.journal_packed.append((now, self.flow.name, records, journal, keys, self.clock.now()))
+        await self.store.commit(batch)
+        await _call(rb.ack)
+        if self.source is not None:
+            await self.source.commit_acks()
+        self.stats.delivered += delivered
+        self.stats.filtered += filtered
+
+    async def _process_failed_raw(self, seq: int, rb: RawBatch, now: float, answer: list[Any],
+                                  failed: set[int]) -> None:
+        """The sink refused some records of a worker's batch (by input index ``failed``): the others are
+        journalled and acknowledged as the worker did them; the failed ones run again in the engine,
+        from the start (retried or dead-lettered as any message is)."""
+        import msgspec
+
+        from seamline.store.base import key_token
+
+        _, records, n_out, _, journal, _, filtered, _ = answer
+        deliveries = rb.expand()
+        keys = ""
+        if journal:
+            entries = [e for i, e in enumerate(msgspec.msgpack.decode(journal)) if i not in failed]
+            tokens: dict[str, None] = {}
+            for mid, corr, _hops in entries:
+                tokens[mid] = None
+                if corr is not None:
+                    tokens[corr] = None
+            journal = msgspec.msgpack.encode(entries) if entries else b""
+            keys = " ".join(map(key_token, tokens))
+            records = len(entries)
+        batch = Batch()
+        if journal:
+            batch.journal_packed.append((now, self.flow.name, records, journal, keys, self.clock.now()))
+        await self.store.commit(batch)
+        for i, d in enumerate(deliveries):
+            if i not in failed:
+                await _call(d.ack)
+        if self.source is not None:
+            await self.source.commit_acks()
+        self.stats.delivered += n_out - len(failed)
+        self.stats.filtered += filtered
+        items = [_Work(d.message, delivery=d, first_at=now, resume=-1 if d.error is not None else 0)
+                 for i, d in enumerate(deliveries) if i in failed]
+        self._inflight[seq] = items
+        await self._process(seq, items)
+
+    async def _write_lines(self, seq: int, label: str, data: Any, count: int) -> BaseException | None:
         """Write a worker's output to the sink in batch order (NDJSON lines, or what the sink's
-        ``lane_encoder`` made); False when the sink refused it. A pipelined sink is handed the batch
-        in turn and confirms it after the turn passed on."""
+        ``lane_encoder`` made); the error when the sink refused it. A pipelined sink is handed the
+        batch in turn and confirms it after the turn passed on."""
         sink = self.sinks[label]
         if count == 0:
             if sink.ordered:
                 await self._advance_turn(label, seq)
-            return True
+            return None
         if label in self._unopened:
             if sink.ordered:
                 await self._advance_turn(label, seq)
-            return False
+            return self._unopened[label]
         guard = self.guards[label]
         confirms: list[Callable[[], Awaitable[None]]] = []
 
@@ -863,8 +911,8 @@ class FlowRunner:
                 what = f"{len(exc.errors)} of {count} record(s), {_code(next(iter(exc.errors.values())))}"
             log.info("flow %s: sink %s refused a batch a worker encoded (%s); it runs the usual way",
                      self.flow.name, label, what)
-            return False
-        return True
+            return exc
+        return None
 
     async def _run_step(self, st: Step, msgs: list[Message]) -> tuple[list[Any], list[int]]:
         """Run one step over messages in batch order: ``(results, durations in µs)``, where a result

@@ -59,8 +59,9 @@ def test_a_worker_encodes_each_record_as_the_sink_would(tmp_path: Path) -> None:
     now = time.time()
     answer = _ask(_plan(tmp_path), _payload(RECORDS), now)
     assert answer[0] == "ok", answer
-    _, records, n_out, (values, keys, headers), journal, index, filtered = answer
+    _, records, n_out, (values, keys, headers), journal, index, filtered, sources = answer
     assert (records, n_out, filtered) == (4, 3, 1)
+    assert sources == [0, 1, 3]  # the input of each output record
     assert [orjson.loads(v) for v in values] == [{"n": 1, "twice": 2}, {"n": 2, "twice": 4}, {"n": 4, "twice": 8}]
     assert keys == [b"c1", b"\xff\x00", b"c4"]
     # what the engine's own path writes for the same records: the source's message, then the sink's headers

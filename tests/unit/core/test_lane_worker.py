@@ -35,8 +35,9 @@ def test_a_clean_batch_comes_back_as_output_lines_and_journal_entries(tmp_path: 
                   {"id": "B", "status": "void", "lines": []})
     data += b"\n  \n" + _lines({"status": "new", "lines": [{"price": 1}], "code": "12"})
     answer = process_batch(plan, [100.0, 7, "in.ndjson", "id", None, 1 << 20, data])
-    status, records, n_out, out, journal, keys, filtered = answer
+    status, records, n_out, out, journal, keys, filtered, sources = answer
     assert (status, records, n_out, filtered) == ("ok", 3, 2, 1)
+    assert sources is None  # NDJSON lines are written whole or not at all
     assert [orjson.loads(x) for x in out.splitlines()] == [{"order": "A", "total": 5}, {"total": 1, "code": 12}]
     entries = msgspec.msgpack.decode(journal)
     ids = [e[0] for e in entries]
