@@ -538,7 +538,8 @@ class KafkaSource(Source):
 
     # the workers path (flow setting ``workers``) ---------------------------------------------------------
     def can_run_raw(self) -> bool:
-        return True
+        # records are decoded as JSON in a worker; other bodies stay in the engine
+        return self.cfg.content_type in JSON_CONTENT_TYPES
 
     def lane_decoder(self) -> LaneCodec:
         return ("seamline.connectors.kafka", "lane_decode",

@@ -358,7 +358,8 @@ class FlowRunner:
 
         assert self.source is not None
         if not self.source.can_run_raw():
-            raise refuse(f"the source ({self.flow.source.name}) cannot hand over raw records")
+            raise refuse(f"the source ({self.flow.source.name}) cannot hand over raw records"
+                         " (an NDJSON file, or Kafka records of a JSON content type)")
         steps = []
         for st, ref in zip(self.steps, self.flow.steps, strict=True):
             if st.body_function() is None:

@@ -464,6 +464,17 @@ settings: {workers: 2}
 """,
         ["sink 'table'"],
     ),
+    "kafka-not-json": (
+        """
+flow: refuse-kafka-not-json
+source:
+  kafka: {bootstrap_servers: "127.0.0.1:9", topics: [orders], group: g, content_type: text/plain}
+sinks:
+  - kafka: {bootstrap_servers: "127.0.0.1:9", topic: copies}
+settings: {workers: 2}
+""",
+        ["source (kafka)", "JSON content type"],
+    ),
     "lines-to-kafka": (
         """
 flow: refuse-lines-to-kafka
