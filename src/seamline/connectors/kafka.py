@@ -136,7 +136,11 @@ class KafkaConnection(BaseModel):
 
 
 class KafkaSourceConfig(SourceConfig, KafkaConnection):
-    """Consume topics as a member of a consumer group."""
+    """Consume topics as a member of a consumer group.
+
+    With the flow setting `workers: N` (JSON records, a `kafka` or NDJSON `file` sink), worker
+    processes decode the records, run the flow's steps and encode the output; offsets then move a
+    poll's batch at a time, still only past delivered or dead-lettered records."""
 
     topics: list[str] = Field(..., min_length=1, description="Topics to read (a name or a list of names).")
     group: str = Field(..., min_length=1, description="Consumer group id; offsets are committed for this group.")
@@ -170,7 +174,11 @@ class KafkaSourceConfig(SourceConfig, KafkaConnection):
 
 
 class KafkaSinkConfig(SinkConfig, KafkaConnection):
-    """Produce each message as a record."""
+    """Produce each message as a record.
+
+    After a `kafka` source with the flow setting `workers: N`, worker processes encode the records
+    (value, key, headers) and the sink produces them as they are; a record the producer refuses runs
+    again alone, the usual way."""
 
     topic: str = Field(..., min_length=1, description="Topic to write to.")
     key_field: str | None = Field(
