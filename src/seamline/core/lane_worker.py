@@ -111,12 +111,7 @@ class Fallback(Exception):
 
 
 def _split(data: bytes) -> list[bytes]:
-    out = []
-    for line in data.split(b"\n"):
-        s = line.strip()
-        if s:
-            out.append(s)
-    return out
+    return [s for s in map(bytes.strip, data.split(b"\n")) if s]
 
 
 def _lines(first_record: int, name: str, id_field: str | None, corr_field: str | None, max_bytes: int,
@@ -143,8 +138,8 @@ def _lines(first_record: int, name: str, id_field: str | None, corr_field: str |
     return items
 
 
-def _ndjson(outs: list[Any]) -> bytes:
-    return b"\n".join([o[0] for o in outs]) + b"\n" if outs else b""
+def _ndjson(outs: list[bytes]) -> bytes:
+    return b"\n".join(outs) + b"\n" if outs else b""
 
 
 def process_batch(plan: LanePlan, request: list[Any]) -> list[Any]:
@@ -171,7 +166,9 @@ def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
     dumps = orjson.dumps
     steps = plan.steps
     sinks = plan.sinks
-    outs: list[Any] = []
+    outs: list[bytes] = []
+    # what a sink's encoder needs beside the encoded body: (body, meta) of each output
+    extra: list[Any] | None = [] if plan.encode is not None else None
     entries: list[Any] = []
     keys: dict[str, None] = {}
     filtered = 0
@@ -223,14 +220,15 @@ def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
                 raise Fallback("the body cannot be encoded") from None
             if edges:
                 digest = xxh3_64_hexdigest(out)
-        outs.append((out, body, meta))
-        if sources is not None:
+        outs.append(out)
+        if extra is not None and sources is not None:
+            extra.append((out, body, meta))
             sources.append(index)
         if edges:
             for sink in sinks:
                 hops.append((None, sink, "delivered", 0, digest, None))
             entries.append((mid, corr, hops))
-    out_data = _ndjson(outs) if plan.encode is None else plan.encode(outs)
+    out_data = _ndjson(outs) if plan.encode is None or extra is None else plan.encode(extra)
     journal = msgspec.msgpack.encode(entries) if entries else b""
     return ["ok", len(items), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered, sources]
 
