@@ -33,9 +33,9 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -62,6 +62,8 @@ from seamline.security.secrets import Secret
 __all__ = ["KafkaSink", "KafkaSinkConfig", "KafkaSource", "KafkaSourceConfig"]
 
 log = logging.getLogger("seamline.connectors.kafka")
+
+_T = TypeVar("_T")
 
 
 
@@ -533,14 +535,19 @@ class KafkaSource(Source):
                 append(Delivery(msg, partial(tracker.ack, ticket), group_nack, error))
         return out
 
-    async def run(self, emit: Emit) -> None:
+    async def _polled(self, convert: Callable[[list[Any]], _T]) -> AsyncIterator[_T]:
+        """Poll for ever; each poll's records as ``convert`` turns them (on the event loop's thread)."""
         from confluent_kafka import KafkaException
 
         while True:
             try:
-                batch = self._deliveries(await self._call(self._poll))
+                batch = convert(await self._call(self._poll))
             except KafkaException as exc:
                 raise _error(exc, f"kafka consumer of group {self.cfg.group} failed") from exc
+            yield batch
+
+    async def run(self, emit: Emit) -> None:
+        async for batch in self._polled(self._deliveries):
             if batch:
                 await emit(batch)
 
@@ -554,13 +561,7 @@ class KafkaSource(Source):
                 {"content_type": self.cfg.content_type, "max_bytes": self.cfg.max_message_bytes})
 
     async def run_raw(self, emit_raw: EmitRaw) -> None:
-        from confluent_kafka import KafkaException
-
-        while True:
-            try:
-                batch = self._raw_batch(await self._call(self._poll))
-            except KafkaException as exc:
-                raise _error(exc, f"kafka consumer of group {self.cfg.group} failed") from exc
+        async for batch in self._polled(self._raw_batch):
             if batch is not None:
                 await emit_raw(batch)
 

@@ -816,25 +816,29 @@ class FlowRunner:
             label = next(iter(self.sinks))
             refused = await self._write_lines(seq, label, out_data, n_out)
             if refused is None:
-                await self._settle_raw(rb, now, records, journal, keys, n_out, filtered)
+                await self._settle_raw([rb.ack], now, records, journal, keys, n_out, filtered)
                 return
             if isinstance(refused, BatchError) and kept is not None and len(refused.errors) < n_out:
                 # the sink took the others: only the failed records run again, the usual way
                 await self._process_failed_raw(seq, rb, now, answer, {kept[i] for i in refused.errors})
                 return
+        await self._run_in_engine(seq, now, rb.expand())
+
+    async def _run_in_engine(self, seq: int, now: float, deliveries: list[Delivery]) -> None:
         items = [_Work(d.message, delivery=d, first_at=now, resume=-1 if d.error is not None else 0)
-                 for d in rb.expand()]
+                 for d in deliveries]
         self._inflight[seq] = items
         await self._process(seq, items)
 
-    async def _settle_raw(self, rb: RawBatch, now: float, records: int, journal: bytes, keys: str,
+    async def _settle_raw(self, acks: list[Any], now: float, records: int, journal: bytes, keys: str,
                           delivered: int, filtered: int) -> None:
-        """A worker's batch is written: journal it, then acknowledge it."""
+        """What a worker did of a batch is written: journal it, then acknowledge it (``acks``)."""
         batch = Batch()
         if journal:
             batch.journal_packed.append((now, self.flow.name, records, journal, keys, self.clock.now()))
         await self.store.commit(batch)
-        await _call(rb.ack)
+        for ack in acks:
+            await _call(ack)
         if self.source is not None:
             await self.source.commit_acks()
         self.stats.delivered += delivered
@@ -862,21 +866,9 @@ class FlowRunner:
             journal = msgspec.msgpack.encode(entries) if entries else b""
             keys = " ".join(map(key_token, tokens))
             records = len(entries)
-        batch = Batch()
-        if journal:
-            batch.journal_packed.append((now, self.flow.name, records, journal, keys, self.clock.now()))
-        await self.store.commit(batch)
-        for i, d in enumerate(deliveries):
-            if i not in failed:
-                await _call(d.ack)
-        if self.source is not None:
-            await self.source.commit_acks()
-        self.stats.delivered += n_out - len(failed)
-        self.stats.filtered += filtered
-        items = [_Work(d.message, delivery=d, first_at=now, resume=-1 if d.error is not None else 0)
-                 for i, d in enumerate(deliveries) if i in failed]
-        self._inflight[seq] = items
-        await self._process(seq, items)
+        done = [d.ack for i, d in enumerate(deliveries) if i not in failed]
+        await self._settle_raw(done, now, records, journal, keys, n_out - len(failed), filtered)
+        await self._run_in_engine(seq, now, [d for i, d in enumerate(deliveries) if i in failed])
 
     async def _write_lines(self, seq: int, label: str, data: Any, count: int) -> BaseException | None:
         """Write a worker's output to the sink in batch order (NDJSON lines, or what the sink's
