@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import ssl
@@ -47,3 +48,15 @@ async def serve_app(app: web.Application, *, ssl_context: ssl.SSLContext | None 
         yield runner.addresses[0][1]
     finally:
         await runner.cleanup()
+
+
+async def run_until_idle_advancing(engine: Any, clock: Any, *, step: float, horizon: float, ticks: int) -> Any:
+    """Run ``engine`` until idle while ``clock`` moves on ``step`` seconds every 10 ms (retries and
+    timers come due), at most ``ticks`` times; the engine's result."""
+    task = asyncio.create_task(engine.run(until_idle=True, idle_horizon=horizon, install_signals=False))
+    for _ in range(ticks):
+        await asyncio.sleep(0.01)
+        clock.advance(step)
+        if task.done():
+            break
+    return await asyncio.wait_for(task, 5)

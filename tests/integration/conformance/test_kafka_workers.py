@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
-from tests.integration.conformance.harness import InProcessEngine, eventually, write_flow
+from tests.integration.conformance.harness import InProcessEngine, dead_letters, eventually, write_flow
 from tests.integration.conformance.test_conformance_kafka import PARTITIONS, QUIET, KafkaBackend
 
 from seamline.connectors.wire import TRACEPARENT, is_valid_traceparent, new_traceparent
@@ -100,47 +100,54 @@ def _view(records: list[Any], src: str) -> dict[str, tuple[bytes, bytes | None, 
     return out
 
 
-async def _run(backend: KafkaBackend, tmp: Path, workers: int, run: str) -> dict[str, Any]:
-    src = await backend.new_channel(f"same-in-{workers}")
-    dst = await backend.new_channel(f"same-out-{workers}")
-    records = _records(run)
+async def _flow_through(backend: KafkaBackend, tmp: Path, name: str, records: list[Any], *,
+                        steps: list[dict[str, Any]], sink: dict[str, Any], batch_size: int, workers: int,
+                        delivered: int, dead: int = 0) -> tuple[str, Any, Path]:
+    """Publish ``records`` to a new topic and run a flow from it until ``delivered`` records are delivered
+    and ``dead`` dead-lettered; every offset is then committed. ``(source topic, the flow's stats,
+    its state file)``."""
+    src = await backend.new_channel(f"{name}-in")
     await asyncio.to_thread(_publish, backend.bootstrap, src, records)
-    flowdir = tmp / f"flows-{workers}"
-    group = f"same-{uuid.uuid4().hex[:8]}"
-    write_flow(
-        flowdir, "kafka-same",
-        source={"kafka": backend.source_config(src, group=group)},
+    group = f"{name}-{uuid.uuid4().hex[:8]}"
+    flowdir = tmp / f"flows-{name}"
+    write_flow(flowdir, name, source={"kafka": backend.source_config(src, group=group)}, steps=steps,
+               sinks=[sink], settings={"batch_size": batch_size, "workers": workers})
+    state = tmp / f"state-{name}.db"
+    async with InProcessEngine(flowdir, state) as eng:
+        async def done() -> bool:
+            eng.check()
+            st = eng.engine.runners[0].stats if eng.engine.runners else None
+            return st is not None and st.delivered >= delivered and st.dead >= dead
+
+        await eventually(done, 60, f"{delivered} record(s) delivered and {dead} dead-lettered")
+        result = await eng.stop()
+    assert result.ok, result.errors
+    assert await backend.unacked(src, group) == 0
+    return src, result.stats[name], state
+
+
+async def _run(backend: KafkaBackend, tmp: Path, workers: int, run: str) -> dict[str, Any]:
+    dst = await backend.new_channel(f"same-out-{workers}")
+    expected = N - len(FILTERED) - 1
+    src, stats, state = await _flow_through(
+        backend, tmp, f"same-{workers}", _records(run),
         steps=[
             {"filter": {"label": "keep", "condition": "skip = false"}},
             {"map": {"label": "canonical", "expression":
                      "$merge([$, {'cents': $round(amount * 100), 'who': $uppercase(customer.name)}])"}},
         ],
-        sinks=[{"kafka": {**backend.sink_config(dst), "label": "out"}}],
-        settings={"batch_size": BATCH, "workers": workers},
+        sink={"kafka": {**backend.sink_config(dst), "label": "out"}},
+        batch_size=BATCH, workers=workers, delivered=expected, dead=1,
     )
-    state = tmp / f"state-{workers}.db"
-    expected = N - len(FILTERED) - 1
-    async with InProcessEngine(flowdir, state) as eng:
-        async def done() -> bool:
-            eng.check()
-            st = eng.engine.runners[0].stats if eng.engine.runners else None
-            return st is not None and st.delivered >= expected and st.dead >= 1
-
-        await eventually(done, 60, "every record delivered or dead-lettered")
-        result = await eng.stop()
-    assert result.ok, result.errors
-    stats = result.stats["kafka-same"]
     out = await asyncio.to_thread(_read, backend.bootstrap, dst, expected)
     assert len(out) == expected, (len(out), expected)
-    assert await backend.unacked(src, group) == 0
+    dead = [(d.msg_id.replace(src, "<src>"), d.step, d.error_code) for d in await dead_letters(state)]
 
     from seamline.store import open_store
-    from seamline.store.base import DlqFilter
 
     store = open_store(str(state))
     await store.open()
     try:
-        dead = [(d.msg_id.replace(src, "<src>"), d.step, d.error_code) for d in await store.list_dead(DlqFilter())]
         traces = {}
         for key in (f"{run}-0", f"{run}-3", f"{run}-{POISON}", f"{run}-{POISON + 1}", f"{run}-8"):
             hops = await store.trace(key)
@@ -198,29 +205,14 @@ async def test_kafka_records_to_an_ndjson_file_through_workers(kafka_bootstrap: 
     """A Kafka source with a file sink: the workers decode and map the records and hand back NDJSON lines."""
     backend = KafkaBackend(kafka_bootstrap)
     caplog.set_level(logging.DEBUG, logger="seamline.runtime")
+    records = [(f"k{i % 3}".encode(), orjson.dumps({"n": i}), [("message-id", f"f-{i}".encode())]) for i in range(400)]
     try:
-        src = await backend.new_channel("to-file")
-        records = [(f"k{i % 3}".encode(), orjson.dumps({"n": i}), [("message-id", f"f-{i}".encode())])
-                   for i in range(400)]
-        await asyncio.to_thread(_publish, kafka_bootstrap, src, records)
-        group = f"file-{uuid.uuid4().hex[:8]}"
-        flowdir = tmp_path / "flows"
-        write_flow(
-            flowdir, "kafka-to-file",
-            source={"kafka": backend.source_config(src, group=group)},
+        await _flow_through(
+            backend, tmp_path, "to-file", records,
             steps=[{"map": {"label": "square", "expression": "{'n': n, 'sq': n * n}"}}],
-            sinks=[{"file": {"path": str(tmp_path / "out.ndjson"), "label": "out"}}],
-            settings={"batch_size": 40, "workers": 2},
+            sink={"file": {"path": str(tmp_path / "out.ndjson"), "label": "out"}},
+            batch_size=40, workers=2, delivered=400,
         )
-        async with InProcessEngine(flowdir, tmp_path / "state.db") as eng:
-            async def done() -> bool:
-                eng.check()
-                return bool(eng.engine.runners) and eng.engine.runners[0].stats.delivered >= 400
-
-            await eventually(done, 60, "400 records in the file")
-            result = await eng.stop()
-        assert result.ok, result.errors
-        assert await backend.unacked(src, group) == 0
     finally:
         await backend.aclose()
     lines = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
@@ -277,46 +269,23 @@ async def test_a_batch_the_sink_refuses_runs_in_the_engine(kafka_bootstrap: str,
     one runs again in the engine, which dead-letters it. Every other record arrives once."""
     backend = KafkaBackend(kafka_bootstrap)
     caplog.set_level(logging.INFO, logger="seamline.runtime")
+    records = [(b"k", orjson.dumps({"n": i}),
+                [("message-id", f"r-{i}".encode())] + ([("x-big", b"x" * 12_000)] if i == 10 else []))
+               for i in range(30)]
     try:
-        src, dst = await backend.new_channel("refused-in"), await backend.new_channel("refused-out")
-        records = [(b"k", orjson.dumps({"n": i}),
-                    [("message-id", f"r-{i}".encode())] + ([("x-big", b"x" * 12_000)] if i == 10 else []))
-                   for i in range(30)]
-        await asyncio.to_thread(_publish, kafka_bootstrap, src, records)
-        group = f"refused-{uuid.uuid4().hex[:8]}"
-        flowdir = tmp_path / "flows"
-        write_flow(
-            flowdir, "kafka-refused",
-            source={"kafka": backend.source_config(src, group=group)},
+        dst = await backend.new_channel("refused-out")
+        _, _, state = await _flow_through(
+            backend, tmp_path, "refused", records,
             steps=[{"map": {"label": "tag", "expression": "$merge([$, {'tagged': true}])"}}],
-            sinks=[{"kafka": {**backend.sink_config(dst), "max_message_bytes": 10_000}}],
-            settings={"batch_size": 100, "workers": 2},
+            sink={"kafka": {**backend.sink_config(dst), "max_message_bytes": 10_000}},
+            batch_size=100, workers=2, delivered=29, dead=1,
         )
-        state = tmp_path / "state.db"
-        async with InProcessEngine(flowdir, state) as eng:
-            async def done() -> bool:
-                eng.check()
-                st = eng.engine.runners[0].stats if eng.engine.runners else None
-                return st is not None and st.delivered >= 29 and st.dead >= 1
-
-            await eventually(done, 60, "29 delivered and one dead-lettered")
-            result = await eng.stop()
-        assert result.ok, result.errors
-        assert await backend.unacked(src, group) == 0
         out = await asyncio.to_thread(_read, kafka_bootstrap, dst, 29)
     finally:
         await backend.aclose()
     refused = [r.getMessage() for r in caplog.records if "refused a batch a worker encoded" in r.getMessage()]
     assert refused and "kafka.message_too_large" in refused[0], refused
-    from seamline.store import open_store
-    from seamline.store.base import DlqFilter
-
-    store = open_store(str(state))
-    await store.open()
-    try:
-        dead = await store.list_dead(DlqFilter())
-    finally:
-        await store.close()
+    dead = await dead_letters(state)
     assert [(d.msg_id, d.step, d.error_code) for d in dead] == [("r-10", "kafka", "kafka.message_too_large")]
     ids = [dict(m.headers())["message-id"].decode() for m in out]
     assert sorted(ids) == sorted(f"r-{i}" for i in range(30) if i != 10), "each record once"

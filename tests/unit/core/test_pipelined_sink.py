@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from pydantic import Field
+from tests.helpers import run_until_idle_advancing
 
 from seamline import Flow, sink, source
 from seamline.config.models import SinkConfig
@@ -109,13 +110,7 @@ async def _run_with_retries(fl: Flow, tmp_path: Path) -> Any:
     """Run ``fl`` until idle while the clock moves on half a second every 10 ms (retries come due)."""
     clock = ManualClock()
     eng = Engine([fl], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
-    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=5.0, install_signals=False))
-    for _ in range(300):
-        await asyncio.sleep(0.01)
-        clock.advance(0.5)
-        if task.done():
-            break
-    return await asyncio.wait_for(task, 5)
+    return await run_until_idle_advancing(eng, clock, step=0.5, horizon=5.0, ticks=300)
 
 
 async def _wait(pred: Callable[[], bool], what: str, timeout: float = 5.0) -> None:

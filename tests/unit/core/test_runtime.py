@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.helpers import run_until_idle_advancing
 
 from seamline import Flow, Message, sink, source, step
 from seamline.core.clock import ManualClock
@@ -74,13 +75,7 @@ async def test_retryable_sink_error_retries_with_backoff_then_dead_letters(tmp_p
     channel("in").put({"n": 1}, id="m1")
     channel("out").fail_next(RetryableError("503 from target", code="http.status.503"), times=10)
     eng = Engine([flow()], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
-    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=10.0, install_signals=False))
-    for _ in range(200):
-        await asyncio.sleep(0.01)
-        clock.advance(0.5)
-        if task.done():
-            break
-    res = await asyncio.wait_for(task, 5)
+    res = await run_until_idle_advancing(eng, clock, step=0.5, horizon=10.0, ticks=200)
     assert channel("out").calls == 3  # max_attempts
     assert res.stats["t"].dead == 1 and res.stats["t"].retried == 2
     store = open_store(str(tmp_path / "s.db"))
@@ -133,13 +128,7 @@ async def test_partial_batch_failure_only_retries_the_failed(tmp_path: Path) -> 
 
     channel("out").fail_when = fail_odd
     eng = Engine([flow()], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
-    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=10.0, install_signals=False))
-    for _ in range(100):
-        await asyncio.sleep(0.01)
-        clock.advance(1.0)
-        if task.done():
-            break
-    await asyncio.wait_for(task, 5)
+    await run_until_idle_advancing(eng, clock, step=1.0, horizon=10.0, ticks=100)
     ids = [m.id for m in channel("out").written]
     assert sorted(ids) == [f"m{i}" for i in range(6)] and len(ids) == 6
 
@@ -250,13 +239,7 @@ async def test_the_flow_can_override_the_classification_of_errors(tmp_path: Path
                         "classify": {"http.status.409": "retryable", "http.status.5*": "fatal"}})
     clock = _Clock()
     eng = Engine([fl], open_store(str(tmp_path / "s.db")), clock=clock, retry_poll=0.01)
-    task = asyncio.create_task(eng.run(until_idle=True, idle_horizon=10, install_signals=False))
-    for _ in range(50):
-        await asyncio.sleep(0.01)
-        clock.advance(1.0)
-        if task.done():
-            break
-    await asyncio.wait_for(task, 5)
+    await run_until_idle_advancing(eng, clock, step=1.0, horizon=10, ticks=50)
     assert [m.id for m in channel("out").written] == ["conflict"]
     assert calls == {"conflict": 2, "outage": 1}
     store = open_store(str(tmp_path / "s.db"))
