@@ -233,7 +233,6 @@ def incoming(
 
 #: content types whose bodies are parsed as JSON on the way in
 JSON_CONTENT_TYPES = ("application/json", "application/x-ndjson")
-_JSON_TYPES = JSON_CONTENT_TYPES
 _JSON = "application/json"
 
 
@@ -266,7 +265,7 @@ def decode_message(
     headers.update(transport)
     if ctype is None:
         ctype = default_content_type
-    if ctype not in _JSON_TYPES:
+    if ctype not in JSON_CONTENT_TYPES:
         ctype = ctype.split(";")[0].strip().lower() or default_content_type
     mid = mid or default_id
     if now is None:
@@ -276,7 +275,7 @@ def decode_message(
             f"message {mid} is {len(raw)} bytes (limit {max_bytes})", code=f"{connector}.message_too_large"
         )
         return Message.adopt({"$size": len(raw)}, None, mid, corr, headers, _JSON, now), err
-    if ctype in _JSON_TYPES:
+    if ctype in JSON_CONTENT_TYPES:
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
