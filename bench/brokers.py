@@ -173,7 +173,12 @@ def kafka_produce(bootstrap: str, topic: str, orders: list[tuple[str, bytes]]) -
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "enable.idempotence": True})
     for i, (key, value) in enumerate(orders):
-        p.produce(topic, value=value, key=key.encode(), headers=[("message-id", f"SO-{i}".encode())])
+        while True:
+            try:
+                p.produce(topic, value=value, key=key.encode(), headers=[("message-id", f"SO-{i}".encode())])
+                break
+            except BufferError:  # the local queue is full (more than 100,000 records waiting)
+                p.poll(0.1)
         if i % 10000 == 0:
             p.poll(0)
     assert p.flush(60) == 0

@@ -574,7 +574,7 @@ class KafkaSource(Source):
             if not accepted:
                 return None
             last: dict[int, tuple[tuple[OffsetTracker, Any, str], int]] = {}
-            records = []
+            records: list[tuple[Any, ...]] = []
             append = records.append
             fits = True
             for m, group in accepted:
@@ -684,27 +684,48 @@ _NEAR_LIMIT = 8192
 
 
 class _Sent:
-    """The delivery reports of one batch handed to the producer."""
+    """The delivery reports of one batch handed to the producer.
 
-    __slots__ = ("done", "errors", "left")
+    One bound method serves every record of the batch: a closure per record (to know its index)
+    cost about as much again as the rest of a ``produce`` call. A report names its record only when
+    it carries an error; ``_confirm`` then finds the record by its message-id header (``ids``).
+    """
 
-    def __init__(self, n: int) -> None:
+    __slots__ = ("failed", "ids", "left", "refused", "total")
+
+    def __init__(self, n: int, ids: Sequence[str | None]) -> None:
+        self.total = n
         self.left = n
-        self.done = bytearray(n)
-        self.errors: dict[int, Any] = {}
+        self.ids = ids  # the message-id header of each record, by index
+        self.failed: list[tuple[Any, Any]] = []  # (error, record) of each failed report
+        self.refused: dict[int, BaseException] = {}  # records never handed over: no report comes
 
-    def report(self, i: int, err: Any, _msg: Any) -> None:
-        if not self.done[i]:
-            self.done[i] = 1
-            self.left -= 1
-            if err is not None:
-                self.errors[i] = err
+    def report(self, err: Any, msg: Any) -> None:
+        self.left -= 1
+        if err is not None:
+            self.failed.append((err, msg))
 
-    def fail(self, i: int, err: BaseException) -> None:
-        self.report(i, err, None)
+    def refuse(self, i: int, err: BaseException) -> None:
+        self.left -= 1
+        self.refused[i] = err
 
-    def reported(self, i: int) -> bool:
-        return bool(self.done[i])
+    def failed_indices(self) -> list[tuple[list[int], Any]]:
+        """Each failed report with the indices it may stand for: the records carrying its message
+        id, or every record handed over when no record carries it (then all of them are sent again:
+        a duplicate is allowed, a loss is not)."""
+        by_id: dict[str | None, list[int]] = {}
+        for i, mid in enumerate(self.ids):
+            if i not in self.refused:
+                by_id.setdefault(mid, []).append(i)
+        every = [i for i in range(self.total) if i not in self.refused]
+        out = []
+        for err, msg in self.failed:
+            mid = None
+            for hk, hv in (msg.headers() or ()) if msg is not None else ():
+                if hk == MESSAGE_ID_HEADER and hv is not None:
+                    mid = hv.decode("utf-8", "replace")
+            out.append((by_id.get(mid, every) if mid is not None else every, err))
+        return out
 
 
 class KafkaSink(Sink):
@@ -772,7 +793,8 @@ class KafkaSink(Sink):
         delivery reports. Reports are served by ``poll`` on the event loop's thread: a producer polled
         or flushed on another thread needs the interpreter lock for every report and waits for it
         behind the event loop."""
-        sent = _Sent(len(batch))
+        ids: list[str | None] = [None] * len(batch)
+        sent = _Sent(len(batch), ids)
 
         def records() -> Iterator[tuple[int, bytes, bytes | None, dict[str, str]]]:
             for i, m in enumerate(batch):
@@ -781,8 +803,9 @@ class KafkaSink(Sink):
                     key = self._key(m)
                     value = m.raw
                 except Exception as exc:
-                    sent.fail(i, FatalError(f"cannot encode message {m.id}: {exc}", code="kafka.encode"))
+                    sent.refuse(i, FatalError(f"cannot encode message {m.id}: {exc}", code="kafka.encode"))
                     continue
+                ids[i] = headers.get(MESSAGE_ID_HEADER)
                 yield i, value, key, headers
 
         producer = await self._produce(sent, records())
@@ -798,7 +821,7 @@ class KafkaSink(Sink):
     async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:
         """Produce records a worker encoded (``lane_encode``), like ``submit``."""
         values, keys, headers = payload
-        sent = _Sent(count)
+        sent = _Sent(count, [h.get(MESSAGE_ID_HEADER) for h in headers])
         producer = await self._produce(sent, zip(range(count), values, keys, headers, strict=True))
         deadline = asyncio.get_running_loop().time() + self.cfg.delivery_timeout + 5.0
         return functools.partial(self._confirm, producer, sent, lambda i: headers[i].get(MESSAGE_ID_HEADER, f"#{i}"),
@@ -815,18 +838,17 @@ class KafkaSink(Sink):
             topic = self.cfg.topic
             produce = producer.produce
             report = sent.report
-            partial = functools.partial
             for i, value, key, headers in records:
                 while True:
                     try:
-                        produce(topic, value=value, key=key, headers=headers, on_delivery=partial(report, i))
+                        produce(topic, value=value, key=key, headers=headers, on_delivery=report)
                         break
                     except BufferError:
                         # the local queue is full: serve delivery reports, then try again
                         producer.poll(0)
                         await asyncio.sleep(0.005)
                     except KafkaException as exc:
-                        sent.fail(i, exc)
+                        sent.refuse(i, exc)
                         break
             # send now rather than after linger.ms: the batch is complete
             producer.flush(0)
@@ -843,18 +865,21 @@ class KafkaSink(Sink):
             producer.poll(0)
         topic = self.cfg.topic
         errors: dict[int, BaseException] = {}
-        for i, err in sent.errors.items():
-            if isinstance(err, SeamlineError):
-                errors[i] = err
-            else:
-                if hasattr(err, "fatal") and err.fatal():
-                    self._broken = True
-                errors[i] = _error(err, f"writing message {name(i)} to {topic}")
-        if sent.left:
-            for i in range(len(sent.done)):
-                if i not in errors and not sent.reported(i):
+        for i, err in sent.refused.items():
+            errors[i] = err if isinstance(err, SeamlineError) else _error(err, f"writing message {name(i)} to {topic}")
+        for indices, err in sent.failed_indices():
+            if hasattr(err, "fatal") and err.fatal():
+                self._broken = True
+            for i in indices:
+                errors.setdefault(i, _error(err, f"writing message {name(i)} to {topic}"))
+        if sent.left > 0:
+            # which records are still without a report is not known: every one not failed already is
+            # sent again (the ones that did arrive become duplicates, none is lost)
+            for i in range(sent.total):
+                if i not in errors:
                     errors[i] = RetryableError(
-                        f"no delivery report for message {name(i)} ({sent.left} record(s) unconfirmed)",
+                        f"no delivery report for message {name(i)} ({sent.left} of {sent.total} record(s) "
+                        "of its batch unconfirmed)",
                         code="kafka.timeout",
                     )
         if errors:

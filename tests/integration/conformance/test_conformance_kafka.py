@@ -379,3 +379,22 @@ async def test_batches_handed_over_back_to_back_are_confirmed_each_on_its_own(ka
             assert order == sorted(order) and len(order) == 120, (k, order[:10])
     finally:
         await b.aclose()
+
+
+async def test_records_without_a_broker_fail_each_by_its_delivery_report(tmp_path: Path) -> None:
+    """Nothing listens: every record's delivery report carries the timeout, and each is traced back to
+    its own message (a retryable error per record, named by its id)."""
+    from seamline.core.component import BatchError
+    from seamline.core.errors import RetryableError
+    from seamline.core.message import Message
+
+    cfg = {"bootstrap_servers": f"127.0.0.1:{free_port()}", "topic": "nowhere", "delivery_timeout": "1s"}
+    batch = [Message({"i": i}, id=f"lost-{i}") for i in range(25)]
+    async with _component("sink", cfg, tmp_path) as sink:
+        with pytest.raises(BatchError) as info:
+            await asyncio.wait_for(sink.write(batch), 30)
+    errors = info.value.errors
+    assert sorted(errors) == list(range(25))
+    for i, err in errors.items():
+        assert isinstance(err, RetryableError) and err.code == "kafka.timeout", err
+        assert f"message lost-{i} " in str(err) and "_MSG_TIMED_OUT" in str(err), err
