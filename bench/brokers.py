@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import _machine  # bench/: the machine probe printed next to the figures
 import orjson
 import yaml
 
@@ -456,6 +457,7 @@ async def main() -> int:
     ap.add_argument("--workers", type=int, default=2, help="Kafka: worker processes of the second seamline side")
     args = ap.parse_args()
     print(f"{args.n:,} order messages per side, batch {BATCH}, JSONata map step; Python {sys.version.split()[0]}")
+    print(_machine.describe())
     if args.only in (None, "kafka"):
         raw, sl, slw = await bench_kafka(args.kafka, args.n, args.rounds, args.workers)
         report("kafka", raw, sl)

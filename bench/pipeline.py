@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import _machine  # bench/: the machine probe printed next to the figures
 import orjson
 
 EXPR = (
@@ -171,6 +172,7 @@ def main() -> None:
         make_orders(src, a.n)
         size = src.stat().st_size
         print(f"input: {a.n} orders, {size / a.n:.0f} bytes each on average")
+        print(_machine.describe())
         # alternate the sides to share the machine's noise fairly; each side's best round counts
         hand_t, eng_t, par_t = [], [], []
         # each side starts once the files the one before wrote are on disk: their writeback would
