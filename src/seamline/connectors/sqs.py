@@ -303,12 +303,34 @@ class SqsSource(Source):
         first = await one(int(self.cfg.wait_time))
         if len(first) < 10 or calls == 1:
             return first
-        more = await asyncio.gather(*(one(0) for _ in range(calls - 1)), return_exceptions=True)
+        try:
+            more = await asyncio.gather(*(one(0) for _ in range(calls - 1)), return_exceptions=True)
+        except asyncio.CancelledError:
+            # the flow stops: what the first call brought is handed back at once, not after the
+            # visibility timeout (the other calls' messages, if any came, come back after it)
+            await self._release([m["ReceiptHandle"] for m in first])
+            raise
         out = list(first)
         for r in more:
             if isinstance(r, list):
                 out.extend(r)
         return out
+
+    async def _release(self, handles: list[str]) -> None:
+        """Make received messages visible again (best effort: else the visibility timeout does it)."""
+        for h in handles:
+            self._inflight.pop(h, None)
+        if self._client is None or not handles:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*(
+                self._client.change_message_visibility_batch(
+                    QueueUrl=self._url,
+                    Entries=[{"Id": str(j), "ReceiptHandle": h, "VisibilityTimeout": 0}
+                             for j, h in enumerate(handles[i : i + 10])],
+                )
+                for i in range(0, len(handles), 10)
+            )), 10)
 
     def _delivery(self, m: dict[str, Any]) -> Delivery:
         handle = m["ReceiptHandle"]

@@ -57,6 +57,9 @@ async def test_send_receive_headers_and_correlation(moto_server: MotoServer, sqs
                      [sink("test-collect", key=key)])
     async with running(flow, tmp_path / "state.db") as r:
         await r.wait_for(lambda: len({m.id for m in COLLECTED.get(key, [])}) >= 250, 30, "250 messages")
+        # every message delivered is deleted (a send the client retried may have put one in twice: the
+        # flow takes that too)
+        await r.wait_for(lambda: _settled(sqs, queue), 15, "all deleted")
     got = {m.id: m for m in COLLECTED.pop(key)}
     assert set(got) == {m.id for m in msgs}
     first = got["m0"]
@@ -144,6 +147,37 @@ async def test_nack_redelivers(moto_server: MotoServer, sqs: Any, queue: str, tm
         await src.close()
     assert seen.count("m2") == 2
     assert await _left(sqs, queue) == 0
+
+
+async def test_a_receive_cut_short_by_a_stop_hands_its_messages_back(moto_server: MotoServer, sqs: Any, queue: str,
+                                                                     tmp_path: Path) -> None:
+    """The flow stops while the source fills a batch with more receive calls: the messages the first call
+    brought are visible again at once, not after the visibility timeout (they were never handed on)."""
+    await _send(moto_server.url, queue, _msgs(30))
+    src = SqsSource(SqsSourceConfig(queue=queue, **aws(moto_server.url), wait_time=1, receivers=3), _ctx(tmp_path))
+    await src.open()
+    real = src._client.receive_message
+    extra_started = asyncio.Event()
+
+    async def receive(**kw: Any) -> Any:
+        if kw["WaitTimeSeconds"] == 0:  # the calls that fill the batch: slow, so the stop comes first
+            extra_started.set()
+            await asyncio.sleep(30)
+        return await real(**kw)
+
+    src._client.receive_message = receive
+    try:
+        task = asyncio.create_task(src._receive())
+        await asyncio.wait_for(extra_started.wait(), 15)
+        assert len(src._inflight) == 10
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert src._inflight == {}
+        attrs = (await sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessages"]))
+        assert int(attrs["Attributes"]["ApproximateNumberOfMessages"]) == 30, "all 30 visible again"
+    finally:
+        src._client.receive_message = real
+        await src.close()
 
 
 async def test_poison_goes_to_dlq_and_is_deleted(moto_server: MotoServer, sqs: Any, queue: str,
