@@ -42,7 +42,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.offsets import OffsetTracker
-from seamline.connectors.wire import JSON_CONTENT_TYPES, MESSAGE_ID_HEADER, decode_message, field_at, outgoing_headers
+from seamline.connectors.wire import (
+    _UNPARSED,
+    JSON_CONTENT_TYPES,
+    MESSAGE_ID_HEADER,
+    decode_message,
+    field_at,
+    outgoing_headers,
+)
 from seamline.core.component import (
     BatchError,
     BuildContext,
@@ -57,6 +64,7 @@ from seamline.core.component import (
 from seamline.core.errors import FatalError, RetryableError, SeamlineError
 from seamline.core.message import Message
 from seamline.core.registry import register
+from seamline.formats.json import decode_each
 from seamline.security.secrets import Secret
 
 __all__ = ["KafkaSink", "KafkaSinkConfig", "KafkaSource", "KafkaSourceConfig"]
@@ -247,8 +255,9 @@ def _error(err: Any, what: str) -> SeamlineError:
 
 def _record_message(topic: str, spart: str, offset: int, key: bytes | None, ts_type: int, ts: int,
                     hdrs: list[tuple[str, bytes | None]] | None, value: bytes | None, content_type: str,
-                    max_bytes: int, now: float) -> tuple[Message, BaseException | None]:
-    """The message for one record (what the source hands on, in the engine or in a worker)."""
+                    max_bytes: int, now: float, parsed: Any = _UNPARSED) -> tuple[Message, BaseException | None]:
+    """The message for one record (what the source hands on, in the engine or in a worker);
+    ``parsed``: its value as ``_decoded`` decoded it with the rest of its batch."""
     soffset = str(offset)
     transport = {"kafka.topic": topic, "kafka.partition": spart, "kafka.offset": soffset}
     if key is not None:
@@ -268,7 +277,17 @@ def _record_message(topic: str, spart: str, offset: int, key: bytes | None, ts_t
         max_bytes=max_bytes,
         connector="kafka",
         now=now,
+        parsed=parsed,
     )
+
+
+def _decoded(values: list[bytes | None], content_type: str, max_bytes: int) -> list[Any]:
+    """The records' values decoded together, strictly (a refused one: its ``JsonError``), when the
+    topic's content type is JSON; else nothing is decoded ahead (each record on its own)."""
+    if content_type not in JSON_CONTENT_TYPES:
+        return [_UNPARSED] * len(values)
+    # a value over the limit is refused by ``decode_message`` before it looks at this
+    return decode_each([v or b"" for v in values], max_bytes=max(max_bytes, 1))
 
 
 class _BatchAcks:
@@ -306,9 +325,13 @@ def lane_decode(settings: dict[str, Any], payload: list[Any], now: float) -> lis
     from seamline.core.lane_worker import Fallback
 
     ctype, max_bytes = settings["content_type"], settings["max_bytes"]
+    # decoded together; a record refused here makes its message's error below (the first one found
+    # names the reason the batch goes back to the engine)
+    values = decode_each([r[6] or b"" for r in payload], max_bytes=max(max_bytes, 1))
     items = []
-    for topic, spart, offset, key, (ts_type, ts), hdrs, value in payload:
-        msg, error = _record_message(topic, spart, offset, key, ts_type, ts, hdrs, value, ctype, max_bytes, now)
+    for (topic, spart, offset, key, (ts_type, ts), hdrs, value), body in zip(payload, values, strict=True):
+        msg, error = _record_message(topic, spart, offset, key, ts_type, ts, hdrs, value, ctype, max_bytes, now,
+                                     body)
         if error is not None:
             raise Fallback(f"record {msg.id}: {getattr(error, 'code', type(error).__name__)}")
         if msg.content_type not in JSON_CONTENT_TYPES:
@@ -526,13 +549,14 @@ class KafkaSource(Source):
         out: list[Delivery] = []
         append = out.append
         with self._lock:
-            for m, (tracker, group_nack, spart) in self._accepted(msgs):
-                offset = m.offset()
-                ticket = tracker.track(offset + 1)
-                ts_type, ts = m.timestamp()
-                msg, error = _record_message(m.topic(), spart, offset, m.key(), ts_type, ts, m.headers(), m.value(),
-                                             ctype, max_bytes, now)
-                append(Delivery(msg, partial(tracker.ack, ticket), group_nack, error))
+            accepted = self._accepted(msgs)
+            tickets = [tracker.track(m.offset() + 1) for m, (tracker, _, _) in accepted]
+        bodies = _decoded([m.value() for m, _ in accepted], ctype, max_bytes)
+        for (m, (tracker, group_nack, spart)), ticket, body in zip(accepted, tickets, bodies, strict=True):
+            ts_type, ts = m.timestamp()
+            msg, error = _record_message(m.topic(), spart, m.offset(), m.key(), ts_type, ts, m.headers(), m.value(),
+                                         ctype, max_bytes, now, body)
+            append(Delivery(msg, partial(tracker.ack, ticket), group_nack, error))
         return out
 
     async def _polled(self, convert: Callable[[list[Any]], _T]) -> AsyncIterator[_T]:
@@ -596,10 +620,11 @@ class KafkaSource(Source):
         """The deliveries ``run`` makes of a raw batch's records (acknowledged together)."""
         ctype, max_bytes = self.cfg.content_type, self.cfg.max_message_bytes
         out = []
-        for m, (_, group_nack, spart) in accepted:
+        bodies = _decoded([m.value() for m, _ in accepted], ctype, max_bytes)
+        for (m, (_, group_nack, spart)), body in zip(accepted, bodies, strict=True):
             ts_type, ts = m.timestamp()
             msg, error = _record_message(m.topic(), spart, m.offset(), m.key(), ts_type, ts, m.headers(), m.value(),
-                                         ctype, max_bytes, now)
+                                         ctype, max_bytes, now, body)
             out.append(Delivery(msg, acks.ack_one, group_nack, error))
         return out
 

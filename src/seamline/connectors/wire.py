@@ -36,10 +36,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-import orjson
-
 from seamline.core.errors import FatalError
 from seamline.core.message import Message
+from seamline.formats.errors import JsonError
+from seamline.formats.json import decode as strict_json
 
 __all__ = [
     "CONTENT_TYPE_HEADER",
@@ -234,6 +234,7 @@ def incoming(
 #: content types whose bodies are parsed as JSON on the way in
 JSON_CONTENT_TYPES = ("application/json", "application/x-ndjson")
 _JSON = "application/json"
+_UNPARSED: Any = object()  # decode_message's ``parsed`` when the source decoded nothing
 
 
 def decode_message(
@@ -249,15 +250,19 @@ def decode_message(
     max_bytes: int | None = None,
     connector: str = "broker",
     now: float | None = None,
+    parsed: Any = _UNPARSED,
 ) -> tuple[Message, BaseException | None]:
     """Build the message for one received record; the error is set when it cannot be decoded.
 
     ``now`` (Unix seconds, default: the current time) stamps the message; a source that
     decodes a batch of records passes one time for all of them.
 
-    JSON bodies are parsed here, so a record that is not JSON goes to the
-    dead-letter queue at once with ``format.json.syntax`` (its text kept in
-    ``{"$raw": ...}``) instead of failing later in a step.
+    JSON bodies are decoded here, strictly (``formats.json.decode``: duplicate keys, integers
+    too big for a float and the rest are refused, as the ``file`` source refuses them), so a
+    record that is not such JSON goes to the dead-letter queue at once with its
+    ``format.json.*`` code (its text kept in ``{"$raw": ...}``) instead of failing later in a
+    step or passing on a changed value. ``parsed`` is the body a source already decoded with
+    the batch it came in (``formats.json.decode_each``: the value, or its ``JsonError``).
     """
     mid, corr, ctype, headers = incoming(
         wire_headers, message_id=message_id, correlation_id=correlation_id, content_type=content_type
@@ -276,10 +281,14 @@ def decode_message(
         )
         return Message.adopt({"$size": len(raw)}, None, mid, corr, headers, _JSON, now), err
     if ctype in JSON_CONTENT_TYPES:
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            err = FatalError(f"message {mid}: invalid JSON: {exc}", code="format.json.syntax")
+        body = parsed
+        if body is _UNPARSED:
+            try:
+                body = strict_json(raw, max_bytes=max_bytes if max_bytes is not None else max(len(raw), 1))
+            except JsonError as exc:
+                body = exc
+        if isinstance(body, JsonError):
+            err = FatalError(f"message {mid}: invalid JSON: {body}", code=body.code, details=dict(body.details))
             text = raw[:4096].decode("utf-8", "replace")
             return Message.adopt({"$raw": text}, None, mid, corr, headers, _JSON, now), err
         return Message.adopt(body, raw, mid, corr, headers, ctype, now), None

@@ -290,3 +290,28 @@ async def test_a_batch_the_sink_refuses_runs_in_the_engine(kafka_bootstrap: str,
     ids = [dict(m.headers())["message-id"].decode() for m in out]
     assert sorted(ids) == sorted(f"r-{i}" for i in range(30) if i != 10), "each record once"
     assert all(orjson.loads(m.value())["tagged"] is True for m in out)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_json_a_step_could_misread_is_dead_lettered_at_the_source(kafka_bootstrap: str, tmp_path: Path,
+                                                                        workers: int) -> None:
+    """A record with a duplicate key (which value counts?) or an integer of more than 4,300 digits is
+    refused at the edge with its own code, as the file source refuses it; the records around it go
+    through, in one process and with workers."""
+    backend = KafkaBackend(kafka_bootstrap)
+    records: list[Any] = [(b"k", orjson.dumps({"n": i}), [("message-id", f"ok-{i}".encode())]) for i in range(40)]
+    records[10] = (b"k", b'{"n": 10, "n": 11}', [("message-id", b"dup")])
+    records[25] = (b"k", b'{"n": ' + b"7" * 4301 + b"}", [("message-id", b"big")])
+    try:
+        dst = await backend.new_channel(f"strict-out-{workers}")
+        _src, stats, state = await _flow_through(
+            backend, tmp_path, f"strict-{workers}", records, steps=[{"map": {"expression": "{'m': n}"}}],
+            sink={"kafka": backend.sink_config(dst)}, batch_size=BATCH, workers=workers, delivered=38, dead=2,
+        )
+        out = await asyncio.to_thread(_read, backend.bootstrap, dst, 38)
+    finally:
+        await backend.aclose()
+    assert stats.delivered == 38
+    assert sorted(orjson.loads(m.value())["m"] for m in out) == sorted(i for i in range(40) if i not in (10, 25))
+    dead = {d.msg_id: (d.step, d.error_code) for d in await dead_letters(state)}
+    assert dead == {"dup": ("source", "format.json.duplicate_key"), "big": ("source", "format.json.big_int")}

@@ -162,3 +162,31 @@ def test_drivers_are_imported_lazily() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_decode_message_decodes_json_strictly() -> None:
+    """Broker bodies are decoded as the file source decodes lines: what a step could misread is refused."""
+    dup, err = wire.decode_message(b'{"a": 1, "a": 2}', {}, default_id="d", default_content_type="application/json",
+                                   transport={})
+    assert isinstance(err, FatalError) and err.code == "format.json.duplicate_key", err
+    assert dup.body == {"$raw": '{"a": 1, "a": 2}'}
+    # an integer orjson alone would turn into a float keeps every digit
+    big, err = wire.decode_message(b'{"n": 123456789012345678901234567890}', {}, default_id="b",
+                                   default_content_type="application/json", transport={})
+    assert err is None and big.body == {"n": 123456789012345678901234567890}
+    # what a batch decoded already is taken as it is, refusal included
+    pre, err = wire.decode_message(b'{"x": 1}', {}, default_id="p", default_content_type="application/json",
+                                   transport={}, parsed={"x": 1})
+    assert err is None and pre.body == {"x": 1}
+
+
+def test_decode_each_keeps_a_verdict_per_document() -> None:
+    from seamline.formats.errors import JsonError
+    from seamline.formats.json import decode_each
+
+    docs = [b'{"i": 0}', b'{"i": 1, "i": 1}', b"{nope", b'{"i": 3}', b"[" * 70 + b"]" * 70]
+    out = decode_each(docs)
+    assert out[0] == {"i": 0} and out[3] == {"i": 3}
+    assert [o.code for o in out if isinstance(o, JsonError)] == [
+        "format.json.duplicate_key", "format.json.syntax", "format.json.depth"]
+    assert decode_each([b'{"a": 1}', b"[2]"]) == [{"a": 1}, [2]]

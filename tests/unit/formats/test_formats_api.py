@@ -24,7 +24,8 @@ EXPORTS = {
         "XsltError",
     },
     "seamline.formats.json": {
-        "DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "MAX_INT_DIGITS", "NdjsonItem", "decode", "decode_many", "encode",
+        "DEFAULT_MAX_BYTES", "DEFAULT_MAX_DEPTH", "MAX_INT_DIGITS", "NdjsonItem", "decode", "decode_each",
+        "decode_many", "encode",
         "encode_ndjson", "iter_ndjson", "write_ndjson",
     },
     "seamline.formats.xml": {
