@@ -140,7 +140,15 @@ class Message:
             elif isinstance(body, str) and self.content_type not in _JSON_TYPES:
                 self._raw = body.encode()
             else:
-                self._raw = orjson.dumps(body)
+                try:
+                    self._raw = orjson.dumps(body)
+                except TypeError as exc:
+                    if "64-bit" not in str(exc):
+                        raise
+                    # an integer beyond 64 bits (strict decoding keeps every digit): written exactly
+                    from seamline.formats.json import encode
+
+                    self._raw = encode(body)
         return self._raw
 
     @property

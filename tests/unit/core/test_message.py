@@ -35,3 +35,8 @@ def test_adopt_takes_the_headers_over_and_matches_the_constructor() -> None:
     assert a.to_record() == b.to_record()
     assert (a.correlation_id, a.route, a.custody, a.effects, a.attempt) == ("m7", None, None, None, 0)
     assert Message.adopt(None, None, "m8", "c8", {}, "application/json", 1.0).correlation_id == "c8"
+
+
+def test_an_integer_beyond_64_bits_is_written_with_every_digit() -> None:
+    m = Message({"n": 123456789012345678901234567890, "x": [2**64]}, id="wide")
+    assert m.raw == b'{"n":123456789012345678901234567890,"x":[18446744073709551616]}'
