@@ -46,6 +46,7 @@ __all__ = [
     "CORRELATION_HEADER",
     "JSON_CONTENT_TYPES",
     "MESSAGE_ID_HEADER",
+    "NOT_DECODED",
     "PLACEHOLDER",
     "TRACEPARENT",
     "TRANSPORT_PREFIXES",
@@ -234,7 +235,8 @@ def incoming(
 #: content types whose bodies are parsed as JSON on the way in
 JSON_CONTENT_TYPES = ("application/json", "application/x-ndjson")
 _JSON = "application/json"
-_UNPARSED: Any = object()  # decode_message's ``parsed`` when the source decoded nothing
+#: ``decode_message``'s ``parsed`` when the source decoded nothing ahead
+NOT_DECODED: Any = object()
 
 
 def decode_message(
@@ -250,7 +252,7 @@ def decode_message(
     max_bytes: int | None = None,
     connector: str = "broker",
     now: float | None = None,
-    parsed: Any = _UNPARSED,
+    parsed: Any = NOT_DECODED,
 ) -> tuple[Message, BaseException | None]:
     """Build the message for one received record; the error is set when it cannot be decoded.
 
@@ -282,7 +284,7 @@ def decode_message(
         return Message.adopt({"$size": len(raw)}, None, mid, corr, headers, _JSON, now), err
     if ctype in JSON_CONTENT_TYPES:
         body = parsed
-        if body is _UNPARSED:
+        if body is NOT_DECODED:
             try:
                 body = strict_json(raw, max_bytes=max_bytes if max_bytes is not None else max(len(raw), 1))
             except JsonError as exc:
