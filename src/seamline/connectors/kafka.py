@@ -327,7 +327,7 @@ def lane_decode(settings: dict[str, Any], payload: list[Any], now: float) -> lis
     ctype, max_bytes = settings["content_type"], settings["max_bytes"]
     # decoded together; a record refused here makes its message's error below (the first one found
     # names the reason the batch goes back to the engine)
-    values = decode_each([r[6] or b"" for r in payload], max_bytes=max(max_bytes, 1))
+    values = _decoded([r[6] for r in payload], ctype, max_bytes)
     items = []
     for (topic, spart, offset, key, (ts_type, ts), hdrs, value), body in zip(payload, values, strict=True):
         msg, error = _record_message(topic, spart, offset, key, ts_type, ts, hdrs, value, ctype, max_bytes, now,
@@ -745,11 +745,9 @@ class _Sent:
         every = [i for i in range(self.total) if i not in self.refused]
         out = []
         for err, msg in self.failed:
-            mid = None
-            for hk, hv in (msg.headers() or ()) if msg is not None else ():
-                if hk == MESSAGE_ID_HEADER and hv is not None:
-                    mid = hv.decode("utf-8", "replace")
-            out.append((by_id.get(mid, every) if mid is not None else every, err))
+            mid = next((hv.decode("utf-8", "replace") for hk, hv in msg.headers() or ()
+                        if hk == MESSAGE_ID_HEADER and hv is not None), None)
+            out.append((by_id.get(mid, every), err))
         return out
 
 
