@@ -33,6 +33,33 @@ from seamline.store.migrations import SQLITE_MIGRATIONS
 
 __all__ = ["SqliteStore"]
 
+_BUSY_TIMEOUT = 30.0
+
+
+def _connect_wal(path: str) -> sqlite3.Connection:
+    """A connection in WAL mode that waits up to ``_BUSY_TIMEOUT`` for other processes' locks.
+
+    Switching a new database to WAL needs its exclusive lock, and SQLite answers "database is
+    locked" at once, without calling the busy handler, when two connections both hold a shared
+    lock and want it (it would deadlock otherwise). Processes that open a new database together
+    therefore retry the switch until the deadline instead of failing."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT)
+    deadline = time.monotonic() + _BUSY_TIMEOUT
+    pause = 0.002
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                conn.close()
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
+    return conn
+
 # One row holds every hop of every message of one batch of one flow, packed; ``journal_key`` (a
 # full-text index, one document per batch row) maps each message id and correlation id to the
 # batches that mention it, and ``trace`` expands the matching entries into one record per hop.
@@ -142,21 +169,14 @@ class SqliteStore:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn = _connect_wal(self.path)
         conn.execute("PRAGMA foreign_keys=ON")
         self._conn = conn
         self._migrate()
         if self.path == ":memory:":
             self._jconn = conn
         else:
-            j = sqlite3.connect(self.journal_path, isolation_level=None, check_same_thread=False, timeout=30.0)
-            j.execute("PRAGMA journal_mode=WAL")
-            j.execute("PRAGMA synchronous=NORMAL")
-            j.execute("PRAGMA busy_timeout=30000")
-            self._jconn = j
+            self._jconn = _connect_wal(self.journal_path)
         (made,) = self._jconn.execute(
             "SELECT count(*) FROM sqlite_master WHERE name IN ('journal_batch', 'journal_key', 'journal_batch_ts')"
         ).fetchone()

@@ -11,6 +11,8 @@ import pytest
 
 from seamline.core.message import Message
 from seamline.store import Batch, DeadLetter, DlqFilter, RetryEntry, Store, open_store
+from seamline.store.migrations import SQLITE_MIGRATIONS
+from seamline.store.sqlite import SqliteStore
 
 
 def _sqlite(tmp: Path) -> Store:
@@ -212,20 +214,41 @@ async def test_state_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_two_processes_opening_a_new_database_at_once_migrate_once(tmp_path: Path) -> None:
+    """Several processes open the same new database at the same moment: each waits for the
+    others' locks (switching to WAL included) instead of failing with "database is locked"."""
     import subprocess
     import sys
 
     code = (
-        "import asyncio, sys\n"
+        "import asyncio, os, sys, time\n"
         "from seamline.store import open_store\n"
+        "print('ready', flush=True)\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
         "async def main():\n"
         "    s = open_store(sys.argv[1]); await s.open(); await s.close()\n"
         "asyncio.run(main())\n"
     )
-    db = str(tmp_path / "new.db")
-    procs = [subprocess.Popen([sys.executable, "-c", code, db], stderr=subprocess.PIPE) for _ in range(4)]
-    errors = [p.communicate(timeout=60)[1].decode() for p in procs]
-    assert all(p.returncode == 0 for p in procs), errors
+    for round_ in range(8):
+        db, go = tmp_path / f"new{round_}.db", tmp_path / f"go{round_}"
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(db), str(go)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(6)
+        ]
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline() == b"ready\n"
+        go.touch()
+        errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+        assert all(p.returncode == 0 for p in procs), errors
+        store = SqliteStore(str(db))
+        store.open_sync()
+        try:
+            (version,) = store.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            assert int(version) == len(SQLITE_MIGRATIONS)
+            assert store.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        finally:
+            store.close_sync()
 
 
 async def test_inbox_put_with_delivery_ids_is_atomic(store: Store) -> None:
