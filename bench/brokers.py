@@ -261,6 +261,7 @@ async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3,
         )
         wait_port(port)
         bootstrap = f"127.0.0.1:{port}"
+    admin: AdminClient | None = None
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap})
         orders = make_orders(n)
@@ -321,6 +322,7 @@ async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3,
             print(f"kafka     {label}: ratio per round {shown} (median {ratios[len(ratios) // 2]:.2f}x)")
         return max(raw_rates), max(sl_rates), max(slw_rates)
     finally:
+        admin = None  # closed before the broker stops: it would log the lost connection
         if proc is not None:
             proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):

@@ -60,6 +60,7 @@ def _connect_wal(path: str) -> sqlite3.Connection:
     conn.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
     return conn
 
+
 # One row holds every hop of every message of one batch of one flow, packed; ``journal_key`` (a
 # full-text index, one document per batch row) maps each message id and correlation id to the
 # batches that mention it, and ``trace`` expands the matching entries into one record per hop.
