@@ -93,6 +93,20 @@ _TP = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # Trace ids need to be unique, not secret: a PRNG seeded from the OS avoids a system call per message
 # (which, on a busy process, also means giving up and waiting for the GIL twice per message).
 _rng = random.Random(os.urandom(32))
+# trace and span ids made ahead, 48 hex digits each: one call of the generator serves many messages
+_IDS: list[str] = []
+_IDS_AHEAD = 256
+
+
+def _reseed() -> None:
+    """A forked process (the workers of ``settings.workers``) draws its own ids: without this it would
+    repeat its parent's, and every other child's, trace contexts one for one."""
+    _rng.seed(os.urandom(32))
+    _IDS.clear()
+
+
+if hasattr(os, "register_at_fork"):  # (not on Windows, which has no fork either)
+    os.register_at_fork(after_in_child=_reseed)
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
 
@@ -113,7 +127,13 @@ def _checked(value: str) -> str:
 
 def new_traceparent() -> str:
     """A fresh W3C trace context: version 00, random trace and span ids, sampled."""
-    ids = _rng.randbytes(24).hex()
+    while True:
+        try:
+            ids = _IDS.pop()
+            break
+        except IndexError:  # (another thread may take the last ones between a refill and the pop)
+            digits = _rng.randbytes(24 * _IDS_AHEAD).hex()
+            _IDS.extend([digits[i : i + 48] for i in range(0, len(digits), 48)])
     trace, span = ids[:32], ids[32:]
     if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # all zero is invalid (2^-64 odds at worst)
         return new_traceparent()

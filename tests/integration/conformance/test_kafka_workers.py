@@ -194,6 +194,8 @@ async def test_workers_write_the_same_records_as_the_engine_alone(
     kept = [i for i in range(N) if i not in FILTERED and i != POISON]
     traced = [i for i in kept if i % 11 == 0 and i % 10 != 5]
     assert traced and all(w[str(i)][3] == TRACED for i in traced)
+    fresh = [rec[3] for rec in w.values() if rec[3] != TRACED]
+    assert len(set(fresh)) == len(fresh), "each record without a trace context got its own"
     sample = w["0"]
     assert orjson.loads(sample[0])["cents"] == 0 and sample[1] == b"k0"
     assert ("x-tenant", "acme") in sample[2] and ("correlation-id", "order-0") in sample[2]

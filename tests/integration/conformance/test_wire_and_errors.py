@@ -25,6 +25,37 @@ def test_traceparent_format_and_validation() -> None:
     assert wire.is_valid_traceparent(f"  {tp}\n"), "surrounding whitespace is tolerated"
 
 
+def test_traceparents_are_unique_across_many_and_across_forked_processes() -> None:
+    """Workers are forked from the engine: each draws its own trace and span ids instead of
+    repeating the engine's (and every other worker's) one for one. (A fresh single-threaded
+    interpreter forks, as the engine does before it starts its threads.)"""
+    code = "\n".join([
+        "import os",
+        "from seamline.connectors import wire",
+        "made = [wire.new_traceparent() for _ in range(300)]",
+        "for _ in range(2):",
+        "    r, w = os.pipe()",
+        "    pid = os.fork()",
+        "    if pid == 0:",
+        "        os.write(w, ' '.join(wire.new_traceparent() for _ in range(20)).encode())",
+        "        os._exit(0)",
+        "    os.close(w)",
+        "    with os.fdopen(r, 'rb') as f:",
+        "        print('child', f.read().decode())",
+        "    os.waitpid(pid, 0)",
+        "print('parent', ' '.join(made + [wire.new_traceparent() for _ in range(20)]))",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    ids: dict[str, list[str]] = {"child": [], "parent": []}
+    for line in out.splitlines():
+        who, _, tps = line.partition(" ")
+        ids[who].extend(tps.split())
+    assert len(ids["child"]) == 40 and len(ids["parent"]) == 320, out
+    every = ids["child"] + ids["parent"]
+    assert all(map(wire.is_valid_traceparent, every))
+    assert len(set(every)) == len(every), "a trace context was drawn twice"
+
+
 def test_ensure_traceparent_checks_what_it_did_not_make_or_read() -> None:
     m = Message({}, headers={"traceparent": "00-" + "a" * 32 + "-" + "0" * 16 + "-01"})
     tp = wire.ensure_traceparent(m)
