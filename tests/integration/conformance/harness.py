@@ -685,6 +685,11 @@ class ConformanceSuite:
         assert not dl, [(d.msg_id, d.error_message) for d in dl]
         missing = ids - out.ids()
         assert not missing, f"{len(missing)} lost"
+        # each message got a trace context of its own: the engine, its restart and any forked
+        # workers each draw their own ids
+        tps = [m.headers.get("traceparent") for m in out.by_id().values()]
+        assert all(map(is_valid_traceparent, tps)), tps[:5]
+        assert len(set(tps)) == len(tps), f"{len(tps) - len(set(tps))} trace contexts drawn twice"
 
     async def test_poison_message_goes_to_dlq(self, backend: Backend, tmp_path: Path) -> None:
         """A message that is not JSON is dead-lettered with its reason; the others are delivered and
