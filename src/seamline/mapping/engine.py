@@ -22,7 +22,7 @@ import orjson
 from seamline.core.errors import SeamlineError
 from seamline.mapping.compiler.parser import Node
 from seamline.mapping.errors import MappingError, error_from_engine_message
-from seamline.mapping.functions import max_positional
+from seamline.mapping.functions import STANDINS, max_positional
 from seamline.mapping.values import UNDEFINED
 
 __all__ = ["EngineExpression", "call_host_function"]
@@ -271,8 +271,10 @@ class EngineExpression:
         except ValueError as exc:
             raise error_from_engine_message(str(exc), expression=self.source) from None
         for name, fn in functions.items():
+            # a standard function the engine lacks replaces the engine's name for it deliberately
+            register = expr.register_override if name in STANDINS else expr.register
             try:
-                expr.register(name, _host(name, fn))
+                register(name, _host(name, fn))
             except ValueError as exc:
                 raise MappingError(
                     f"function ${name} cannot be registered: {exc}", jsonata_code="function_error"

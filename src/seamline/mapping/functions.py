@@ -8,6 +8,7 @@ Built in (see the reference docs for each):
   (:mod:`.timezones`)
 * ``$uuid()`` -- a random UUID (version 4) as text
 * ``$hash(algorithm, text)`` -- hex digest; sha256, sha1, md5, sha512 or blake2b
+* ``$random()`` and ``$clone(value)`` -- standard JSONata functions the embedded engine lacks
 
 Your own: :func:`register_function` adds a Python function to every mapping
 compiled afterwards; ``compile(..., functions={...})`` adds functions to one
@@ -20,8 +21,10 @@ lookup); any other exception becomes a ``mapping.function_error``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
+import random
 import re
 import threading
 import uuid
@@ -35,10 +38,13 @@ from seamline.mapping.timezones import parse_datetime, to_timezone, to_timezone_
 __all__ = [
     "INTEGRATION_FUNCTIONS",
     "JSONATA_BUILTINS",
+    "STANDINS",
     "ValueMaps",
+    "clone",
     "hash_text",
     "is_trusted",
     "new_uuid",
+    "random_number",
     "register_function",
     "registered_functions",
     "specialise",
@@ -135,6 +141,17 @@ def hash_text(algorithm: Any, text: Any) -> str | None:
     return hashlib.new(algorithm, text.encode("utf-8")).hexdigest()
 
 
+def random_number() -> float:
+    """``$random()``: a pseudo-random number at least 0 and less than 1 (JSONata's ``$random``)."""
+    return random.random()
+
+
+def clone(value: Any = None) -> Any:
+    """``$clone(value)``: a deep copy of an object or array (JSONata's ``$clone``); other values as
+    they are."""
+    return copy.deepcopy(value) if isinstance(value, dict | list) else value
+
+
 def new_uuid() -> str:
     """``$uuid()``: a random (version 4) UUID as lowercase text."""
     return str(uuid.uuid4())
@@ -200,7 +217,14 @@ INTEGRATION_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "parseDateTime": parse_datetime,
     "uuid": new_uuid,
     "hash": hash_text,
+    # standard JSONata functions the embedded engine does not have (see ``STANDINS``)
+    "random": random_number,
+    "clone": clone,
 }
+
+#: standard JSONata functions that seamline supplies itself: the embedded engine knows their names
+#: but has no implementation ("Attempted to invoke a non-function")
+STANDINS = frozenset({"random", "clone"})
 
 _registry: dict[str, Callable[..., Any]] = {}
 _registry_lock = threading.Lock()

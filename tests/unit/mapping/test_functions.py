@@ -1,4 +1,5 @@
-"""Integration functions ($xref, $translate, $uuid, $hash, ...) and user functions, on both paths."""
+"""Integration functions ($xref, $translate, $uuid, $hash, ...), the standard functions seamline
+supplies ($random, $clone) and user functions, on both paths."""
 
 from __future__ import annotations
 
@@ -79,6 +80,26 @@ def test_uuid_is_a_fresh_v4(path: str) -> None:
     assert first != second
     assert uuid.UUID(first).version == 4
     assert re.fullmatch(r"[0-9a-f-]{36}", first)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_random_gives_numbers_from_zero_to_below_one(path: str) -> None:
+    """``$random()`` is standard JSONata; the embedded engine names it but has no implementation."""
+    numbers = run(compile("[1..200].$random()"), {}, path)
+    assert len(numbers) == 200 and len(set(numbers)) == 200
+    assert all(isinstance(x, float) and 0.0 <= x < 1.0 for x in numbers)
+    assert run(compile("{'id': id, 'sample': $random() < 0.5 ? 'a' : 'b'}"), {"id": 7}, path)["sample"] in "ab"
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_clone_copies_deeply(path: str) -> None:
+    data = {"order": {"lines": [{"sku": "A", "qty": 1}], "tags": ["x"]}}
+    copied = run(compile("$clone(order)"), data, path)
+    assert copied == data["order"]
+    copied["lines"][0]["qty"] = 99
+    assert data["order"]["lines"][0]["qty"] == 1, "the copy shares nothing with the input"
+    assert run(compile("order ~> $clone()"), data, path) == data["order"]
+    assert run(compile("$clone(nothing)"), data, path) is None
 
 
 @pytest.mark.parametrize("path", PATHS)
