@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from decimal import Decimal
@@ -78,6 +79,54 @@ def _host(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return host
+
+
+# -- the clock: $now([picture[, timezone]]) and $millis() -----------------------------------------
+# The engine's own $now takes no arguments; JSONata's formats the time as $fromMillis does when a
+# picture or a time zone is given. Both read one clock per evaluation, as JSONata requires.
+
+_FROM_MILLIS = {  # which arguments are given -> the engine expression that formats the time
+    (True, False): "$fromMillis($ms, $picture)",
+    (False, True): "$fromMillis($ms, $nothing, $timezone)",
+    (True, True): "$fromMillis($ms, $picture, $timezone)",
+}
+
+
+def _clock_ms() -> int:
+    ms: int | None = getattr(_state, "clock_ms", None)
+    if ms is None:
+        ms = _state.clock_ms = int(time.time() * 1000)
+    return ms
+
+
+def _millis() -> int:
+    return _clock_ms()
+
+
+def _now(picture: Any = None, timezone: Any = None) -> Any:
+    ms = _clock_ms()
+    if picture is None and timezone is None:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    for index, arg in enumerate((picture, timezone), 1):
+        if arg is not None and not isinstance(arg, str):
+            raise MappingError(f"Argument {index} of function $now must be a string", jsonata_code="T0410")
+    # engine expressions belong to the thread that made them: one set per thread
+    formats: dict[tuple[bool, bool], Any] | None = getattr(_state, "formats", None)
+    if formats is None:
+        formats = _state.formats = {}
+    shape = (picture is not None, timezone is not None)
+    expr = formats.get(shape)
+    if expr is None:
+        expr = formats[shape] = jsonatapy.compile(_FROM_MILLIS[shape])
+    try:
+        out = expr.evaluate_json_or_none("null", {"ms": ms, "picture": picture, "timezone": timezone})
+    except ValueError as exc:
+        raise error_from_engine_message(str(exc), expression=f"$now({picture!r}, {timezone!r})") from None
+    return None if out is None else orjson.loads(out)
+
+
+#: the engine's own functions seamline replaces in every expression
+_CLOCK = {"now": _now, "millis": _millis}
 
 
 _GUARD_NAME = "__seamline_limit"
@@ -270,6 +319,8 @@ class EngineExpression:
             )
         except ValueError as exc:
             raise error_from_engine_message(str(exc), expression=self.source) from None
+        for name, fn in _CLOCK.items():
+            expr.register_override(name, _host(name, fn))
         for name, fn in functions.items():
             # a standard function the engine lacks replaces the engine's name for it deliberately
             register = expr.register_override if name in STANDINS else expr.register
@@ -302,6 +353,7 @@ class EngineExpression:
             raise MappingError(f"input is not JSON data: {exc}", jsonata_code="input") from None
         _state.error = None
         _state.allocated = 0
+        _state.clock_ms = None
         try:
             out = expr.evaluate_json_or_none(text, plain or None)
         except ValueError as exc:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -100,6 +102,37 @@ def test_clone_copies_deeply(path: str) -> None:
     assert data["order"]["lines"][0]["qty"] == 1, "the copy shares nothing with the input"
     assert run(compile("order ~> $clone()"), data, path) == data["order"]
     assert run(compile("$clone(nothing)"), data, path) is None
+
+
+def test_now_formats_with_a_picture_and_a_timezone() -> None:
+    """``$now(picture[, timezone])`` formats the time as ``$fromMillis`` does (the embedded engine's
+    ``$now`` took no arguments); every ``$now()`` and ``$millis()`` of one evaluation read one clock."""
+    before = int(time.time() * 1000)
+    day, clock, shifted, iso, ms, zoned = compile(
+        "[$now('[Y0001]-[M01]-[D01]'), $now('[H01]:[m01] [Z]', '+0530'), $now(undefined, '-0500'), $now(), "
+        "$millis(), $now('[Y0001]-[M01]-[D01]T[H01]:[m01]:[s01].[f001][Z]', '+0100')]"
+    ).evaluate({})
+    after = int(time.time() * 1000)
+    assert before <= ms <= after
+    moment = datetime.fromtimestamp(ms / 1000, UTC)
+    assert iso == moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    assert day == moment.strftime("%Y-%m-%d")
+    assert clock == (moment + timedelta(hours=5, minutes=30)).strftime("%H:%M") + " +05:30"
+    assert datetime.fromisoformat(shifted) == moment and shifted.endswith("-05:00")
+    assert datetime.fromisoformat(zoned) == moment
+    assert datetime.fromisoformat(zoned).utcoffset() == timezone(timedelta(hours=1)).utcoffset(None)
+    with pytest.raises(MappingError) as info:
+        compile("$now(5)").evaluate({})
+    assert info.value.code == "mapping.T0410" and "$now" in info.value.message
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_now_and_millis_read_one_clock_per_evaluation(path: str) -> None:
+    expression = compile("{'a': $now(), 'b': [1..50].$now(), 'ms': $millis(), 'ms2': [1..50].$millis()}")
+    out = run(expression, {}, path)
+    assert set(out["b"]) == {out["a"]} and set(out["ms2"]) == {out["ms"]}
+    moment = datetime.fromtimestamp(out["ms"] / 1000, UTC)
+    assert out["a"] == moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{out['ms'] % 1000:03d}Z"
 
 
 @pytest.mark.parametrize("path", PATHS)
