@@ -35,6 +35,7 @@ from seamline.core.registry import flow_check, register
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig"]
 
 _FP_BYTES = 1024
+_BOM = b"\xef\xbb\xbf"
 _READ_BUFFER = 1 << 20
 _SKIP_CHUNK = 64 * 1024
 
@@ -236,6 +237,8 @@ class FileSource(Source):
         limit = self.cfg.max_record_bytes
         size = self.batch_size
         with path.open("rb", buffering=_READ_BUFFER) as f:
+            if offset == 0 and f.read(3) == _BOM:
+                offset = 3  # a byte order mark is not part of the first record (nor of its raw bytes)
             f.seek(offset)
             readline = f.readline
             while True:

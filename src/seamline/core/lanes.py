@@ -185,6 +185,8 @@ class LanePool:
         self._draining = False
         self._changed = asyncio.Condition()
         self._tasks: set[asyncio.Task[None]] = set()
+        # killed workers nobody has waited for yet (one killed while starting): stop() reaps them
+        self._ending: set[_Worker] = set()
         self._enc = msgspec.msgpack.Encoder()
         self._dec = msgspec.msgpack.Decoder()
         self.restarts = 0
@@ -295,10 +297,15 @@ class LanePool:
                 w.kill()
                 with contextlib.suppress(Exception):
                     await w.wait()
+        ending, self._ending = list(self._ending), set()
+        for w in ending:  # killed already: only their exit is left to collect
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(w.wait()), 5.0)
 
-    @staticmethod
-    def _end(w: _Worker) -> None:
+    def _end(self, w: _Worker) -> None:
         w.kill()
+        if w.returncode is None:
+            self._ending.add(w)
 
     # -- work ---------------------------------------------------------------------------------------
     async def run(self, request: list[Any]) -> list[Any] | None:
@@ -337,6 +344,8 @@ class LanePool:
             self._end(w)
         with contextlib.suppress(TimeoutError, Exception):
             await asyncio.wait_for(asyncio.shield(w.wait()), 5.0)
+        if w.returncode is not None:
+            self._ending.discard(w)
         async with self._changed:
             self._all.discard(w)
             if not (self._stopping or self._draining):

@@ -14,12 +14,12 @@ from seamline.core.engine import Engine
 from seamline.store import DlqFilter, open_store
 
 
-def _flow(tmp: Path, batch_size: int = 3, **src: object) -> Flow:
+def _flow(tmp: Path, batch_size: int = 3, workers: int = 0, **src: object) -> Flow:
     return Flow(
         "files",
         source=source("file", path=str(tmp / "in.ndjson"), id_field="id", **src),
         sinks=[sink("file", label="out", path=str(tmp / "out.ndjson"), fsync=False)],
-        settings={"batch_size": batch_size},
+        settings={"batch_size": batch_size, "workers": workers},
     )
 
 
@@ -102,3 +102,20 @@ async def test_a_clean_batch_keeps_record_numbers_ids_and_raw_bytes(tmp_path: Pa
     assert [m.body for m in msgs] == [{"n": 1}, {"n": 2}, {"n": 3}, {"n": 4}]
     assert msgs[1].raw == b'{"n": 2}'  # the record as read, without the blanks around it
     assert all(d.error is None for b in got for d in b)
+
+
+async def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path: Path) -> None:
+    """An export from a Windows tool starts with a UTF-8 byte order mark: the first record is read
+    without it, and a flow that passes records through unchanged does not copy it into the middle
+    of its output (with or without worker processes)."""
+    lines = [b'{"id": "a", "n": 1}', b'{"id": "b", "n": 2}', b'{"id": "c", "n": 3}']
+    for workers in (0, 2):
+        run = tmp_path / f"w{workers}"
+        run.mkdir()
+        (run / "in.ndjson").write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(lines) + b"\r\n")
+        (run / "out.ndjson").write_bytes(b'{"id": "before"}\n')
+        fl = _flow(run, workers=workers)
+        await _run(fl, run)
+        assert (run / "out.ndjson").read_bytes().splitlines() == [b'{"id": "before"}', *lines], workers
+        await _run(fl, run)  # the position was kept past the mark too
+        assert len((run / "out.ndjson").read_bytes().splitlines()) == 4
