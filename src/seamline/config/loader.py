@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from seamline.config.envrefs import expand_refs
 from seamline.config.models import FlowSettings, OnErrorConfig
 from seamline.config.yamlpos import Located, YamlLoadError, load_with_positions
 from seamline.core.errors import ConfigError, ConfigIssue
@@ -204,6 +205,19 @@ class _FileLoader:
         role: Role | None = None,
     ) -> Any:
         ctx = {"base_dir": self.file.parent.resolve()}
+        value, unresolved = expand_refs(model, value, ctx["base_dir"])
+        if unresolved:
+            for loc, message in unresolved:
+                field = ".".join(str(x) for x in loc)
+                self.issue(
+                    f"field '{field}': {message}",
+                    (*path, *loc),
+                    kind=kind if role != "source" else f"source ({kind})",
+                    step=step if role in ("step", "sink") else None,
+                    field=field,
+                    code="config.secret_ref",
+                )
+            return None
         try:
             return model.model_validate(value, context=ctx)
         except ValidationError as exc:
@@ -223,6 +237,29 @@ class _FileLoader:
                         key=True,
                         hint=_suggest(str(loc[-1]), fields),
                         code="config.unknown_field",
+                        **who,
+                    )
+                elif e["type"] == "union_tag_not_found":
+                    key = str((e.get("ctx") or {}).get("discriminator", "'type'")).strip("'")
+                    tags = _union_tags(model, loc, key)
+                    given = e.get("input")
+                    named = [k for k in given if k in tags] if isinstance(given, dict) else []
+                    self.issue(
+                        f"field '{field}' needs '{key}'" + (f": one of {', '.join(tags)}" if tags else ""),
+                        (*path, *loc),
+                        hint=f"write {{{key}: {named[0]}, ...}}, the settings beside it" if named else None,
+                        code="config.invalid_value",
+                        **who,
+                    )
+                elif e["type"] == "union_tag_invalid":
+                    key = str((e.get("ctx") or {}).get("discriminator", "'type'")).strip("'")
+                    tags = _union_tags(model, loc, key)
+                    tag = str((e.get("ctx") or {}).get("tag", ""))
+                    self.issue(
+                        f"field '{field}': unknown {key} '{tag}'" + (f" (one of {', '.join(tags)})" if tags else ""),
+                        (*path, *loc, key),
+                        hint=_suggest(tag, tags),
+                        code="config.invalid_value",
                         **who,
                     )
                 elif e["type"] == "missing":
@@ -260,6 +297,33 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
         return fields + aliases
     except AttributeError:
         return []
+
+
+def _union_tags(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> list[str]:
+    """The values ``key`` may take in the variants of the union at ``loc`` (``type: bearer``, ...)."""
+    current: Any = model
+    ann: Any = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        try:
+            ann = current.model_fields[part].annotation
+        except (AttributeError, KeyError):
+            return []
+        current = _model_in(ann)
+    tags: list[str] = []
+
+    def collect(a: Any) -> None:
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            f = a.model_fields.get(key)
+            if f is not None:
+                tags.extend(t for t in getattr(f.annotation, "__args__", ()) if isinstance(t, str))
+            return
+        for arg in getattr(a, "__args__", ()) or ():
+            collect(arg)
+
+    collect(ann)
+    return tags
 
 
 def _model_in(ann: Any) -> Any:

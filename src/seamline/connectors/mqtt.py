@@ -47,7 +47,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import Field, field_validator
 
 from seamline.config.models import ComponentConfig, SinkConfig, SourceConfig
-from seamline.config.types import Duration, SecretStr
+from seamline.config.types import Duration, MaybeSecret, SecretStr
 from seamline.connectors.wire import (
     CORRELATION_HEADER,
     MESSAGE_ID_HEADER,
@@ -71,7 +71,7 @@ _ENVELOPE = frozenset({MESSAGE_ID_HEADER, CORRELATION_HEADER, TRACEPARENT, "trac
 
 
 class _MqttConnection(ComponentConfig):
-    url: str | SecretStr = Field(
+    url: MaybeSecret = Field(
         "mqtt://127.0.0.1:1883",
         description="Broker URL: `mqtt://host:1883` or `mqtts://host:8883` (TLS); may use ${env:NAME}.",
     )

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from seamline.config.models import ComponentConfig, SinkConfig, SourceConfig
-from seamline.config.types import Duration, SecretStr
+from seamline.config.types import Duration, MaybeSecret, SecretStr
 from seamline.connectors.wire import (
     CONTENT_TYPE_HEADER,
     CORRELATION_HEADER,
@@ -51,7 +51,7 @@ log = logging.getLogger("seamline.connectors.redis")
 
 
 class _RedisConnection(ComponentConfig):
-    url: str | SecretStr = Field(
+    url: MaybeSecret = Field(
         "redis://127.0.0.1:6379/0",
         description="Redis URL (`redis://[user@]host:port/db`, `rediss://` for TLS); may use ${env:NAME}.",
     )

@@ -123,6 +123,61 @@ def test_secret_references_resolve_and_never_print(tmp_path: Path, monkeypatch: 
     assert cfg.url.reveal() == "sqlite:///secret-pw.db"
 
 
+def test_references_in_plain_settings_resolve_as_plain_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One flow file for every environment: a path, topics, a list of servers and header values take
+    ``${env:...}`` / ``${file:...}``; secret settings still resolve into secrets."""
+    monkeypatch.setenv("IN_DIR", "exports")
+    monkeypatch.setenv("TOPIC_PREFIX", "prod")
+    monkeypatch.setenv("KAFKA", "broker-1:9092")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw-9@cache:6379/0")
+    (tmp_path / "tenant.txt").write_text("acme\n")
+    text = """\
+flow: env
+source:
+  kafka: {bootstrap_servers: '${env:KAFKA}', topics: ['${env:TOPIC_PREFIX}.orders', audit], group: g}
+steps:
+  - map: {expression: "{'id': id}", label: m}
+sinks:
+  - file: {path: '${env:IN_DIR}/out-${file:tenant.txt}.ndjson', label: erp}
+  - redis: {url: '${env:REDIS_URL}', stream: s, label: cache}
+  - http: {url: 'http://127.0.0.1:9/${env:TOPIC_PREFIX}', headers: {X-Env: '${env:TOPIC_PREFIX}'}, label: api}
+"""
+    (flow,) = load_flows(write(tmp_path, text))
+    src = flow.source.config
+    assert src.topics == ["prod.orders", "audit"]
+    assert src.bootstrap_servers.reveal() == "broker-1:9092", "a connection setting stays a secret"
+    assert flow.sinks[0].config.path == "exports/out-acme.ndjson"
+    redis = flow.sinks[1].config
+    assert redis.url.reveal() == "redis://:pw-9@cache:6379/0" and "pw-9" not in repr(redis)
+    http = flow.sinks[2].config
+    assert http.url == "http://127.0.0.1:9/prod"
+    assert http.headers["X-Env"].reveal() == "prod"
+
+
+def test_an_unresolved_reference_names_file_line_and_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    text = GOOD.replace("  - file: {path: out.ndjson, label: erp}",
+                        "  - file: {path: '${env:NOT_SET_ANYWHERE}/out.ndjson', label: erp}")
+    (problem,) = issues(tmp_path, text)
+    assert problem.endswith(
+        "flow.yaml:10:18: step 'erp' (file): field 'path': environment variable 'NOT_SET_ANYWHERE' is not set"
+    ), problem
+    r = cli("validate", str(tmp_path / "flow.yaml"))
+    assert r.returncode == 2 and "environment variable 'NOT_SET_ANYWHERE' is not set" in r.stderr
+
+
+def test_a_union_without_its_type_says_which_types_there_are(tmp_path: Path) -> None:
+    text = GOOD.replace("  - file: {path: out.ndjson, label: erp}",
+                        "  - http: {url: 'http://127.0.0.1:9/x', auth: {bearer: {token: t}}, label: api}")
+    (problem,) = issues(tmp_path, text)
+    assert "field 'auth' needs 'type': one of basic, bearer, api_key" in problem
+    assert "(write {type: bearer, ...}, the settings beside it)" in problem
+    text = GOOD.replace("  - file: {path: out.ndjson, label: erp}",
+                        "  - http: {url: 'http://127.0.0.1:9/x', auth: {type: bearr, token: t}, label: api}")
+    (problem,) = issues(tmp_path, text)
+    assert "field 'auth': unknown type 'bearr'" in problem and "did you mean 'bearer'?" in problem
+
+
 def test_validate_command_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD, "good.yaml")
     r = cli("validate", str(good))
