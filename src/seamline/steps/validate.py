@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlparse
 
 import jsonschema_rs
 import orjson
@@ -16,7 +17,7 @@ from seamline.core.errors import FatalError
 from seamline.core.message import Message
 from seamline.core.registry import register
 
-__all__ = ["ValidateConfig", "ValidateStep", "ValidationFailed"]
+__all__ = ["ValidateConfig", "ValidateStep", "ValidationFailed", "json_validator"]
 
 
 class ValidationFailed(FatalError):
@@ -34,6 +35,11 @@ class ValidateConfig(StepConfig):
         "json-schema", description="Schema language: JSON Schema (data), XSD (XML bodies) or Avro (data)."
     )
     max_errors: int = Field(10, ge=1, description="How many violations to report per message.")
+    formats: bool = Field(
+        True,
+        description="JSON Schema: check `format` (`date-time`, `date`, `email`, `uuid`, `ipv4`, `uri`, ...); "
+        "`false` leaves formats as annotations, as the specification does unless asked.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ValidateConfig:
@@ -42,19 +48,43 @@ class ValidateConfig(StepConfig):
                 raise ValueError("an XSD is given as a file path")
             if self.kind == "json-schema":
                 try:
-                    jsonschema_rs.validator_for(self.schema_)
+                    json_validator(self.schema_, formats=self.formats)
                 except Exception as exc:
                     raise ValueError(f"invalid JSON Schema: {exc}") from None
         return self
 
 
+def _local_only(uri: str) -> Any:
+    """``$ref`` to another schema: a file (beside the schema, or anywhere by path); never the network."""
+    if uri.startswith("file:"):
+        path = Path(unquote(urlparse(uri).path))
+        try:
+            return orjson.loads(path.read_bytes())
+        except (OSError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"cannot load {path}: {exc}") from None
+    raise ValueError(f"the schema refers to {uri}: only schema files may be referred to, nothing is fetched")
+
+
+def json_validator(schema: Any, *, formats: bool, source: Path | None = None) -> Any:
+    """A JSON Schema validator; relative ``$ref`` resolve against ``source`` (the schema's file)."""
+    return jsonschema_rs.validator_for(
+        schema, validate_formats=formats, retriever=_local_only,
+        base_uri=source.resolve().as_uri() if source is not None else None,
+    )
+
+
 class ValidateStep(Step):
-    def __init__(self, schema: Any, kind: str, max_errors: int, name: str) -> None:
+    def __init__(self, schema: Any, kind: str, max_errors: int, name: str, *, formats: bool = True,
+                 source: Path | None = None) -> None:
         self.schema_kind = kind
         self.max_errors = max_errors
         self.name = name
         if kind == "json-schema":
-            self.validator = jsonschema_rs.validator_for(schema)
+            try:
+                self.validator = json_validator(schema, formats=formats, source=source)
+            except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
+                raise FatalError(f"{name}: invalid JSON Schema: {str(exc).splitlines()[0]}",
+                                 code="validate.schema_invalid") from None
         elif kind == "xsd":
             from seamline.formats.schema import XmlSchema
 
@@ -123,7 +153,7 @@ class ValidateStep(Step):
 )
 def _validate(cfg: ValidateConfig, ctx: BuildContext) -> ValidateStep:
     if isinstance(cfg.schema_, dict):
-        return ValidateStep(cfg.schema_, cfg.kind, cfg.max_errors, "schema")
+        return ValidateStep(cfg.schema_, cfg.kind, cfg.max_errors, "schema", formats=cfg.formats)
     path = Path(ctx.resolve_path(cfg.schema_))
     if cfg.kind == "xsd":
         return ValidateStep(path, "xsd", cfg.max_errors, path.name)
@@ -131,4 +161,4 @@ def _validate(cfg: ValidateConfig, ctx: BuildContext) -> ValidateStep:
         schema = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as exc:
         raise FatalError(f"cannot load schema {cfg.schema_}: {exc}", code="validate.schema_unreadable") from None
-    return ValidateStep(schema, cfg.kind, cfg.max_errors, path.name)
+    return ValidateStep(schema, cfg.kind, cfg.max_errors, path.name, formats=cfg.formats, source=path)

@@ -119,6 +119,43 @@ async def test_hostile_stylesheets_are_refused_before_running(conformance_dir: P
     assert not (tmp_path / "xalan_redirect.txt").exists()
 
 
+async def test_validate_checks_formats_and_follows_local_refs(tmp_path: Path) -> None:
+    """``format`` is checked unless ``formats: false``; a ``$ref`` to a file beside the schema is
+    followed; a ``$ref`` to the network is refused when the flow starts, nothing is fetched."""
+    import orjson
+
+    (tmp_path / "address.json").write_bytes(orjson.dumps(
+        {"type": "object", "required": ["city"], "properties": {"city": {"type": "string", "minLength": 1}}}))
+    (tmp_path / "order.json").write_bytes(orjson.dumps({
+        "type": "object",
+        "properties": {"at": {"type": "string", "format": "date-time"}, "email": {"type": "string", "format": "email"},
+                       "addr": {"$ref": "address.json"}},
+    }))
+    good = {"at": "2026-03-31T23:10:00Z", "email": "ops@example.com", "addr": {"city": "Bonn"}}
+    cases = {"good": good, "date": {**good, "at": "31.03.2026"}, "mail": {**good, "email": "ops at example"},
+             "city": {**good, "addr": {"city": ""}}}
+    for formats, passing in ((True, ["good"]), (False, ["good", "date", "mail"])):
+        reset_channels()
+        for mid, body in cases.items():
+            channel("in").put(body, id=mid)
+        fl = flow(step("validate", schema="order.json", formats=formats, label="check"))
+        fl.base_dir = tmp_path
+        dead = await run_flow(fl, tmp_path / f"s-{formats}.db")
+        assert [m.id for m in channel("out").written] == passing, formats
+        reasons = {d.msg_id: d.error_message for d in dead}
+        assert set(reasons) == set(cases) - set(passing)
+        assert "/addr/city" in reasons["city"]
+        if formats:
+            assert "/at" in reasons["date"] and "/email" in reasons["mail"]
+
+    (tmp_path / "remote.json").write_bytes(orjson.dumps({"$ref": "https://schemas.example.com/order.json"}))
+    fl = flow(step("validate", schema="remote.json", label="check"))
+    fl.base_dir = tmp_path
+    with pytest.raises(SeamlineError) as info:
+        await run_flow(fl, tmp_path / "s-remote.db")
+    assert info.value.code == "validate.schema_invalid" and "nothing is fetched" in info.value.message
+
+
 async def test_validate_with_xsd_and_avro(tmp_path: Path) -> None:
     (tmp_path / "order.xsd").write_text(
         '<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema"><xs:element name="order"><xs:complexType>'
