@@ -92,9 +92,10 @@ class FileSinkConfig(SinkConfig):
 # -- source -------------------------------------------------------------------------------------------------
 
 
-def _fingerprint(path: Path) -> str:
+def _fingerprint(path: Path, length: int) -> str:
+    """What identifies a file: a digest of its first ``length`` bytes (at most ``_FP_BYTES``)."""
     with path.open("rb") as f:
-        return hashlib.sha256(f.read(_FP_BYTES)).hexdigest()[:16]
+        return hashlib.sha256(f.read(length)).hexdigest()[:16]
 
 
 class FileSource(Source):
@@ -107,7 +108,7 @@ class FileSource(Source):
         self._tracker: OffsetTracker | None = None  # the file being read
         # every file with positions still to save, by checkpoint scope: a glob's earlier file may
         # have batches in flight (and acknowledged later) while the next file is already read
-        self._positions: dict[str, tuple[OffsetTracker, str]] = {}
+        self._positions: dict[str, tuple[OffsetTracker, tuple[str, int]]] = {}
         self._lock = asyncio.Lock()
 
     def _files(self) -> list[Path]:
@@ -124,16 +125,22 @@ class FileSource(Source):
             await self._run_file(path, emit)
 
     async def _begin(self, path: Path) -> Pos:
-        """Where to start reading ``path``: its checkpoint, unless the file was replaced or cut."""
+        """Where to start reading ``path``: its checkpoint, unless the file was replaced or cut.
+
+        The checkpoint holds a digest of the file's first bytes as they were (``fp_len`` of them, up
+        to ``_FP_BYTES``): a file that only grew since (lines appended) still starts with them and is
+        read on from its checkpoint, even one that was shorter than ``_FP_BYTES`` then."""
         scope = f"file:{self.ctx.flow}:{path.resolve()}"
-        fp = _fingerprint(path)
         cp = await self.ctx.store.get_checkpoint(scope)
         start: Pos = (0, 1, 0)
         size = path.stat().st_size
-        if isinstance(cp, dict) and cp.get("fingerprint") == fp and int(cp.get("offset", 0)) <= size:
-            start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
+        if isinstance(cp, dict) and int(cp.get("offset", 0)) <= size:
+            known = int(cp.get("fp_len", _FP_BYTES))  # checkpoints written before fp_len: the first KiB
+            if cp.get("fingerprint") == _fingerprint(path, known):
+                start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
+        length = min(size, _FP_BYTES)
         self._tracker = OffsetTracker(start)
-        self._positions[scope] = (self._tracker, fp)
+        self._positions[scope] = (self._tracker, (_fingerprint(path, length), length))
         return start
 
     def _delivery(self, name: str, rec_no: int, body: Any, raw: bytes | None, err: BaseException | None,
@@ -339,12 +346,13 @@ class FileSource(Source):
         if not any(t.dirty for t, _ in self._positions.values()):
             return
         async with self._lock:
-            for scope, (t, fp) in list(self._positions.items()):
+            for scope, (t, (fp, fp_len)) in list(self._positions.items()):
                 if t.dirty:
                     t.dirty = False
                     offset, line, records = t.committed
                     await self.ctx.store.put_checkpoint(
-                        scope, {"offset": offset, "line": line, "records": records, "fingerprint": fp}
+                        scope,
+                        {"offset": offset, "line": line, "records": records, "fingerprint": fp, "fp_len": fp_len},
                     )
                 if t is not self._tracker and not t.in_flight and not t.dirty:
                     del self._positions[scope]  # an earlier file, all of it saved

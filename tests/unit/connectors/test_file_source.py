@@ -119,3 +119,23 @@ async def test_a_byte_order_mark_is_not_part_of_the_first_record(tmp_path: Path)
         assert (run / "out.ndjson").read_bytes().splitlines() == [b'{"id": "before"}', *lines], workers
         await _run(fl, run)  # the position was kept past the mark too
         assert len((run / "out.ndjson").read_bytes().splitlines()) == 4
+
+
+async def test_a_small_file_that_grew_is_read_on_from_its_checkpoint(tmp_path: Path) -> None:
+    """Lines appended to a file (shorter than the bytes that identify it) are new records: only they
+    are delivered on the next run. A file replaced by another one is read from its start."""
+    src = tmp_path / "in.ndjson"
+    src.write_bytes(b'{"id": "a"}\n{"id": "b"}\n')
+    fl = _flow(tmp_path)
+
+    def delivered() -> list[str]:
+        return [orjson.loads(x)["id"] for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
+
+    await _run(fl, tmp_path)
+    with src.open("ab") as f:
+        f.write(b'{"id": "c"}\n')
+    await _run(fl, tmp_path)
+    assert delivered() == ["a", "b", "c"]
+    src.write_bytes(b'{"id": "x"}\n{"id": "y"}\n{"id": "z"}\n{"id": "w"}\n')  # another file, longer than the old
+    await _run(fl, tmp_path)
+    assert delivered() == ["a", "b", "c", "x", "y", "z", "w"]
