@@ -70,6 +70,13 @@ class FileSourceConfig(SourceConfig):
         256 * 2**20, ge=1, description="format: json reads the whole file; larger files are refused."
     )
     encoding: str = Field("utf-8", description="Text encoding.")
+    records_at: str | None = Field(
+        None,
+        description="format: json: where the records are in the document, as a dotted path of keys "
+        "(`data.orders` for `{\"data\": {\"orders\": [...]}}`); default: the document itself (an array, "
+        "or one record).",
+        pattern=r"^[^.]+(\.[^.]+)*$",
+    )
 
 
 class FileSinkConfig(SinkConfig):
@@ -337,6 +344,16 @@ class FileSource(Source):
                 err = FatalError(f"{path.name}: {exc.message}", code=exc.code, details=exc.details)
                 yield (1, 1, 1), 1, {"$file": path.name}, None, err
             return
+        if self.cfg.records_at is not None:
+            found = _records_at(items, self.cfg.records_at)
+            if not isinstance(found, list):
+                if done == 0:
+                    what = "nothing" if found is None else f"a {type(found).__name__}, not an array"
+                    err = FatalError(f"{path.name}: records_at '{self.cfg.records_at}' finds {what}",
+                                     code="file.records_at", details={"records_at": self.cfg.records_at})
+                    yield (1, 1, 1), 1, {"$file": path.name}, None, err
+                return
+            items = found
         if not isinstance(items, list):
             items = [items]
         for i in range(done, len(items)):
@@ -359,6 +376,15 @@ class FileSource(Source):
 
     async def close(self) -> None:
         await self.commit_acks()
+
+
+def _records_at(doc: Any, path: str) -> Any:
+    """The value at a dotted path of keys in ``doc`` (None when a key is missing)."""
+    for key in path.split("."):
+        if not isinstance(doc, dict):
+            return None
+        doc = doc.get(key)
+    return doc
 
 
 def _decode_line(stripped: bytes, rec_no: int, limit: int) -> tuple[Any, bytes, BaseException | None]:
@@ -407,7 +433,8 @@ class _BatchAck:
     "file",
     config=FileSourceConfig,
     summary="Read NDJSON, JSON arrays or CSV from files; remembers its position.",
-    examples=("file: {path: in/orders.csv, format: csv, id_field: order_id}",),
+    examples=("file: {path: in/orders.csv, format: csv, id_field: order_id}",
+              "file: {path: dumps/crm-*.json, format: json, records_at: data.accounts, id_field: id}"),
 )
 def _file_source(cfg: FileSourceConfig, ctx: BuildContext) -> FileSource:
     return FileSource(cfg, ctx)

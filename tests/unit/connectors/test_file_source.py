@@ -139,3 +139,26 @@ async def test_a_small_file_that_grew_is_read_on_from_its_checkpoint(tmp_path: P
     src.write_bytes(b'{"id": "x"}\n{"id": "y"}\n{"id": "z"}\n{"id": "w"}\n')  # another file, longer than the old
     await _run(fl, tmp_path)
     assert delivered() == ["a", "b", "c", "x", "y", "z", "w"]
+
+
+async def test_records_inside_a_json_document_are_found_by_records_at(tmp_path: Path) -> None:
+    """An API dump keeps its records under a key: ``records_at`` names it; a document without
+    them is dead-lettered whole with the reason, and nothing else happens."""
+    (tmp_path / "in.ndjson").write_bytes(orjson.dumps(
+        {"meta": {"page": 1}, "data": {"orders": [{"id": "o1"}, {"id": "o2"}, {"id": "o3"}]}}))
+    await _run(_flow(tmp_path, format="json", records_at="data.orders"), tmp_path)
+    out = [orjson.loads(x)["id"] for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
+    assert out == ["o1", "o2", "o3"]
+    await _run(_flow(tmp_path, format="json", records_at="data.orders"), tmp_path)  # checkpoint kept
+    assert len((tmp_path / "out.ndjson").read_bytes().splitlines()) == 3
+
+    (tmp_path / "in.ndjson").write_bytes(orjson.dumps({"data": {"orders": {"id": "not-a-list"}}}))
+    await _run(_flow(tmp_path, format="json", records_at="data.orders"), tmp_path)
+    store = open_store(str(tmp_path / "s.db"))
+    await store.open()
+    try:
+        (dead,) = await store.list_dead(DlqFilter())
+    finally:
+        await store.close()
+    assert dead.error_code == "file.records_at" and "a dict, not an array" in dead.error_message
+    assert len((tmp_path / "out.ndjson").read_bytes().splitlines()) == 3
