@@ -266,6 +266,8 @@ class _FileLoader:
                     self.issue(f"missing required field '{field}'", path, key=True, code="config.missing_field", **who)
                 else:
                     msg = e["msg"]
+                    if e["type"] == "value_error":  # a check of ours: its own words, without pydantic's prefix
+                        msg = msg.removeprefix("Value error, ")
                     self.issue(
                         f"field '{field}': {msg}" if field else msg,
                         (*path, *loc),

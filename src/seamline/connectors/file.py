@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from seamline.config.models import SinkConfig, SourceConfig
 from seamline.connectors.offsets import OffsetTracker
@@ -94,6 +94,15 @@ class FileSinkConfig(SinkConfig):
         True, description="Prefix CSV cells that start with = + - @ tab or CR with ' (formula injection)."
     )
     fsync: bool = Field(True, description="fsync after every batch (survives power loss, not only a crash).")
+
+    @model_validator(mode="after")
+    def _one_file_per_message(self) -> FileSinkConfig:
+        if self.format == "json" and "{id}" not in self.path:
+            raise ValueError(
+                "format: json writes one file per message, so each message would replace the one before: "
+                "put {id} in the path (e.g. out/{id}.json), or write one file with format: ndjson"
+            )
+        return self
 
 
 # -- source -------------------------------------------------------------------------------------------------

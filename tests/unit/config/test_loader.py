@@ -178,6 +178,18 @@ def test_a_union_without_its_type_says_which_types_there_are(tmp_path: Path) -> 
     assert "field 'auth': unknown type 'bearr'" in problem and "did you mean 'bearer'?" in problem
 
 
+def test_a_json_file_sink_without_id_in_its_path_is_refused(tmp_path: Path) -> None:
+    """``format: json`` writes one file per message: one fixed path would keep only the last message."""
+    erp = "  - file: {path: out.ndjson, label: erp}"
+    text = GOOD.replace(erp, "  - file: {path: out.json, format: json, label: erp}")
+    (problem,) = issues(tmp_path, text)
+    assert "step 'erp' (file): format: json writes one file per message" in problem
+    assert "put {id} in the path" in problem and "Value error" not in problem
+    ok = GOOD.replace(erp, "  - file: {path: 'out/{id}.json', format: json, label: erp}")
+    (flow,) = load_flows(write(tmp_path, ok))
+    assert flow.sinks[0].config.path == "out/{id}.json"
+
+
 def test_validate_command_exit_codes(tmp_path: Path) -> None:
     good = write(tmp_path, GOOD, "good.yaml")
     r = cli("validate", str(good))
