@@ -32,12 +32,16 @@ def trace_command(any_id: str, state: str | None, json_out: bool) -> None:
 
     flows = sorted({r["flow"] for r in rows})
     msgs = sorted({r["msg_id"] for r in rows})
-    t = Table(title=f"trace of {any_id}: {len(rows)} hop(s) in {', '.join(flows)}")
+    days = sorted({r["at"][:10] for r in rows})
+    # one day: the date goes in the title; hops over several days (a retry the next morning) show theirs
+    on = f" on {days[0]}" if len(days) == 1 else f" from {days[0]} to {days[-1]}"
+    t = Table(title=f"trace of {any_id}: {len(rows)} hop(s) in {', '.join(flows)}{on}")
     cols = ["at (UTC)", *(["message"] if len(msgs) > 1 else []), "step", "outcome", "µs", "detail"]
     for col in cols:
         t.add_column(col, overflow="fold", no_wrap=col in ("at (UTC)", "step", "outcome"))
     for r in rows:
-        cells = [r["at"][11:23], *([r["msg_id"]] if len(msgs) > 1 else []), r["step"], r["outcome"],
+        at = r["at"][11:23] if len(days) == 1 else f"{r['at'][:10]} {r['at'][11:23]}"
+        cells = [at, *([r["msg_id"]] if len(msgs) > 1 else []), r["step"], r["outcome"],
                  str(r["duration_us"]), r["detail"] or ""]
         t.add_row(*cells)
     console().print(t)

@@ -46,3 +46,27 @@ def test_trace_then_prune_the_old_part_of_the_journal(tmp_path: Path) -> None:
     assert len(orjson.loads(cli("trace", "m-2", "--json", cwd=tmp_path).stdout)) == 2  # kept
     bad = cli("journal", "prune", "--older-than", "soon", cwd=tmp_path)
     assert bad.returncode == 2 and "--older-than" in bad.stderr
+
+
+def test_the_human_trace_shows_the_day_of_each_hop(tmp_path: Path) -> None:
+    """A trace whose hops fall on one day names it in the title; one over several days (a retry the
+    next morning) shows each hop's date."""
+    import asyncio
+    import datetime as dt
+
+    async def hops(entries: list[tuple[float, str, str]]) -> None:
+        s = open_store(str(tmp_path / "state.db"))
+        await s.open()
+        await s.commit(Batch(journal=[(ts, "orders", "m-9", "4799", step, outcome, 0, None, None)
+                                      for ts, step, outcome in entries]))
+        await s.close()
+
+    evening = dt.datetime(2026, 3, 31, 23, 10, tzinfo=dt.UTC).timestamp()
+    asyncio.run(hops([(evening, "source", "received"), (evening + 0.5, "erp", "retry")]))
+    one_day = cli("trace", "4799", "--state", str(tmp_path / "state.db"), cwd=tmp_path)
+    assert one_day.returncode == 0, one_day.stderr
+    assert "2 hop(s) in orders on 2026-03-31" in one_day.stdout and "23:10:00.500" in one_day.stdout
+    asyncio.run(hops([(evening + 8 * 3600, "erp", "delivered")]))
+    two_days = cli("trace", "4799", "--state", str(tmp_path / "state.db"), cwd=tmp_path)
+    assert "from 2026-03-31 to 2026-04-01" in two_days.stdout
+    assert "2026-03-31 23:10:00.000" in two_days.stdout and "2026-04-01 07:10:00.000" in two_days.stdout
