@@ -9,7 +9,9 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 
-__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "console", "fail", "jsonable", "print_json", "run_async"]
+__all__ = [
+    "EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "console", "fail", "jsonable", "open_state", "print_json", "run_async",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -34,6 +36,16 @@ def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
 
     print(scrub_text(message), file=sys.stderr)
     raise typer.Exit(code)
+
+
+def open_state(url: str) -> Any:
+    """The store at ``url`` (``--state`` / ``SEAMLINE_STATE``); a URL no store speaks is a usage error."""
+    from seamline.store import open_store
+
+    try:
+        return open_store(url)
+    except ValueError as exc:
+        fail(f"--state: {exc}", EXIT_CONFIG)
 
 
 def run_async(coro: Coroutine[Any, Any, T]) -> T:

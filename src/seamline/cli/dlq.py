@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from seamline.cli.common import EXIT_CONFIG, EXIT_FAILURE, console, fail, print_json, run_async
+from seamline.cli.common import EXIT_CONFIG, EXIT_FAILURE, console, fail, open_state, print_json, run_async
 
 dlq_app = typer.Typer(help="Inspect, replay, edit and purge dead letters.", no_args_is_help=True)
 
@@ -54,13 +54,13 @@ def _time(value: str | None) -> float | None:
 
 
 def _store(state: str | None) -> Any:
-    from seamline.store import open_store, state_url
+    from seamline.store import state_url
 
     url = state_url(state)
     path = url[len("sqlite:///") :] if url.startswith("sqlite:///") else url
     if "://" not in url and not Path(path).exists():
         fail(f"no state store at {url} (run a flow first, or pass --state)", EXIT_FAILURE)
-    return open_store(url)
+    return open_state(url)
 
 
 async def _with_store(state: str | None, fn: Any) -> Any:

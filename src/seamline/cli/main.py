@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from seamline.cli.common import EXIT_CONFIG, EXIT_FAILURE, console, fail, print_json, run_async
+from seamline.cli.common import EXIT_CONFIG, EXIT_FAILURE, console, fail, open_state, print_json, run_async
 
 app = typer.Typer(
     name="seamline",
@@ -55,7 +55,7 @@ def run(
     from seamline.config.types import parse_duration
     from seamline.core.engine import Engine
     from seamline.core.errors import SeamlineError
-    from seamline.store import open_store, state_url
+    from seamline.store import state_url
 
     setup_logging()
     flows = _load(path)
@@ -65,7 +65,7 @@ def run(
             fail(f"unknown flow(s): {', '.join(sorted(unknown))}", EXIT_CONFIG)
         flows = [f for f in flows if f.name in flow]
     url = state_url(state)
-    engine = Engine(flows, open_store(url))
+    engine = Engine(flows, open_state(url))
     try:
         result = run_async(
             engine.run(

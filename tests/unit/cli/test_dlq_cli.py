@@ -81,3 +81,15 @@ def test_errors_and_exit_codes(tmp_path: Path) -> None:
     st = cli("status", "--json", cwd=tmp_path)
     assert st.returncode == 0 and orjson.loads(st.stdout)["dead_letters"][0]["count"] == 1
     assert os.path.exists(tmp_path / ".seamline" / "state.db")
+
+
+def test_a_state_url_no_store_speaks_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "flow.yaml").write_text(
+        "flow: f\nsource:\n  file: {path: in.ndjson}\nsinks:\n  - file: {path: out.ndjson}\n")
+    (tmp_path / "in.ndjson").write_text('{"a": 1}\n')
+    for args in (("run", "flow.yaml", "--until-idle"), ("dlq", "list")):
+        r = cli(*args, "--state", "postgresql://ops:s3cret@db.internal/seamline", cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "--state: unsupported state URL" in r.stderr and "Traceback" not in r.stderr
+        assert "s3cret" not in r.stderr
+    assert not (tmp_path / "out.ndjson").exists()
