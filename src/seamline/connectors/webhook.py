@@ -48,6 +48,8 @@ from seamline.config.types import ByteSize, Duration, SecretStr
 from seamline.core.component import BuildContext, Delivery, Emit, Source
 from seamline.core.errors import FatalError
 from seamline.core.registry import register
+from seamline.formats.json import JsonError
+from seamline.formats.json import decode as json_decode
 
 __all__ = [
     "ApiKeyInbound",
@@ -776,13 +778,15 @@ class WebhookSource(Source):
         parsed: Any = None
         if cfg.parse == "json":
             try:
-                parsed = orjson.loads(body)  # refuses invalid UTF-8 too; the error code says which
-            except orjson.JSONDecodeError:
-                try:
-                    body.decode("utf-8")
-                except UnicodeDecodeError:
+                # strictly, as every source decodes JSON: a duplicate key, NaN, deep nesting or a huge
+                # number is refused here, before the delivery is accepted
+                parsed = json_decode(body, max_bytes=max(len(body), 1))
+            except JsonError as exc:
+                if exc.code == "format.json.utf8":
                     raise _Reject(400, "webhook.body_not_utf8", "the body is not valid UTF-8") from None
-                raise _Reject(400, "webhook.body_not_json", "the body is not valid JSON") from None
+                if exc.code == "format.json.syntax":
+                    raise _Reject(400, "webhook.body_not_json", "the body is not valid JSON") from None
+                raise _Reject(400, exc.code, f"the body is refused: {exc.message}") from None
             content_type = "application/json"
         else:
             content_type = headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()

@@ -234,8 +234,11 @@ async def test_invalid_utf8_and_bad_json_are_400(receiver: Any) -> None:
     for bad, code in ((b'{"name": "\xff\xfe"}', "webhook.body_not_utf8"),
                       (b'{"name": "\xed\xa0\x80"}', "webhook.body_not_utf8"),  # an encoded surrogate
                       (b'{"name": ', "webhook.body_not_json"),
-                      (b"[" * 5000 + b"]" * 5000, "webhook.body_not_json"),
-                      (b'{"n": NaN}', "webhook.body_not_json")):
+                      # decoded as strictly as every source decodes JSON: refused before acceptance
+                      (b"[" * 5000 + b"]" * 5000, "format.json.depth"),
+                      (b'{"n": NaN}', "format.json.nan"),
+                      (b'{"id": "a", "total": 1, "total": 100}', "format.json.duplicate_key"),
+                      (b'{"n": 1' + b"0" * 5000 + b"}", "format.json.big_int")):
         await assert_refused(rx, "/gh", bad, signers.github(GH_SECRET, bad, "x"), 400, code)
     assert await rx.stored() == []
     # a raw route keeps the bytes as they came
