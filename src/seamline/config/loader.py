@@ -54,9 +54,16 @@ def load_flows(path: str | os.PathLike[str]) -> list[Flow]:
             flows.extend(load_flow_file(f))
         except ConfigError as exc:
             issues.extend(exc.issues)
-    names = [fl.name for fl in flows]
-    for n in sorted({n for n in names if names.count(n) > 1}):
-        issues.append(ConfigIssue(f"flow name {n!r} is used by more than one flow", flow=n))
+    first: dict[str, Flow] = {}
+    for fl in flows:
+        earlier = first.setdefault(fl.name, fl)
+        if earlier is not fl:
+            where = f" at {earlier.file}:{earlier.line}" if earlier.line else f" in {earlier.file}"
+            issues.append(ConfigIssue(
+                f"flow name {fl.name!r} is already used{where}", file=fl.file, line=fl.line, col=fl.col, flow=fl.name,
+                hint="each flow needs its own name: it keys the flow's checkpoints, journal and dead letters",
+                code="config.duplicate_flow",
+            ))
     if issues:
         raise ConfigError(issues)
     return flows
@@ -121,6 +128,7 @@ class _FileLoader:
             tests = []
         if self.issues or src is None or not sinks:
             return None
+        named = self.doc.where(("flow",))
         try:
             return Flow(
                 name=name,
@@ -131,6 +139,8 @@ class _FileLoader:
                 settings=settings,
                 description=str(data.get("description") or ""),
                 file=self.display,
+                line=named[0] if named else None,
+                col=named[1] if named else None,
                 base_dir=self.file.parent.resolve(),
                 tests=tests,
                 dlq_sink=dlq_sink,

@@ -53,6 +53,9 @@ class Flow:
     settings: Any = None  # FlowSettings
     description: str = ""
     file: str | None = None
+    #: line and column of the flow's name in ``file``
+    line: int | None = None
+    col: int | None = None
     base_dir: Path = field(default_factory=Path.cwd)
     tests: list[dict[str, Any]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)

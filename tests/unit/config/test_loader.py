@@ -93,7 +93,10 @@ def test_duplicate_labels_and_flow_names_across_files(tmp_path: Path) -> None:
     write(tmp_path, GOOD, "b.yaml")
     with pytest.raises(ConfigError) as exc:
         load_flows(tmp_path)
-    assert "used by more than one flow" in str(exc.value)
+    (dup,) = [i for i in exc.value.issues if i.code == "config.duplicate_flow"]
+    assert (Path(dup.file or "").name, dup.line, dup.col) == ("b.yaml", 1, 7)
+    assert dup.message.startswith("flow name 'orders' is already used at ") and dup.message.endswith("a.yaml:1")
+    assert "checkpoints, journal and dead letters" in dup.render()
     text = GOOD.replace("label: positive", "label: erp")
     (msg,) = issues(tmp_path / "a.yaml", text) if False else issues(tmp_path, text)
     assert "labels must be unique" in msg
