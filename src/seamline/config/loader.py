@@ -290,39 +290,38 @@ class _FileLoader:
             return None
 
 
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model at ``loc``, for spelling hints."""
+def _annotation_at(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[bool, Any]:
+    """The annotation of the (nested) field at ``loc`` (the model itself for an empty ``loc``);
+    ``(False, None)`` when the path leaves the models."""
     current: Any = model
+    ann: Any = model
     for part in loc:
         if isinstance(part, int):
             continue
         try:
             ann = current.model_fields[part].annotation
         except (AttributeError, KeyError):
-            return []
+            return False, None
         current = _model_in(ann)
-        if current is None:
-            return []
-    try:
-        fields = list(current.model_fields)
-        aliases = [f.alias for f in current.model_fields.values() if f.alias]
-        return fields + aliases
-    except AttributeError:
+    return True, ann
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model at ``loc``, for spelling hints."""
+    found, ann = _annotation_at(model, loc)
+    current = _model_in(ann) if found else None
+    if current is None:
         return []
+    fields = list(current.model_fields)
+    aliases = [f.alias for f in current.model_fields.values() if f.alias]
+    return fields + aliases
 
 
 def _union_tags(model: type[BaseModel], loc: tuple[Any, ...], key: str) -> list[str]:
     """The values ``key`` may take in the variants of the union at ``loc`` (``type: bearer``, ...)."""
-    current: Any = model
-    ann: Any = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        try:
-            ann = current.model_fields[part].annotation
-        except (AttributeError, KeyError):
-            return []
-        current = _model_in(ann)
+    found, ann = _annotation_at(model, loc)
+    if not found:
+        return []
     tags: list[str] = []
 
     def collect(a: Any) -> None:

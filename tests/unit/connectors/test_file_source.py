@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -27,6 +28,15 @@ async def _run(fl: Flow, tmp: Path) -> None:
     await Engine([fl], open_store(str(tmp / "s.db"))).run(until_idle=True, idle_horizon=0, install_signals=False)
 
 
+async def _dead(tmp: Path) -> list[Any]:
+    store = open_store(str(tmp / "s.db"))
+    await store.open()
+    try:
+        return await store.list_dead(DlqFilter())
+    finally:
+        await store.close()
+
+
 async def test_bad_lines_are_dead_lettered_the_rest_delivered_once(tmp_path: Path) -> None:
     long_line = b'{"id": "big", "pad": "' + b"x" * 300 + b'"}'
     (tmp_path / "in.ndjson").write_bytes(
@@ -42,13 +52,8 @@ async def test_bad_lines_are_dead_lettered_the_rest_delivered_once(tmp_path: Pat
     await _run(fl, tmp_path)
     out = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
     assert [o["id"] for o in out] == ["a", "b", "c"]
-    store = open_store(str(tmp_path / "s.db"))
-    await store.open()
-    try:
-        dead = {d.error_code for d in await store.list_dead(DlqFilter())}
-        assert dead == {"format.json.duplicate_key", "format.json.too_large", "format.json.syntax"}, dead
-    finally:
-        await store.close()
+    dead = {d.error_code for d in await _dead(tmp_path)}
+    assert dead == {"format.json.duplicate_key", "format.json.too_large", "format.json.syntax"}, dead
     await _run(fl, tmp_path)  # a second run: the position was kept, nothing is delivered twice
     assert len((tmp_path / "out.ndjson").read_bytes().splitlines()) == 3
 
@@ -154,11 +159,6 @@ async def test_records_inside_a_json_document_are_found_by_records_at(tmp_path: 
 
     (tmp_path / "in.ndjson").write_bytes(orjson.dumps({"data": {"orders": {"id": "not-a-list"}}}))
     await _run(_flow(tmp_path, format="json", records_at="data.orders"), tmp_path)
-    store = open_store(str(tmp_path / "s.db"))
-    await store.open()
-    try:
-        (dead,) = await store.list_dead(DlqFilter())
-    finally:
-        await store.close()
+    (dead,) = await _dead(tmp_path)
     assert dead.error_code == "file.records_at" and "a dict, not an array" in dead.error_message
     assert len((tmp_path / "out.ndjson").read_bytes().splitlines()) == 3
