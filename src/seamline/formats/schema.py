@@ -103,8 +103,10 @@ class JsonSchema:
 
     ``schema`` is a dict/bool or JSON text. ``resources`` maps URIs to
     schemas that ``$ref`` may use; any other remote reference is refused.
-    ``validate_formats`` turns on ``format`` assertions (off by default, as
-    the specification says).
+    ``source`` is the file the schema was read from: relative ``$ref`` resolve
+    against it and may load schema files inside its directory (as an XSD's
+    includes may). ``validate_formats`` turns on ``format`` assertions (off by
+    default, as the specification says).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class JsonSchema:
         *,
         resources: Mapping[str, Any] | None = None,
         validate_formats: bool = False,
+        source: Path | None = None,
     ) -> None:
         if isinstance(schema, str | bytes):
             try:
@@ -125,20 +128,29 @@ class JsonSchema:
         known = dict(resources or {})
         refused: list[str] = []
 
+        folder = source.resolve().parent if source is not None else None
+
         def retrieve(uri: str) -> Any:
             if uri in known:
                 return known[uri]
+            parsed = urlparse(uri)
+            if folder is not None and parsed.scheme == "file" and parsed.netloc in ("", "localhost"):
+                path = Path(unquote(parsed.path)).resolve()
+                if path.is_relative_to(folder) and path.is_file():
+                    return _json.decode(path.read_bytes())
             refused.append(uri)
             raise ValueError(f"fetching {uri} is not allowed")
 
         try:
             self._validator = jsonschema_rs.validator_for(
-                self.schema, retriever=retrieve, validate_formats=validate_formats
+                self.schema, retriever=retrieve, validate_formats=validate_formats,
+                base_uri=source.resolve().as_uri() if source is not None else None,
             )
         except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError, TypeError) as exc:
             if refused:
                 raise SchemaError(
-                    f"JSON Schema refers to {refused[0]}, which may not be fetched; pass it in resources=",
+                    f"JSON Schema refers to {refused[0]}, which may not be fetched (nothing is fetched: pass it"
+                    " in resources=, or keep it beside the schema file)",
                     code="format.schema.ref_forbidden",
                     details={"refs": refused},
                 ) from None

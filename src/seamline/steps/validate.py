@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlparse
 
-import jsonschema_rs
 import orjson
 from pydantic import Field, model_validator
 
@@ -16,8 +14,9 @@ from seamline.core.component import BuildContext, Step
 from seamline.core.errors import FatalError
 from seamline.core.message import Message
 from seamline.core.registry import register
+from seamline.formats.errors import SchemaError
 
-__all__ = ["ValidateConfig", "ValidateStep", "ValidationFailed", "json_validator"]
+__all__ = ["ValidateConfig", "ValidateStep", "ValidationFailed"]
 
 
 class ValidationFailed(FatalError):
@@ -47,30 +46,13 @@ class ValidateConfig(StepConfig):
             if self.kind == "xsd":
                 raise ValueError("an XSD is given as a file path")
             if self.kind == "json-schema":
+                from seamline.formats.schema import JsonSchema  # (lxml and fastavro: imported when needed)
+
                 try:
-                    json_validator(self.schema_, formats=self.formats)
-                except Exception as exc:
-                    raise ValueError(f"invalid JSON Schema: {exc}") from None
+                    JsonSchema(self.schema_, validate_formats=self.formats)
+                except SchemaError as exc:
+                    raise ValueError(exc.message) from None
         return self
-
-
-def _local_only(uri: str) -> Any:
-    """``$ref`` to another schema: a file (beside the schema, or anywhere by path); never the network."""
-    if uri.startswith("file:"):
-        path = Path(unquote(urlparse(uri).path))
-        try:
-            return orjson.loads(path.read_bytes())
-        except (OSError, orjson.JSONDecodeError) as exc:
-            raise ValueError(f"cannot load {path}: {exc}") from None
-    raise ValueError(f"the schema refers to {uri}: only schema files may be referred to, nothing is fetched")
-
-
-def json_validator(schema: Any, *, formats: bool, source: Path | None = None) -> Any:
-    """A JSON Schema validator; relative ``$ref`` resolve against ``source`` (the schema's file)."""
-    return jsonschema_rs.validator_for(
-        schema, validate_formats=formats, retriever=_local_only,
-        base_uri=source.resolve().as_uri() if source is not None else None,
-    )
 
 
 class ValidateStep(Step):
@@ -80,11 +62,12 @@ class ValidateStep(Step):
         self.max_errors = max_errors
         self.name = name
         if kind == "json-schema":
+            from seamline.formats.schema import JsonSchema
+
             try:
-                self.validator = json_validator(schema, formats=formats, source=source)
-            except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
-                raise FatalError(f"{name}: invalid JSON Schema: {str(exc).splitlines()[0]}",
-                                 code="validate.schema_invalid") from None
+                self.json_schema = JsonSchema(schema, validate_formats=formats, source=source)
+            except SchemaError as exc:
+                raise FatalError(f"{name}: {exc.message}", code="validate.schema_invalid") from None
         elif kind == "xsd":
             from seamline.formats.schema import XmlSchema
 
@@ -106,7 +89,7 @@ class ValidateStep(Step):
     def body_function(self) -> Callable[[Any], Any] | None:
         if self.schema_kind != "json-schema":
             return None  # XML and Avro checks read the raw bytes
-        is_valid = self.validator.is_valid
+        is_valid = self.json_schema.is_valid
 
         def check(body: Any) -> Any:
             if not is_valid(body):
@@ -128,15 +111,10 @@ class ValidateStep(Step):
 
     def _json(self, message: Message) -> Message:
         body = message.body
-        if self.validator.is_valid(body):
+        if self.json_schema.is_valid(body):
             return message
-        problems: list[dict[str, str]] = []
-        for err in self.validator.iter_errors(body):
-            path = "/" + "/".join(str(p) for p in err.instance_path)
-            problems.append({"path": path, "error": err.message})
-            if len(problems) >= self.max_errors:
-                break
-        self._raise(problems)
+        found = self.json_schema.issues(body, limit=self.max_errors)
+        self._raise([{"path": i.path or "/", "error": i.message} for i in found])
         return message  # pragma: no cover
 
     def _raise(self, problems: list[dict[str, str]]) -> None:
