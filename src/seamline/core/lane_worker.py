@@ -33,7 +33,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -114,28 +114,43 @@ def _split(data: bytes) -> list[bytes]:
     return [s for s in map(bytes.strip, data.split(b"\n")) if s]
 
 
+#: records decoded and run through the steps at a time: a batch's decoded records, all alive at once,
+#: no longer fit the processor's cache (measured on 430-byte orders: about 10 % more time a record
+#: at 1,000 than at 128)
+CHUNK = 128
+
+
 def _lines(first_record: int, name: str, id_field: str | None, corr_field: str | None, max_bytes: int,
-           data: bytes) -> list[Any]:
-    """An NDJSON batch's records, strictly decoded: ``[(id, correlation id, raw, body, None), ...]``."""
+           data: bytes) -> Iterator[list[Any]]:
+    """An NDJSON batch's records, strictly decoded, ``CHUNK`` at a time: ``(id, correlation id, raw,
+    body, None)`` each."""
     records = _split(data)
-    try:
-        values = decode_many(records, max_bytes=max_bytes)
-    except FormatError as exc:
-        raise Fallback(f"decode: {exc.code}") from None
-    items = []
     rec_no = first_record - 1
-    for raw, body in zip(records, values, strict=True):
-        rec_no += 1
-        mid = corr = None
-        if body.__class__ is dict:
-            if id_field is not None and (v := body.get(id_field)) is not None:
-                mid = v if v.__class__ is str else str(v)
-            if corr_field is not None and (v := body.get(corr_field)) is not None:
-                corr = v if v.__class__ is str else str(v)
-        if mid is None:
-            mid = f"{name}:{rec_no}"
-        items.append((mid, corr, raw, body, None))
-    return items
+    for start in range(0, len(records), CHUNK):
+        chunk = records[start:start + CHUNK]
+        try:
+            values = decode_many(chunk, max_bytes=max_bytes)
+        except FormatError as exc:
+            raise Fallback(f"decode: {exc.code}") from None
+        items = []
+        for raw, body in zip(chunk, values, strict=True):
+            rec_no += 1
+            mid = corr = None
+            if body.__class__ is dict:
+                if id_field is not None and (v := body.get(id_field)) is not None:
+                    mid = v if v.__class__ is str else str(v)
+                if corr_field is not None and (v := body.get(corr_field)) is not None:
+                    corr = v if v.__class__ is str else str(v)
+            if mid is None:
+                mid = f"{name}:{rec_no}"
+            items.append((mid, corr, raw, body, None))
+        yield items
+
+
+def _records(decode: Callable[[Any, float], list[Any]], payload: list[Any], now: float) -> Iterator[list[Any]]:
+    """A source's records as its decoder makes them, ``CHUNK`` at a time."""
+    for start in range(0, len(payload), CHUNK):
+        yield decode(payload[start:start + CHUNK], now)
 
 
 def _ndjson(outs: list[bytes]) -> bytes:
@@ -150,16 +165,16 @@ def process_batch(plan: LanePlan, request: list[Any]) -> list[Any]:
             if plan.decode is None:
                 raise Fallback("the source's records have no decoder here")
             now = request[1]
-            items = plan.decode(request[2], now)
+            chunks = _records(plan.decode, request[2], now)
         else:
             now = request[0]
-            items = _lines(*request[1:])
-        return _run(plan, now, items)
+            chunks = _lines(*request[1:])
+        return _run(plan, now, chunks)
     except Fallback as fb:
         return ["fallback", str(fb)]
 
 
-def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
+def _run(plan: LanePlan, now: float, chunks: Iterable[list[Any]]) -> list[Any]:
     hops_on = plan.journal == "hops"
     edges = plan.journal != "off"
     clock = time.perf_counter_ns
@@ -167,70 +182,85 @@ def _run(plan: LanePlan, now: float, items: list[Any]) -> list[Any]:
     steps = plan.steps
     sinks = plan.sinks
     outs: list[bytes] = []
-    # what a sink's encoder needs beside the encoded body: (body, meta) of each output
-    extra: list[Any] | None = [] if plan.encode is not None else None
+    # what a sink's encoder needs beside the encoded body: (body, meta) of each output (a chunk's)
     entries: list[Any] = []
     keys: dict[str, None] = {}
     filtered = 0
     # for a sink that reports failures record by record: which input each output is
     sources: list[int] | None = [] if plan.encode is not None else None
-    for index, (mid, corr, raw, body, meta) in enumerate(items):
-        if corr == mid:
-            corr = None
-        out: bytes | None = raw
-        if edges:
-            digest = xxh3_64_hexdigest(raw)
-            hops: list[Any] = [(now, "source", "received", 0, digest, None)]
-            keys[mid] = None
-            if corr is not None:
-                keys[corr] = None
-        kept = True
-        for label, fn in steps:
-            t0 = clock()
-            try:
-                new = fn(body)
-            except Exception as exc:
-                raise Fallback(f"step {label}: {type(exc).__name__}") from None
-            dur = (clock() - t0) // 1000
-            if new is FILTERED:
+    index = -1
+    encoded: list[list[Any]] | None = None
+    for items in chunks:
+        # a sink's encoder takes a chunk at a time: a whole batch of outputs and their messages
+        # alive at once no longer fits the processor's cache
+        extra: list[Any] | None = [] if plan.encode is not None else None
+        for index, (mid, corr, raw, body, meta) in enumerate(items, index + 1):
+            if corr == mid:
+                corr = None
+            out: bytes | None = raw
+            if edges:
+                digest = xxh3_64_hexdigest(raw)
+                hops: list[Any] = [(now, "source", "received", 0, digest, None)]
+                keys[mid] = None
+                if corr is not None:
+                    keys[corr] = None
+            kept = True
+            for label, fn in steps:
+                t0 = clock()
+                try:
+                    new = fn(body)
+                except Exception as exc:
+                    raise Fallback(f"step {label}: {type(exc).__name__}") from None
+                dur = (clock() - t0) // 1000
+                if new is FILTERED:
+                    if hops_on:
+                        hops.append((now, label, "filtered", dur, None, None))
+                    kept = False
+                    break
+                if new is not body:
+                    body = new
+                    out = None
                 if hops_on:
-                    hops.append((now, label, "filtered", dur, None, None))
-                kept = False
-                break
-            if new is not body:
-                body = new
-                out = None
-            if hops_on:
-                if out is None:
-                    try:
-                        out = dumps(body)
-                    except TypeError:
-                        raise Fallback(f"step {label}: the body cannot be encoded") from None
+                    if out is None:
+                        try:
+                            out = dumps(body)
+                        except TypeError:
+                            raise Fallback(f"step {label}: the body cannot be encoded") from None
+                        digest = xxh3_64_hexdigest(out)
+                    hops.append((now, label, "ok", dur, digest, None))
+            if not kept:
+                filtered += 1
+                if edges:
+                    entries.append((mid, corr, hops))
+                continue
+            if out is None:
+                try:
+                    out = dumps(body)
+                except TypeError:
+                    raise Fallback("the body cannot be encoded") from None
+                if edges:
                     digest = xxh3_64_hexdigest(out)
-                hops.append((now, label, "ok", dur, digest, None))
-        if not kept:
-            filtered += 1
+            outs.append(out)
+            if extra is not None and sources is not None:
+                extra.append((out, body, meta))
+                sources.append(index)
             if edges:
+                for sink in sinks:
+                    hops.append((None, sink, "delivered", 0, digest, None))
                 entries.append((mid, corr, hops))
-            continue
-        if out is None:
-            try:
-                out = dumps(body)
-            except TypeError:
-                raise Fallback("the body cannot be encoded") from None
-            if edges:
-                digest = xxh3_64_hexdigest(out)
-        outs.append(out)
-        if extra is not None and sources is not None:
-            extra.append((out, body, meta))
-            sources.append(index)
-        if edges:
-            for sink in sinks:
-                hops.append((None, sink, "delivered", 0, digest, None))
-            entries.append((mid, corr, hops))
-    out_data = _ndjson(outs) if plan.encode is None or extra is None else plan.encode(extra)
+        if plan.encode is not None and extra:
+            part = plan.encode(extra)
+            if encoded is None:
+                encoded = part
+            else:
+                for whole, more in zip(encoded, part, strict=True):
+                    whole.extend(more)
+    if plan.encode is None:
+        out_data: Any = _ndjson(outs)
+    else:
+        out_data = encoded if encoded is not None else plan.encode([])
     journal = msgspec.msgpack.encode(entries) if entries else b""
-    return ["ok", len(items), len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered, sources]
+    return ["ok", index + 1, len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered, sources]
 
 
 # -- framing ---------------------------------------------------------------------------------------
