@@ -6,8 +6,8 @@ Kafka
     produce → flush (wait for the delivery reports) → commit the offsets. Both
     keep the same promise (offsets committed only after the output was
     confirmed) on the same Tansu broker (started here unless ``--kafka``).
-    seamline runs twice: in one process, and with ``workers: 2`` (``--workers``),
-    where worker processes decode, map and encode the records.
+    seamline runs in one process, and with ``workers: 1`` and ``workers: 2``
+    (``--workers``), where worker processes decode, map and encode the records.
 RabbitMQ
     seamline: ``rabbitmq`` source → ``map`` → ``rabbitmq`` sink, against a raw
     aio-pika loop: consume with prefetch → the same mapping → publish with
@@ -20,7 +20,7 @@ turns; the best round of each side counts, and every round's ratio is printed.
 Both sides handle the same N messages; the script checks that every message
 arrived, prints msgs/s for each and the ratio seamline / raw.
 
-    python bench/brokers.py [--n 50000] [--rounds 3] [--workers 2] [--kafka HOST:PORT] [--rabbitmq URL]
+    python bench/brokers.py [--n 50000] [--rounds 3] [--workers 1,2] [--kafka HOST:PORT] [--rabbitmq URL]
         [--only kafka|rabbitmq]
 """
 
@@ -247,7 +247,9 @@ def kafka_raw(bootstrap: str, src: str, dst: str, n: int, transform: Callable[[A
 
 
 async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3,
-                      workers: int = 2) -> tuple[float, float, float]:
+                      workers: tuple[int, ...] = (1, 2)) -> tuple[float, dict[int, float]]:
+    """Raw loop and seamline sides in turns, round after round; the best rate of each (raw, and
+    seamline by worker count, 0 = one process)."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     proc = None
@@ -262,65 +264,59 @@ async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3,
         wait_port(port)
         bootstrap = f"127.0.0.1:{port}"
     admin: AdminClient | None = None
+    sides = (0, *workers)
     try:
         admin = AdminClient({"bootstrap.servers": bootstrap})
         orders = make_orders(n)
         raw_rates: list[float] = []
-        sl_rates: list[float] = []
-        slw_rates: list[float] = []
         rawj_rates: list[float] = []
+        sl_rates: dict[int, list[float]] = {w: [] for w in sides}
         # the sides take turns, round after round, on fresh topics: the machine's noise is shared
         for rnd in range(rounds):
             run = uuid.uuid4().hex[:8]
-            topics = {k: f"bench-{k}-{run}" for k in ("raw-in", "raw-out", "rawj-in", "rawj-out", "sl-in", "sl-out",
-                                                      "slw-in", "slw-out")}
+            names = ["raw", "rawj", *(f"sl{w}" for w in sides)]
+            topics = {f"{k}-{d}": f"bench-{k}-{d}-{run}" for k in names for d in ("in", "out")}
             for f in admin.create_topics([NewTopic(t, num_partitions=3, replication_factor=1)
                                           for t in topics.values()]).values():
                 f.result(30)
-            await asyncio.to_thread(kafka_produce, bootstrap, topics["raw-in"], orders)
-            await asyncio.to_thread(kafka_produce, bootstrap, topics["sl-in"], orders)
-            await asyncio.to_thread(kafka_produce, bootstrap, topics["rawj-in"], orders)
-            await asyncio.to_thread(kafka_produce, bootstrap, topics["slw-in"], orders)
+            for k in names:
+                await asyncio.to_thread(kafka_produce, bootstrap, topics[f"{k}-in"], orders)
 
             raw_s = await asyncio.to_thread(kafka_raw, bootstrap, topics["raw-in"], topics["raw-out"], n)
             raw_count = await asyncio.to_thread(kafka_count, bootstrap, topics["raw-out"], n)
             assert raw_count == n, f"raw loop: {raw_count} of {n} arrived"
             rawj_s = await asyncio.to_thread(kafka_raw, bootstrap, topics["rawj-in"], topics["rawj-out"], n,
                                              jsonata_map())
-
-            secs = {}
-            for side, w in (("sl", 0), ("slw", workers)):
+            raw_rates.append(n / raw_s)
+            rawj_rates.append(n / rawj_s)
+            line = f"kafka     round {rnd + 1}: raw {n / raw_s:9,.0f}"
+            for w in sides:
                 with tempfile.TemporaryDirectory() as tmp:
                     common = {"bootstrap_servers": bootstrap}
                     flowdir = flow_yaml(
                         Path(tmp), "bench-kafka",
-                        {"kafka": {**common, "topics": [topics[f"{side}-in"]], "group": f"{side}-{run}",
+                        {"kafka": {**common, "topics": [topics[f"sl{w}-in"]], "group": f"sl{w}-{run}",
                                    "session_timeout": "6s", "heartbeat_interval": "1s"}},
-                        {"kafka": {**common, "topic": topics[f"{side}-out"]}},
+                        {"kafka": {**common, "topic": topics[f"sl{w}-out"]}},
                         workers=w,
                     )
 
-                    async def check(out: str = topics[f"{side}-out"]) -> None:
+                    async def check(out: str = topics[f"sl{w}-out"]) -> None:
                         got = await asyncio.to_thread(kafka_count, bootstrap, out, n)
                         assert got == n, f"seamline: {got} of {n} arrived"
 
-                    secs[side] = await run_seamline(flowdir, n, check)
-            sl_s, slw_s = secs["sl"], secs["slw"]
-            raw_rates.append(n / raw_s)
-            rawj_rates.append(n / rawj_s)
-            sl_rates.append(n / sl_s)
-            slw_rates.append(n / slw_s)
-            print(f"kafka     round {rnd + 1}: raw {n / raw_s:10,.0f}   seamline {n / sl_s:10,.0f} "
-                  f"({raw_s / sl_s:.2f}x)   seamline workers:{workers} {n / slw_s:10,.0f} ({raw_s / slw_s:.2f}x)",
-                  flush=True)
-        print(f"kafka     raw loop with the flow's JSONata mapping {max(rawj_rates):10,.0f} msgs/s   "
-              f"(seamline / that: {max(sl_rates) / max(rawj_rates):.2f}x, "
-              f"with workers: {max(slw_rates) / max(rawj_rates):.2f}x)")
-        for label, rates in (("one process", sl_rates), (f"workers:{workers}", slw_rates)):
-            ratios = sorted(s_ / r_ for s_, r_ in zip(rates, raw_rates, strict=True))
+                    secs = await run_seamline(flowdir, n, check)
+                sl_rates[w].append(n / secs)
+                line += f"   {_side(w)} {n / secs:9,.0f} ({raw_s / secs:.2f}x)"
+            print(line, flush=True)
+        best_j = max(rawj_rates)
+        print(f"kafka     raw loop with the flow's JSONata mapping {best_j:10,.0f} msgs/s   (seamline / that: "
+              + ", ".join(f"{_side(w)} {max(sl_rates[w]) / best_j:.2f}x" for w in sides) + ")")
+        for w in sides:
+            ratios = sorted(s_ / r_ for s_, r_ in zip(sl_rates[w], raw_rates, strict=True))
             shown = ", ".join(f"{r:.2f}" for r in ratios)
-            print(f"kafka     {label}: ratio per round {shown} (median {ratios[len(ratios) // 2]:.2f}x)")
-        return max(raw_rates), max(sl_rates), max(slw_rates)
+            print(f"kafka     {_side(w)}: ratio per round {shown} (median {ratios[len(ratios) // 2]:.2f}x)")
+        return max(raw_rates), {w: max(sl_rates[w]) for w in sides}
     finally:
         admin = None  # closed before the broker stops: it would log the lost connection
         if proc is not None:
@@ -331,6 +327,10 @@ async def bench_kafka(bootstrap: str | None, n: int, rounds: int = 3,
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+def _side(workers: int) -> str:
+    return f"workers:{workers}" if workers else "one process"
 
 
 # -- RabbitMQ -----------------------------------------------------------------------------------------------------
@@ -446,7 +446,7 @@ async def bench_rabbitmq(url: str, n: int) -> tuple[float, float]:
 
 
 def report(name: str, raw: float, sl: float) -> None:
-    print(f"{name:18s} raw {raw:10,.0f} msgs/s   seamline {sl:10,.0f} msgs/s   ratio {sl / raw:.2f}x")
+    print(f"{name:21s} raw {raw:10,.0f} msgs/s   seamline {sl:10,.0f} msgs/s   ratio {sl / raw:.2f}x")
 
 
 async def main() -> int:
@@ -456,14 +456,16 @@ async def main() -> int:
     ap.add_argument("--rabbitmq", default=os.environ.get("SEAMLINE_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672/"))
     ap.add_argument("--only", choices=["kafka", "rabbitmq"])
     ap.add_argument("--rounds", type=int, default=3, help="Kafka: rounds per side, taking turns; the best counts")
-    ap.add_argument("--workers", type=int, default=2, help="Kafka: worker processes of the second seamline side")
+    ap.add_argument("--workers", default="1,2",
+                    help="Kafka: worker counts of the seamline sides beside the one-process side (comma-separated)")
     args = ap.parse_args()
     print(f"{args.n:,} order messages per side, batch {BATCH}, JSONata map step; Python {sys.version.split()[0]}")
     print(_machine.describe())
     if args.only in (None, "kafka"):
-        raw, sl, slw = await bench_kafka(args.kafka, args.n, args.rounds, args.workers)
-        report("kafka", raw, sl)
-        report(f"kafka workers:{args.workers}", raw, slw)
+        counts = tuple(int(w) for w in args.workers.split(",") if w.strip() and int(w) > 0)
+        raw, best = await bench_kafka(args.kafka, args.n, args.rounds, counts)
+        for w, sl in best.items():
+            report(f"kafka {_side(w)}" if w else "kafka", raw, sl)
     if args.only in (None, "rabbitmq"):
         raw, sl = await bench_rabbitmq(args.rabbitmq, args.n)
         report("rabbitmq", raw, sl)

@@ -738,6 +738,8 @@ class _Sent:
         """Each failed report with the indices it may stand for: the records carrying its message
         id, or every record handed over when no record carries it (then all of them are sent again:
         a duplicate is allowed, a loss is not)."""
+        if not self.failed:  # the usual case: no index is looked up
+            return []
         by_id: dict[str | None, list[int]] = {}
         for i, mid in enumerate(self.ids):
             if i not in self.refused:

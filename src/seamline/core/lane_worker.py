@@ -188,13 +188,15 @@ def _run(plan: LanePlan, now: float, chunks: Iterable[list[Any]]) -> list[Any]:
     filtered = 0
     # for a sink that reports failures record by record: which input each output is
     sources: list[int] | None = [] if plan.encode is not None else None
-    index = -1
+    count = 0  # records so far
     encoded: list[list[Any]] | None = None
     for items in chunks:
         # a sink's encoder takes a chunk at a time: a whole batch of outputs and their messages
         # alive at once no longer fits the processor's cache
         extra: list[Any] | None = [] if plan.encode is not None else None
-        for index, (mid, corr, raw, body, meta) in enumerate(items, index + 1):
+        first = count
+        count += len(items)
+        for index, (mid, corr, raw, body, meta) in enumerate(items, first):
             if corr == mid:
                 corr = None
             out: bytes | None = raw
@@ -260,7 +262,7 @@ def _run(plan: LanePlan, now: float, chunks: Iterable[list[Any]]) -> list[Any]:
     else:
         out_data = encoded if encoded is not None else plan.encode([])
     journal = msgspec.msgpack.encode(entries) if entries else b""
-    return ["ok", index + 1, len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered, sources]
+    return ["ok", count, len(outs), out_data, journal, " ".join(map(key_token, keys)), filtered, sources]
 
 
 # -- framing ---------------------------------------------------------------------------------------
