@@ -194,9 +194,10 @@ class Source:
 
     def lane_decoder(self) -> LaneCodec | None:
         """How a worker decodes this source's ``"records"`` batches: ``function(settings, payload, now)``
-        returns ``[(id, correlation id or None, raw bytes, body, meta), ...]`` for the batch's
-        records, in order, or raises ``lane_worker.Fallback`` when the batch must run in the engine.
-        None: the source hands over NDJSON lines."""
+        returns ``[(id, correlation id or None, raw bytes, body, meta), ...]`` for the records of
+        ``payload``, in order, or raises ``lane_worker.Fallback`` when the batch must run in the
+        engine. A worker calls it on a batch's payload a slice (``lane_worker.CHUNK`` records) at
+        a time. None: the source hands over NDJSON lines."""
         return None
 
     async def run_raw(self, emit_raw: EmitRaw) -> None:
@@ -302,8 +303,10 @@ class Sink:
     def lane_encoder(self) -> LaneCodec | None:
         """How a worker encodes this sink's records (the ``workers`` path), for sinks that take more
         than NDJSON lines: ``function(settings, outputs)`` gets ``[(encoded body, body, meta), ...]``
-        (meta as the source's decoder gave it) and returns the payload for ``submit_encoded``, or
-        raises ``lane_worker.Fallback``. None: the sink takes NDJSON lines or cannot use workers."""
+        (meta as the source's decoder gave it) and returns the payload for ``submit_encoded`` as a
+        list of lists, one item per output in each, or raises ``lane_worker.Fallback``. A worker
+        encodes a batch a chunk at a time and joins the chunks' lists one by one. None: the sink
+        takes NDJSON lines or cannot use workers."""
         return None
 
     async def submit_encoded(self, payload: Any, count: int) -> Callable[[], Awaitable[None]]:

@@ -2,7 +2,8 @@
 
 The engine starts it as ``python -m seamline.core.lane_worker`` and writes one JSON line to its
 stdin: the steps to build (registered type, label, config) and what the journal records. Then
-it answers requests, one at a time, each a length-prefixed msgpack frame:
+it answers requests in the order they came, each a length-prefixed msgpack frame (the engine may
+write the next request while the worker is still on one):
 
 - request: ``[now, first_record, file_name, id_field, correlation_field, max_bytes, data]``,
   ``data`` being whole NDJSON lines as the source read them, or ``["records", now, payload]``,
