@@ -1,8 +1,10 @@
-"""The ``file`` connector: read NDJSON, JSON arrays and CSV; write NDJSON, JSON and CSV.
+"""The ``file`` connector: read NDJSON, JSON arrays, CSV and whole files; write NDJSON, JSON and CSV.
 
 The source remembers how far it got (a checkpoint in the store, moved only
 past acknowledged messages), so a restart continues where it stopped and a
-second run over the same file delivers nothing twice. The sink writes
+second run over the same file delivers nothing twice. With ``watch`` it keeps
+looking for new files and new records; with ``after`` it deletes or archives
+a file once every record of it was delivered or dead-lettered. The sink writes
 atomically: appends are whole lines (a torn tail left by a crash is cut off
 on open) and JSON files are written to a temporary name and renamed.
 """
@@ -16,8 +18,12 @@ import functools
 import glob as globlib
 import hashlib
 import io
+import logging
+import mimetypes
 import os
 import re
+import shutil
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -26,13 +32,17 @@ import orjson
 from pydantic import Field, model_validator
 
 from seamline.config.models import SinkConfig, SourceConfig
+from seamline.config.types import Duration
 from seamline.connectors.offsets import OffsetTracker
+from seamline.connectors.wire import decode_message
 from seamline.core.component import BuildContext, Delivery, Emit, EmitRaw, RawBatch, Sink, Source
 from seamline.core.errors import FatalError
 from seamline.core.message import Message
 from seamline.core.registry import flow_check, register
 
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig"]
+
+log = logging.getLogger("seamline.connectors.file")
 
 _FP_BYTES = 1024
 _BOM = b"\xef\xbb\xbf"
@@ -59,7 +69,11 @@ class FileSourceConfig(SourceConfig):
     """Read records from files."""
 
     path: str = Field(..., description="File to read, or a glob such as `in/*.ndjson` (relative to the flow file).")
-    format: Literal["ndjson", "json", "csv"] = Field("ndjson", description="Record format.")
+    format: Literal["ndjson", "json", "csv", "file"] = Field(
+        "ndjson",
+        description="Record format; `file`: one message per file, its bytes as they are (XML, EDI, a PDF), to be "
+        "parsed by a `decode` step or passed on.",
+    )
     csv: CsvOptions = Field(default_factory=CsvOptions, description="CSV dialect (format: csv).")
     id_field: str | None = Field(
         None, description="Record field used as message id (default: file name and record number)."
@@ -67,7 +81,7 @@ class FileSourceConfig(SourceConfig):
     correlation_field: str | None = Field(None, description="Record field used as correlation id.")
     max_record_bytes: int = Field(1_048_576, ge=1, description="Longer records are dead-lettered.")
     max_file_bytes: int = Field(
-        256 * 2**20, ge=1, description="format: json reads the whole file; larger files are refused."
+        256 * 2**20, ge=1, description="format: json and file read the whole file; larger files are refused."
     )
     encoding: str = Field("utf-8", description="Text encoding.")
     records_at: str | None = Field(
@@ -77,6 +91,34 @@ class FileSourceConfig(SourceConfig):
         "or one record).",
         pattern=r"^[^.]+(\.[^.]+)*$",
     )
+    content_type: str | None = Field(
+        None, description="format: file: the messages' content type (default: from the file name's extension, "
+        "e.g. `application/xml` for `.xml`; JSON content is decoded, strictly)."
+    )
+    watch: Duration | None = Field(
+        None, description="Look for new files, and for records added to the files read, this often; the flow then "
+        "runs until stopped. Default: read the files there are, then end."
+    )
+    settle: Duration = Field(
+        1.0, description="watch: a file changed less than this long ago is left for the next look (it may still "
+        "be being written)."
+    )
+    after: Literal["keep", "delete", "move"] = Field(
+        "keep", description="What happens to a file once every record of it was delivered or dead-lettered: "
+        "keep it (its checkpoint remembers it), delete it, or move it to `move_to`."
+    )
+    move_to: str | None = Field(
+        None, description="after: move: the folder files go to (relative to the flow file; made if missing). "
+        "A file whose name is taken there gets a UTC time stamp in its name."
+    )
+
+    @model_validator(mode="after")
+    def _where_to(self) -> FileSourceConfig:
+        if self.after == "move" and not self.move_to:
+            raise ValueError("after: move needs move_to (the folder the files go to)")
+        if self.move_to and self.after != "move":
+            raise ValueError("move_to is only used with after: move")
+        return self
 
 
 class FileSinkConfig(SinkConfig):
@@ -114,6 +156,20 @@ def _fingerprint(path: Path, length: int) -> str:
         return hashlib.sha256(f.read(length)).hexdigest()[:16]
 
 
+class _FileState:
+    """A file being read or with positions still to save: its offsets, the fingerprint its
+    checkpoint carries, and whether it was read to its end."""
+
+    __slots__ = ("fp", "fp_len", "path", "read_all", "tracker")
+
+    def __init__(self, tracker: OffsetTracker, fp: str, fp_len: int, path: Path) -> None:
+        self.tracker = tracker
+        self.fp = fp
+        self.fp_len = fp_len
+        self.path = path
+        self.read_all = False
+
+
 class FileSource(Source):
     finite = True
 
@@ -121,24 +177,66 @@ class FileSource(Source):
         self.cfg = cfg
         self.ctx = ctx
         self.batch_size = ctx.batch_size
+        self.finite = cfg.watch is None  # type: ignore[misc]
         self._tracker: OffsetTracker | None = None  # the file being read
         # every file with positions still to save, by checkpoint scope: a glob's earlier file may
         # have batches in flight (and acknowledged later) while the next file is already read
-        self._positions: dict[str, tuple[OffsetTracker, tuple[str, int]]] = {}
+        self._positions: dict[str, _FileState] = {}
+        # watch: (size, modification time) of each file when it was last read to its end
+        self._seen: dict[Path, tuple[int, int]] = {}
         self._lock = asyncio.Lock()
+
+    def _scope(self, path: Path) -> str:
+        return f"file:{self.ctx.flow}:{path.resolve()}"
 
     def _files(self) -> list[Path]:
         pattern = str(self.ctx.resolve_path(self.cfg.path))
         if any(ch in pattern for ch in "*?["):
-            return [Path(p) for p in sorted(globlib.glob(pattern))]
+            return [Path(p) for p in sorted(globlib.glob(pattern)) if os.path.isfile(p)]
         p = Path(pattern)
         if not p.exists():
+            if self.cfg.watch is not None:
+                return []  # not there yet
             raise FatalError(f"input file not found: {self.cfg.path}", code="file.not_found")
         return [p]
 
+    def _ready(self, path: Path) -> tuple[int, int] | None:
+        """watch: ``path``'s (size, modification time) when it is to be read now; None when it is
+        unchanged since it was read to its end, may still be being written, or still has records in
+        flight from the last look."""
+        try:
+            st = path.stat()
+        except OSError:  # gone meanwhile
+            return None
+        seen = (st.st_size, st.st_mtime_ns)
+        if self._seen.get(path) == seen:
+            return None
+        if self.cfg.watch is not None and time.time() - st.st_mtime < self.cfg.settle:
+            return None
+        state = self._positions.get(self._scope(path))
+        if state is not None and (state.tracker.in_flight or state.tracker.dirty):
+            return None  # read on from its checkpoint once those are saved
+        return seen
+
+    async def _each_file(self, read: Callable[[Path], Awaitable[None]]) -> None:
+        """``read`` every file, once; with ``watch``, again and again for new files and new records."""
+        while True:
+            for path in self._files():
+                seen = self._ready(path)
+                if seen is None:
+                    continue
+                await read(path)
+                self._seen[path] = seen
+                state = self._positions.get(self._scope(path))
+                if state is not None:
+                    state.read_all = True
+                await self.commit_acks()  # a file with nothing (left) in flight is done now
+            if self.cfg.watch is None:
+                return
+            await asyncio.sleep(self.cfg.watch)
+
     async def run(self, emit: Emit) -> None:
-        for path in self._files():
-            await self._run_file(path, emit)
+        await self._each_file(functools.partial(self._run_file, emit=emit))
 
     async def _begin(self, path: Path) -> Pos:
         """Where to start reading ``path``: its checkpoint, unless the file was replaced or cut.
@@ -146,17 +244,20 @@ class FileSource(Source):
         The checkpoint holds a digest of the file's first bytes as they were (``fp_len`` of them, up
         to ``_FP_BYTES``): a file that only grew since (lines appended) still starts with them and is
         read on from its checkpoint, even one that was shorter than ``_FP_BYTES`` then."""
-        scope = f"file:{self.ctx.flow}:{path.resolve()}"
+        scope = self._scope(path)
         cp = await self.ctx.store.get_checkpoint(scope)
         start: Pos = (0, 1, 0)
         size = path.stat().st_size
-        if isinstance(cp, dict) and int(cp.get("offset", 0)) <= size:
+        # a file being deleted or moved (``after``) when the engine stopped: it is read again only if it is
+        # not that file (a new one of the same name)
+        gone = isinstance(cp, dict) and cp.get("disposing") and cp.get("size") != size
+        if isinstance(cp, dict) and int(cp.get("offset", 0)) <= size and not gone:
             known = int(cp.get("fp_len", _FP_BYTES))  # checkpoints written before fp_len: the first KiB
             if cp.get("fingerprint") == _fingerprint(path, known):
                 start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
         length = min(size, _FP_BYTES)
         self._tracker = OffsetTracker(start)
-        self._positions[scope] = (self._tracker, (_fingerprint(path, length), length))
+        self._positions[scope] = _FileState(self._tracker, _fingerprint(path, length), length, path)
         return start
 
     def _delivery(self, name: str, rec_no: int, body: Any, raw: bytes | None, err: BaseException | None,
@@ -177,6 +278,9 @@ class FileSource(Source):
     async def _run_file(self, path: Path, emit: Emit) -> None:
         if self.cfg.format == "ndjson":
             await self._run_ndjson(path, emit)
+            return
+        if self.cfg.format == "file":
+            await self._run_whole(path, emit)
             return
         start = await self._begin(path)
         assert self._tracker is not None
@@ -213,8 +317,28 @@ class FileSource(Source):
                 max_record_bytes=limit, expand=expand, ack=acker.ack_all, nack=_nack,
             ))
 
-        for path in self._files():
-            await self._read_ndjson(path, hand_over)
+        await self._each_file(functools.partial(self._read_ndjson, handle=hand_over))
+
+    async def _run_whole(self, path: Path, emit: Emit) -> None:
+        """One message per file: its bytes, with the configured or guessed content type."""
+        start = await self._begin(path)
+        if start[2] >= 1:
+            return  # delivered already
+        assert self._tracker is not None
+        acker = _BatchAck(self._tracker)
+        name = path.name
+        headers = {"file.name": name, "file.path": str(path)}
+        limit = self.cfg.max_file_bytes
+        size = path.stat().st_size
+        ctype = self.cfg.content_type or _guess_type(name)
+        if size > limit:
+            err: BaseException | None = FatalError(f"{name} is {size} bytes (limit {limit})", code="file.too_large")
+            msg = Message({"$file": name, "$size": size}, id=name, headers=headers)
+        else:
+            msg, err = decode_message(path.read_bytes(), {}, default_id=name, default_content_type=ctype,
+                                      transport=headers, max_bytes=limit, connector="file")
+        acker.seal((size, 1, 1), 1)
+        await emit([Delivery(msg, acker, _nack, err)])
 
     async def _run_ndjson(self, path: Path, emit: Emit) -> None:
         """NDJSON, strictly: duplicate keys, NaN, deep nesting and huge numbers are refused per record.
@@ -369,22 +493,96 @@ class FileSource(Source):
             yield (i + 1, 1, i + 1), i + 1, items[i], None, None
 
     async def commit_acks(self) -> None:
-        if not any(t.dirty for t, _ in self._positions.values()):
+        if not any(st.tracker.dirty or st.read_all for st in self._positions.values()):
             return
         async with self._lock:
-            for scope, (t, (fp, fp_len)) in list(self._positions.items()):
+            for scope, st in list(self._positions.items()):
+                t = st.tracker
                 if t.dirty:
                     t.dirty = False
                     offset, line, records = t.committed
                     await self.ctx.store.put_checkpoint(
                         scope,
-                        {"offset": offset, "line": line, "records": records, "fingerprint": fp, "fp_len": fp_len},
+                        {"offset": offset, "line": line, "records": records, "fingerprint": st.fp,
+                         "fp_len": st.fp_len},
                     )
-                if t is not self._tracker and not t.in_flight and not t.dirty:
-                    del self._positions[scope]  # an earlier file, all of it saved
+                if st.read_all and not t.in_flight and not t.dirty:
+                    # every record of the file was delivered or dead-lettered, and that is saved
+                    del self._positions[scope]
+                    if self.cfg.after != "keep":
+                        await self._dispose(scope, st)
+
+    async def _dispose(self, scope: str, st: _FileState) -> None:
+        """``after: delete | move`` for a file that is done; its checkpoint then no longer applies (a new
+        file of the same name is read from its start).
+
+        The checkpoint first says that the file is being disposed of, with its size: an engine stopped
+        before the file was gone finishes the job on its next start without reading the file again,
+        and one stopped after it never takes a new file of the same name for the old one."""
+        path = st.path
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        offset, line, records = st.tracker.committed
+        await self.ctx.store.put_checkpoint(scope, {
+            "offset": offset, "line": line, "records": records, "fingerprint": st.fp, "fp_len": st.fp_len,
+            "disposing": self.cfg.after, "size": size,
+        })
+        try:
+            if self.cfg.after == "delete":
+                path.unlink(missing_ok=True)
+                where = "deleted"
+            else:
+                assert self.cfg.move_to is not None
+                target = _free_name(self.ctx.resolve_path(self.cfg.move_to), path.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if path.exists():
+                    shutil.move(str(path), str(target))
+                where = f"moved to {target}"
+        except OSError as exc:
+            # the file stays where it is, its checkpoint at its end: nothing is read twice, and the next
+            # start tries again
+            log.warning("file source of flow %s: %s is done but could not be %s: %s", self.ctx.flow, path.name,
+                        "deleted" if self.cfg.after == "delete" else "moved", exc)
+            return
+        self._seen.pop(path, None)
+        await self.ctx.store.put_checkpoint(scope, {"offset": 0, "line": 1, "records": 0, "fingerprint": None,
+                                                    "done": where})
+        log.info("file source of flow %s: %s %s", self.ctx.flow, path.name, where)
 
     async def close(self) -> None:
         await self.commit_acks()
+
+
+def _guess_type(name: str) -> str:
+    """A file's content type from its extension (``application/octet-stream`` when unknown)."""
+    lower = name.lower()
+    for ext, ctype in _TYPES:
+        if lower.endswith(ext):
+            return ctype
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+_TYPES = ((".ndjson", "application/x-ndjson"), (".jsonl", "application/x-ndjson"), (".json", "application/json"),
+          (".xml", "application/xml"), (".csv", "text/csv"), (".txt", "text/plain"), (".edi", "application/edi-x12"),
+          (".avro", "avro/binary"))
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or, when that is taken, the name with a UTC time stamp (and a counter) in it."""
+    target = folder / name
+    if not target.exists():
+        return target
+    p = Path(name)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for n in range(1, 10_000):
+        extra = stamp if n == 1 else f"{stamp}-{n}"
+        target = folder / f"{p.stem}.{extra}{p.suffix}"
+        if not target.exists():
+            return target
+    raise OSError(f"no free name for {name} in {folder}")
 
 
 def _records_at(doc: Any, path: str) -> Any:
@@ -441,9 +639,11 @@ class _BatchAck:
     "source",
     "file",
     config=FileSourceConfig,
-    summary="Read NDJSON, JSON arrays or CSV from files; remembers its position.",
+    summary="Read NDJSON, JSON arrays, CSV or whole files; remembers its position; can watch a folder and "
+            "archive what it read.",
     examples=("file: {path: in/orders.csv, format: csv, id_field: order_id}",
-              "file: {path: dumps/crm-*.json, format: json, records_at: data.accounts, id_field: id}"),
+              "file: {path: dumps/crm-*.json, format: json, records_at: data.accounts, id_field: id}",
+              "file: {path: inbox/*.xml, format: file, watch: 5s, after: move, move_to: archive}"),
 )
 def _file_source(cfg: FileSourceConfig, ctx: BuildContext) -> FileSource:
     return FileSource(cfg, ctx)

@@ -217,3 +217,88 @@ def test_five_sigkills_at_random_moments_lose_nothing(tmp_path: Path) -> None:
     assert lost == [], f"{len(lost)} lost after {kills} kills, e.g. {lost[:10]}"
     dupes = sum(c - 1 for c in delivered.values() if c > 1)
     assert dupes <= kills * _inflight_bound(), f"{dupes} duplicates after {kills} kills"
+
+
+WATCH_FLOW = f"""
+flow: inbox
+source:
+  file: {{path: "inbox/*.ndjson", id_field: id, watch: 0.05s, settle: 0s, after: move, move_to: archive}}
+steps:
+  - python: {{function: "hooks:maybe_poison", label: poison-check}}
+sinks:
+  - file: {{path: out.ndjson, label: out}}
+settings:
+  batch_size: {BATCH}
+  queue: {QUEUE}
+  concurrency: {CONCURRENCY}
+"""
+
+
+def test_sigkill_while_watching_a_folder_loses_nothing_and_archives_every_file(tmp_path: Path) -> None:
+    """A folder of exports, watched, each file moved to the archive once all of it is settled: the
+    engine is killed mid-stream; after a restart every record is delivered or dead-lettered, every
+    file is in the archive once, and nothing is left in the inbox."""
+    files, per_file = 12, 1000
+    (tmp_path / "flow.yaml").write_text(WATCH_FLOW)
+    (tmp_path / "hooks.py").write_text(HOOKS)
+    (tmp_path / "inbox").mkdir()
+    for f in range(files):
+        write_ndjson(tmp_path / "inbox" / f"export-{f:02d}.ndjson",
+                     [{"id": f * per_file + i, "amount": i} for i in range(per_file)])
+    n = files * per_file
+    state = tmp_path / "state.db"
+    out = tmp_path / "out.ndjson"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def start() -> subprocess.Popen[bytes]:
+        with (tmp_path / "engine.log").open("ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "seamline.cli", "run", "flow.yaml", "--state", str(state), "-q"],
+                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log,
+            )
+
+    def archived() -> list[str]:
+        folder = tmp_path / "archive"
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+    proc = start()
+    killed_at = 0
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.exists() and (killed_at := out.read_bytes().count(b"\n")) >= n // 3:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, (tmp_path / "engine.log").read_text()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert 0 < killed_at < n and len(archived()) < files, "the kill must land mid-stream"
+    print(f"killed after {killed_at} records with {len(archived())} of {files} files archived")
+
+    proc = start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(archived()) < files:
+            assert proc.poll() is None, (tmp_path / "engine.log").read_text()[-2000:]
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert archived() == [f"export-{f:02d}.ndjson" for f in range(files)]
+    assert list((tmp_path / "inbox").iterdir()) == []
+
+    delivered = Counter(rec["id"] for rec in read_ndjson(out))
+    dl = cli("dlq", "list", "--json", "--state", str(state), cwd=tmp_path)
+    dead = {int(d["msg_id"]) for d in orjson.loads(dl.stdout)}
+    assert dead == {i for i in range(n) if i % 997 == 0}
+    lost = [i for i in range(n) if i not in delivered and i not in dead]
+    assert lost == [], f"{len(lost)} messages lost, e.g. {lost[:10]}"
+    dupes = sum(c - 1 for c in delivered.values() if c > 1)
+    assert dupes <= _inflight_bound(), f"{dupes} duplicates exceed the in-flight bound {_inflight_bound()}"

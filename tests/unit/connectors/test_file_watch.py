@@ -1,0 +1,249 @@
+"""The file source beyond one pass: whole files as messages, watching a folder, and what happens to a
+file once every record of it is delivered or dead-lettered (keep, delete, move)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from seamline import Flow, sink, source, step
+from seamline.config.loader import load_flows
+from seamline.core.engine import Engine
+from seamline.core.errors import ConfigError
+from seamline.store import DlqFilter, open_store
+
+
+def _out(tmp: Path) -> list[Any]:
+    path = tmp / "out.ndjson"
+    return [orjson.loads(x) for x in path.read_bytes().splitlines()] if path.exists() else []
+
+
+async def _dead(tmp: Path) -> list[Any]:
+    store = open_store(str(tmp / "s.db"))
+    await store.open()
+    try:
+        return await store.list_dead(DlqFilter())
+    finally:
+        await store.close()
+
+
+async def _once(fl: Flow, tmp: Path) -> None:
+    await Engine([fl], open_store(str(tmp / "s.db"))).run(until_idle=True, idle_horizon=0, install_signals=False)
+
+
+async def _until(check: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+class _Running:
+    """An engine running a watching flow in the background."""
+
+    def __init__(self, fl: Flow, tmp: Path) -> None:
+        self.engine = Engine([fl], open_store(str(tmp / "s.db")))
+        self.task: asyncio.Task[Any] | None = None
+
+    async def __aenter__(self) -> _Running:
+        self.task = asyncio.create_task(self.engine.run(install_signals=False))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.engine.request_stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 30)
+
+
+def _age(path: Path, seconds: float = 60.0) -> None:
+    """Make ``path`` look written ``seconds`` ago (past any settle time)."""
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+# -- format: file --------------------------------------------------------------------------------------
+
+
+async def test_whole_files_become_one_message_each_with_their_content_type(tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.xml").write_bytes(b'<order id="1"><line>x</line><line>y</line></order>')
+    (inbox / "b.json").write_bytes(b'{"order": {"@id": "2"}, "note": "json is decoded, strictly"}')
+    (inbox / "c.json").write_bytes(b'{"id": 1, "id": 2}')  # duplicate key: refused
+    (inbox / "d.xml").write_bytes(b"<order><unclosed></order>")
+    (inbox / "e.bin").write_bytes(b"\x00" * 5000)  # over max_file_bytes
+    fl = Flow(
+        "whole",
+        source=source("file", path=str(inbox / "*.xml"), format="file"),
+        steps=[step("decode", format="xml", force_list=["line"])],
+        sinks=[sink("file", label="out", path=str(tmp_path / "out.ndjson"), fsync=False)],
+    )
+    await _once(fl, tmp_path)
+    assert _out(tmp_path) == [{"order": {"@id": "1", "line": ["x", "y"]}}]
+    dead = await _dead(tmp_path)
+    assert [(d.msg_id, d.step, d.error_code) for d in dead] == [("d.xml", "decode", "format.xml.syntax")]
+
+    json_flow = Flow(
+        "whole-json",
+        source=source("file", path=str(inbox / "*.json"), format="file"),
+        sinks=[sink("file", label="out", path=str(tmp_path / "json.ndjson"), fsync=False)],
+    )
+    await _once(json_flow, tmp_path)
+    got = [orjson.loads(x) for x in (tmp_path / "json.ndjson").read_bytes().splitlines()]
+    assert got == [{"order": {"@id": "2"}, "note": "json is decoded, strictly"}]
+    codes = {d.msg_id: d.error_code for d in await _dead(tmp_path)}
+    assert codes["c.json"] == "format.json.duplicate_key"
+
+    big_flow = Flow(
+        "whole-big",
+        source=source("file", path=str(inbox / "*.bin"), format="file", max_file_bytes=4096),
+        sinks=[sink("file", label="out", path=str(tmp_path / "bin.ndjson"), fsync=False)],
+    )
+    await _once(big_flow, tmp_path)
+    big = [d for d in await _dead(tmp_path) if d.msg_id == "e.bin"]
+    assert [(d.step, d.error_code) for d in big] == [("source", "file.too_large")]
+
+    # a second pass delivers nothing twice: each file's checkpoint says it was delivered
+    await _once(fl, tmp_path)
+    await _once(json_flow, tmp_path)
+    assert len(_out(tmp_path)) == 1 and len((tmp_path / "json.ndjson").read_bytes().splitlines()) == 1
+    assert len(await _dead(tmp_path)) == 3
+
+
+async def test_a_file_message_carries_its_name_and_the_bytes_as_they_were(tmp_path: Path) -> None:
+    data = b"ISA*00*          *00*~\r\nGS*PO\xff~"  # not text: kept byte for byte
+    (tmp_path / "po.edi").write_bytes(data)
+    (tmp_path / "note.txt").write_bytes(b"hello")
+    seen: list[Any] = []
+
+    def look(message: Any) -> dict[str, Any]:
+        seen.append(message)
+        return {"name": message.headers["file.name"], "type": message.content_type, "size": len(message.body)}
+
+    for name, ctype in (("po.edi", None), ("note.txt", "text/x-note")):
+        fl = Flow(
+            f"edi-{name}",
+            source=source("file", path=str(tmp_path / name), format="file",
+                          **({"content_type": ctype} if ctype else {})),
+            steps=[step("python", function=look, **{"pass": "message"})],
+            sinks=[sink("file", label="out", path=str(tmp_path / "out.ndjson"), fsync=False)],
+        )
+        await _once(fl, tmp_path)
+    assert _out(tmp_path) == [{"name": "po.edi", "type": "application/edi-x12", "size": len(data)},
+                              {"name": "note.txt", "type": "text/x-note", "size": 5}]
+    assert seen[0].body == data and seen[0].id == "po.edi"
+
+
+# -- watch ------------------------------------------------------------------------------------------------
+
+
+def _watching(tmp: Path, pattern: str = "in/*.ndjson", **src: Any) -> Flow:
+    return Flow(
+        "watch",
+        source=source("file", path=str(tmp / pattern), id_field="id", watch=0.05, settle=0.3, **src),
+        sinks=[sink("file", label="out", path=str(tmp / "out.ndjson"), fsync=False)],
+        settings={"batch_size": 2},
+    )
+
+
+async def test_watch_reads_new_files_and_new_lines_until_stopped(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    first = tmp_path / "in" / "a.ndjson"
+    first.write_bytes(b'{"id": "a1"}\n{"id": "a2"}\n{"id": "a3"}\n')
+    _age(first)
+    async with _Running(_watching(tmp_path), tmp_path):
+        await _until(lambda: len(_out(tmp_path)) == 3, "the first file")
+        # a new file and lines appended to the first one
+        second = tmp_path / "in" / "b.ndjson"
+        second.write_bytes(b'{"id": "b1"}\n')
+        _age(second)
+        with first.open("ab") as f:
+            f.write(b'{"id": "a4"}\n')
+        _age(first)
+        await _until(lambda: len(_out(tmp_path)) == 5, "the new file and the appended line")
+        # a file written just now is left alone until it has settled
+        fresh = tmp_path / "in" / "c.ndjson"
+        fresh.write_bytes(b'{"id": "c1"}\n')
+        await asyncio.sleep(0.15)
+        assert [o["id"] for o in _out(tmp_path)][-1] != "c1", "read while it may still be being written"
+        await _until(lambda: len(_out(tmp_path)) == 6, "the settled file")
+        await asyncio.sleep(0.3)  # looks that find nothing new deliver nothing
+    ids = [o["id"] for o in _out(tmp_path)]
+    assert sorted(ids) == ["a1", "a2", "a3", "a4", "b1", "c1"] and len(ids) == 6
+    # a restart reads on from the checkpoints: nothing twice
+    async with _Running(_watching(tmp_path), tmp_path):
+        await asyncio.sleep(0.5)
+    assert len(_out(tmp_path)) == 6
+
+
+async def test_watch_waits_for_a_file_that_is_not_there_yet(tmp_path: Path) -> None:
+    fl = _watching(tmp_path, pattern="drop.ndjson")
+    async with _Running(fl, tmp_path):
+        await asyncio.sleep(0.2)
+        target = tmp_path / "drop.ndjson"
+        target.write_bytes(b'{"id": "late"}\n')
+        _age(target)
+        await _until(lambda: len(_out(tmp_path)) == 1, "the file that came late")
+
+
+# -- after ------------------------------------------------------------------------------------------------
+
+
+async def test_after_move_archives_a_file_once_every_record_is_settled(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    good = tmp_path / "in" / "orders.ndjson"
+    good.write_bytes(b'{"id": "o1"}\n{"id": "o2"}\n{not json\n{"id": "o3"}\n')
+    _age(good)
+    fl = _watching(tmp_path, after="move", move_to=str(tmp_path / "archive"))
+    async with _Running(fl, tmp_path):
+        await _until(lambda: (tmp_path / "archive" / "orders.ndjson").exists(), "the file in the archive")
+        assert not good.exists()
+        assert [o["id"] for o in _out(tmp_path)] == ["o1", "o2", "o3"]
+        # the same name again (tomorrow's export): read from its start, archived beside the first
+        good.write_bytes(b'{"id": "o1"}\n{"id": "o4"}\n')
+        _age(good)
+        await _until(lambda: len(list((tmp_path / "archive").iterdir())) == 2, "the second file archived")
+    assert [o["id"] for o in _out(tmp_path)] == ["o1", "o2", "o3", "o1", "o4"]
+    names = {p.name for p in (tmp_path / "archive").iterdir()}
+    assert "orders.ndjson" in names
+    (stamped,) = names - {"orders.ndjson"}
+    assert re.fullmatch(r"orders\.\d{8}T\d{6}Z\.ndjson", stamped), stamped
+    dead = await _dead(tmp_path)
+    assert [(d.msg_id, d.error_code) for d in dead] == [("orders.ndjson:3", "format.json.syntax")]
+
+
+async def test_after_delete_without_watch_removes_the_files_read(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "in" / f"{name}.csv").write_bytes(b"id,qty\n" + b"".join(b"%s%d,%d\n" % (name.encode(), i, i)
+                                                                         for i in range(5)))
+    (tmp_path / "in" / "empty.csv").write_bytes(b"id,qty\n")
+    fl = Flow(
+        "csv",
+        source=source("file", path=str(tmp_path / "in" / "*.csv"), format="csv", id_field="id", after="delete"),
+        sinks=[sink("file", label="out", path=str(tmp_path / "out.ndjson"), fsync=False)],
+        settings={"batch_size": 2},
+    )
+    await _once(fl, tmp_path)
+    assert sorted(o["id"] for o in _out(tmp_path)) == sorted([f"{n}{i}" for n in "ab" for i in range(5)])
+    assert list((tmp_path / "in").iterdir()) == []  # the empty file too: it had nothing to deliver
+
+
+def test_after_move_needs_a_folder(tmp_path: Path) -> None:
+    bad = tmp_path / "f.yaml"
+    bad.write_text("flow: f\nsource: {file: {path: in.ndjson, after: move}}\nsinks: [{file: {path: out.ndjson}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_flows(bad)
+    assert "f.yaml:2" in str(err.value) and "move_to" in str(err.value)
+    bad.write_text("flow: f\nsource: {file: {path: in.ndjson, move_to: done}}\nsinks: [{file: {path: out.ndjson}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_flows(bad)
+    assert "only used with after: move" in str(err.value)
