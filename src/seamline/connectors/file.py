@@ -126,10 +126,15 @@ class FileSinkConfig(SinkConfig):
 
     path: str = Field(
         ...,
-        description="Target file (ndjson, csv: appended) or, for json, a template with {id} "
-        "(one file per message), relative to the flow file.",
+        description="Target file (ndjson, csv: appended) or, for json and file, a template naming one file per "
+        "message: `{id}`, `{correlation_id}`, `{name}` (the name of the file the message was read from, else its "
+        "id) and `{date}` (UTC, YYYY-MM-DD), e.g. `out/{date}/{name}`; relative to the flow file.",
     )
-    format: Literal["ndjson", "json", "csv"] = Field("ndjson", description="Record format.")
+    format: Literal["ndjson", "json", "csv", "file"] = Field(
+        "ndjson",
+        description="Record format; json: one file per message, its JSON; file: one file per message, its bytes "
+        "as they are (what an `encode` step made, or a file read with `format: file`).",
+    )
     csv_columns: list[str] | None = Field(None, description="CSV columns (default: keys of the first record).")
     csv_delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field separator.")
     neutralize_formulas: bool = Field(
@@ -139,10 +144,10 @@ class FileSinkConfig(SinkConfig):
 
     @model_validator(mode="after")
     def _one_file_per_message(self) -> FileSinkConfig:
-        if self.format == "json" and "{id}" not in self.path:
+        if self.format in ("json", "file") and not _NAMING.search(self.path):
             raise ValueError(
-                "format: json writes one file per message, so each message would replace the one before: "
-                "put {id} in the path (e.g. out/{id}.json), or write one file with format: ndjson"
+                f"format: {self.format} writes one file per message, so each message would replace the one before: "
+                "put {id} or {name} in the path (e.g. out/{id}.json), or write one file with format: ndjson"
             )
         return self
 
@@ -652,7 +657,9 @@ def _file_source(cfg: FileSourceConfig, ctx: BuildContext) -> FileSource:
 # -- sink -----------------------------------------------------------------------------------------------------
 
 _FORMULA = ("=", "+", "-", "@", "\t", "\r")
-_TEMPLATE = re.compile(r"\{(id|correlation_id)\}")
+_TEMPLATE = re.compile(r"\{(id|correlation_id|name|date)\}")
+#: what tells one message's file from another's
+_NAMING = re.compile(r"\{(id|correlation_id|name)\}")
 
 
 def _neutralize(v: Any) -> Any:
@@ -670,9 +677,8 @@ class FileSink(Sink):
         self._lock = asyncio.Lock()
 
     async def open(self) -> None:
-        if self.cfg.format == "json":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            return
+        if self.cfg.format in ("json", "file"):
+            return  # each file's folder is made when the file is written
         await asyncio.to_thread(self._repair_tail)
 
     def _repair_tail(self) -> None:
@@ -715,8 +721,15 @@ class FileSink(Sink):
             await asyncio.to_thread(self._append, data)
 
     def _target(self, m: Message) -> Path:
-        name = _TEMPLATE.sub(lambda mt: _safe_name(str(getattr(m, mt.group(1)))), self.cfg.path)
-        return self.ctx.resolve_path(name)
+        def part(mt: re.Match[str]) -> str:
+            what = mt.group(1)
+            if what == "name":
+                return _safe_name(m.headers.get("file.name") or m.id)
+            if what == "date":
+                return time.strftime("%Y-%m-%d", time.gmtime())
+            return _safe_name(str(getattr(m, what)))
+
+        return self.ctx.resolve_path(_TEMPLATE.sub(part, self.cfg.path))
 
     def _append(self, data: bytes) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -768,7 +781,9 @@ def _cell(v: Any) -> Any:
 
 
 def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", s)[:200] or "_"
+    """A value fit to be one file name: no folders, never ``.`` or ``..``."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", s)[:200]
+    return "_" if name in ("", ".", "..") else name
 
 
 @register(

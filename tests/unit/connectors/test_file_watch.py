@@ -247,3 +247,54 @@ def test_after_move_needs_a_folder(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_flows(bad)
     assert "only used with after: move" in str(err.value)
+
+
+# -- the sink's one file per message -----------------------------------------------------------------------
+
+
+async def test_a_folder_of_xml_files_is_transformed_into_another_under_the_same_names(tmp_path: Path) -> None:
+    """XML in, XML out, file by file: read whole, decode, map, encode, written under the name it came with."""
+    (tmp_path / "in").mkdir()
+    for i in (1, 2):
+        (tmp_path / "in" / f"order-{i}.xml").write_bytes(b'<order id="%d"><qty>%d</qty></order>' % (i, i * 10))
+    fl = Flow(
+        "xml-to-xml",
+        source=source("file", path=str(tmp_path / "in" / "*.xml"), format="file", after="move",
+                      move_to=str(tmp_path / "done")),
+        steps=[
+            step("decode", format="xml"),
+            step("map", expression="{'Bestellung': {'@nr': order.`@id`, 'Menge': $number(order.qty)}}"),
+            step("encode", format="xml"),
+        ],
+        sinks=[sink("file", label="out", path=str(tmp_path / "out" / "{date}" / "{name}"), format="file",
+                    fsync=False)],
+    )
+    await _once(fl, tmp_path)
+    (day,) = (tmp_path / "out").iterdir()
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", day.name)
+    written = {p.name: p.read_bytes() for p in day.iterdir()}
+    assert sorted(written) == ["order-1.xml", "order-2.xml"]
+    assert b'<Bestellung nr="2"><Menge>20</Menge></Bestellung>' in written["order-2.xml"]
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["order-1.xml", "order-2.xml"]
+
+
+def test_one_file_per_message_needs_a_name_in_the_path(tmp_path: Path) -> None:
+    bad = tmp_path / "f.yaml"
+    bad.write_text("flow: f\nsource: {file: {path: in.ndjson}}\n"
+                   "sinks: [{file: {path: \"out/{date}.xml\", format: file}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_flows(bad)
+    assert "put {id} or {name} in the path" in str(err.value)
+
+
+async def test_a_name_from_outside_never_leaves_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b'{"id": ".."}\n{"id": "../../escape"}\n{"id": "a/b"}\n')
+    fl = Flow(
+        "names",
+        source=source("file", path=str(tmp_path / "in.ndjson"), id_field="id"),
+        sinks=[sink("file", label="out", path=str(tmp_path / "out" / "{id}"), format="json", fsync=False)],
+    )
+    await _once(fl, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".._.._escape", "_", "a_b"]
+    assert sorted(
+        p.name for p in tmp_path.iterdir() if not p.name.startswith("s.")) == ["in.ndjson", "out"]  # nothing escaped
