@@ -226,7 +226,11 @@ class FileSource(Source):
     async def _each_file(self, read: Callable[[Path], Awaitable[None]]) -> None:
         """``read`` every file, once; with ``watch``, again and again for new files and new records."""
         while True:
-            for path in self._files():
+            files = self._files()
+            if len(self._seen) > len(files):  # forget files that are gone (removed by someone else)
+                listed = set(files)
+                self._seen = {p: v for p, v in self._seen.items() if p in listed}
+            for path in files:
                 seen = self._ready(path)
                 if seen is None:
                     continue
