@@ -51,12 +51,14 @@ __all__ = [
     "TRACEPARENT",
     "TRANSPORT_PREFIXES",
     "connect_again",
+    "content_type_of",
     "decode_message",
     "ensure_traceparent",
     "field_at",
     "incoming",
     "is_valid_traceparent",
     "new_traceparent",
+    "outgoing_from",
     "outgoing_headers",
     "render_placeholders",
     "safe_url",
@@ -199,10 +201,28 @@ def outgoing_headers(
     ``traceparent`` and, unless the connector carries them natively, id, correlation id
     and content type."""
     ensure_traceparent(message)
+    return outgoing_from(message.headers, message.id, message.correlation_id, message.content_type,
+                         message_id=message_id, correlation_id=correlation_id, content_type=content_type,
+                         exclude=exclude)
+
+
+def outgoing_from(
+    headers: Mapping[str, str],
+    mid: str,
+    corr: str,
+    ctype: str,
+    *,
+    message_id: bool = True,
+    correlation_id: bool = True,
+    content_type: bool = True,
+    exclude: Iterable[str] = (),
+) -> dict[str, str]:
+    """:func:`outgoing_headers` from a message's parts: ``headers`` (holding a valid ``traceparent``),
+    id, correlation id and content type (for a worker that has them without a message)."""
     skip = {e.lower() for e in exclude} if exclude else None
     out: dict[str, str] = {}
     kinds = _KINDS
-    for k, v in message.headers.items():
+    for k, v in headers.items():
         kind = kinds.get(k)
         if kind is None:
             kind = _kind(k)
@@ -210,11 +230,11 @@ def outgoing_headers(
             out[k] = v
         # transport headers and the id / correlation / content-type aliases are not passed on
     if message_id:
-        out[MESSAGE_ID_HEADER] = message.id
+        out[MESSAGE_ID_HEADER] = mid
     if correlation_id:
-        out[CORRELATION_HEADER] = message.correlation_id
+        out[CORRELATION_HEADER] = corr
     if content_type:
-        out[CONTENT_TYPE_HEADER] = message.content_type
+        out[CONTENT_TYPE_HEADER] = ctype
     return out
 
 
@@ -259,6 +279,15 @@ _JSON = "application/json"
 NOT_DECODED: Any = object()
 
 
+def content_type_of(declared: str | None, default: str) -> str:
+    """A record's content type: the one it declares (parameters dropped, lower case), else ``default``."""
+    if declared is None:
+        return default
+    if declared in JSON_CONTENT_TYPES:
+        return declared
+    return declared.split(";")[0].strip().lower() or default
+
+
 def decode_message(
     raw: bytes,
     wire_headers: Mapping[str, str],
@@ -290,10 +319,7 @@ def decode_message(
         wire_headers, message_id=message_id, correlation_id=correlation_id, content_type=content_type
     )
     headers.update(transport)
-    if ctype is None:
-        ctype = default_content_type
-    if ctype not in JSON_CONTENT_TYPES:
-        ctype = ctype.split(";")[0].strip().lower() or default_content_type
+    ctype = content_type_of(ctype, default_content_type)
     mid = mid or default_id
     if now is None:
         now = time.time()

@@ -11,7 +11,7 @@ import msgspec
 import orjson
 import pytest
 
-from seamline.connectors.kafka import KEY_HEADER, _BatchAcks, _record_message
+from seamline.connectors.kafka import KEY_HEADER, _BatchAcks, _record_key, _record_message
 from seamline.connectors.offsets import OffsetTracker
 from seamline.connectors.wire import is_valid_traceparent, new_traceparent, outgoing_headers
 from seamline.core import lane_worker
@@ -20,7 +20,7 @@ TP = new_traceparent()
 
 
 def _plan(tmp_path: Path, *, key_field: str | None = None, sink_max: int = 1_000_000,
-          source_max: int = 1 << 20) -> lane_worker.LanePlan:
+          source_max: int = 1 << 20, key_header: str | None = KEY_HEADER) -> lane_worker.LanePlan:
     spec = {
         "flow": "k", "base_dir": str(tmp_path), "sinks": ["out"], "journal": "hops",
         "steps": [
@@ -30,7 +30,7 @@ def _plan(tmp_path: Path, *, key_field: str | None = None, sink_max: int = 1_000
         "decode": ["seamline.connectors.kafka", "lane_decode",
                    {"content_type": "application/json", "max_bytes": source_max}],
         "encode": ["seamline.connectors.kafka", "lane_encode",
-                   {"key_field": key_field, "key_header": KEY_HEADER, "max_bytes": sink_max}],
+                   {"key_field": key_field, "key_header": key_header, "max_bytes": sink_max}],
     }
     # the plan reaches a worker as JSON
     return lane_worker.build_functions(orjson.loads(orjson.dumps(spec)))
@@ -84,6 +84,50 @@ def test_a_worker_encodes_each_record_as_the_sink_would(tmp_path: Path) -> None:
     assert [h[1:3] for h in entries[0][2]] == [["source", "received"], ["keep", "ok"], ["double", "ok"],
                                                 ["out", "delivered"]]
     assert len(index.split()) == 5  # four ids and one correlation id
+
+
+ODD: list[tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]] = [
+    # no record key, but a header of that name from some other producer
+    (None, b'{"n": 10}', [("kafka.key", b"from-a-header"), ("x-tenant", b"t1")]),
+    (None, b'{"n": 11}', [("kafka.key.b64", b"AAE="), ("x-tenant", b"t2")]),
+    # content type with parameters, aliases of the id and correlation headers, twice
+    (b"k12", b'{"n": 12}', [("Content-Type", b"application/json; charset=utf-8"), ("Message-ID", b"first"),
+                            ("message_id", b"second"), ("X-Correlation-ID", b"corr-12"), ("x-tenant", b"t3")]),
+    # headers that look like another connector's transport headers, a repeated name, an invalid trace
+    (b"k13", b'{"n": 13}', [("kafka.topic", b"elsewhere"), ("file.name", b"x.csv"), ("x-dup", b"1"),
+                            ("x-dup", b"2"), ("traceparent", b"00-" + b"0" * 32 + b"-" + b"1" * 16 + b"-01")]),
+    (b"\xc3\x28", b'{"n": 14}', [("x-tenant", None)]),  # a key that is not UTF-8
+]
+
+
+@pytest.mark.parametrize("key_header", [KEY_HEADER, "x-tenant", None])
+def test_odd_records_get_the_keys_and_headers_the_engine_would_give_them(tmp_path: Path,
+                                                                           key_header: str | None) -> None:
+    now = time.time()
+    answer = _ask(_plan(tmp_path, key_header=key_header), _payload(ODD), now)
+    assert answer[0] == "ok", answer
+    _, _, n_out, (values, keys, headers), journal, _, _, _ = answer
+    assert n_out == len(ODD)
+    assert [orjson.loads(v) for v in values] == [{"n": n, "twice": 2 * n} for n in range(10, 15)]
+    entries = msgspec.msgpack.decode(journal)
+    for i, (key, value, hdrs) in enumerate(ODD):
+        msg, err = _record_message("orders", "2", 100 + i, key, 1, 1_700_000_000_000 + i, hdrs, value,
+                                   "application/json", 1 << 20, now)
+        assert err is None
+        expected = outgoing_headers(msg)
+        if not is_valid_traceparent(dict(hdrs).get("traceparent", b"").decode()):
+            # a fresh trace context on each path: only its form can be compared
+            assert is_valid_traceparent(headers[i]["traceparent"])
+            expected["traceparent"] = headers[i]["traceparent"]
+        assert list(headers[i].items()) == list(expected.items()), i
+        assert keys[i] == _record_key(None, key_header, msg.body, msg.headers), (i, key_header)
+        assert (entries[i][0], entries[i][1]) == (msg.id, None if msg.correlation_id == msg.id
+                                                  else msg.correlation_id)
+    if key_header == KEY_HEADER:
+        assert keys[:2] == [b"from-a-header", b"\x00\x01"] and keys[4] == b"\xc3\x28"
+    assert headers[2]["message-id"] == "first" and headers[2]["correlation-id"] == "corr-12"
+    assert headers[2]["content-type"] == "application/json"
+    assert "kafka.topic" not in headers[3] and "file.name" not in headers[3] and headers[3]["x-dup"] == "2"
 
 
 def test_the_key_can_come_from_the_output_body(tmp_path: Path) -> None:
