@@ -75,8 +75,10 @@ class FlowSettings(Strict):
         "process). For flows whose steps only look at the body (map, filter, validate with JSON Schema), "
         "from an NDJSON file source or a Kafka source of JSON records to one sink: an NDJSON file sink, "
         "or a Kafka sink after a Kafka source; other flows are refused with config.workers. Worth it when "
-        "the steps and the decoding, not the endpoints, are the bottleneck. At least two batches per "
-        "worker are in work at once (four with a Kafka sink), whatever `concurrency` says.",
+        "the steps and the decoding, not the endpoints, are the bottleneck; leave the engine, the broker "
+        "client and the broker (when it runs on the same machine) a core: on two cores, `workers: 1` suits "
+        "Kafka and `workers: 2` a file. At least two batches per worker are in work at once (four with a "
+        "Kafka sink), whatever `concurrency` says.",
     )
     journal: Literal["hops", "edges", "off"] = Field(
         "hops", description="hops: a record per step; edges: source and sinks only; off: none."
