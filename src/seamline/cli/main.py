@@ -130,6 +130,41 @@ async def _dry_build(flows: list) -> list[str]:  # type: ignore[type-arg]
     return problems
 
 
+@app.command("test")
+def test_cmd(
+    path: Annotated[Path, typer.Argument(help="A flow file or a folder of flow files.")],
+    name: Annotated[str | None, typer.Option("--name", "-k", help="Only tests whose name contains this.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Run the flows' tests offline (`tests:` in a flow file); exit 0 when all pass, 1 when one fails."""
+    from seamline.testing.flowtests import run_flow_tests
+
+    flows = _load(path)
+    results = run_async(run_flow_tests(flows, only=(lambda _f, t: name in t.name) if name else None))
+    if as_json:
+        print_json([{"flow": r.flow, "test": r.name, "passed": r.passed, "problems": r.problems,
+                     "seconds": round(r.seconds, 3)} for r in results])
+    else:
+        _print_test_results(results)
+    if any(not r.passed for r in results):
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _print_test_results(results: list) -> None:  # type: ignore[type-arg]
+    out = console()
+    if not results:
+        out.print("no tests: a flow file carries them under [bold]tests:[/bold] (see docs/reference/flow.md)")
+        return
+    for r in results:
+        mark = "[green]pass[/green]" if r.passed else "[red]FAIL[/red]"
+        out.print(f"{mark}  {r.flow}: {r.name}  [dim]({r.seconds:.2f}s)[/dim]", highlight=False)
+        for p in r.problems:
+            out.print(f"      {p}", highlight=False, markup=False)
+    failed = sum(not r.passed for r in results)
+    summary = f"{len(results) - failed} passed, {failed} failed"
+    out.print(f"[red]{summary}[/red]" if failed else f"[green]{summary}[/green]")
+
+
 @app.command()
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file.")] = None,

@@ -8,7 +8,7 @@ import orjson
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from seamline.config.models import FlowSettings, OnErrorConfig
+from seamline.config.models import FlowSettings, FlowTest, OnErrorConfig
 from seamline.core.registry import all_specs
 
 __all__ = ["flow_schema", "flow_schema_text"]
@@ -20,7 +20,8 @@ def _ref(name: str) -> dict[str, str]:
 
 def flow_schema() -> dict[str, Any]:
     specs = all_specs()
-    models: list[tuple[type[BaseModel], str]] = [(OnErrorConfig, "validation"), (FlowSettings, "validation")]
+    models: list[tuple[type[BaseModel], str]] = [(OnErrorConfig, "validation"), (FlowSettings, "validation"),
+                                                 (FlowTest, "validation")]
     models += [(s.config, "validation") for s in specs]
     keys, top = models_json_schema(models, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = top.get("$defs", {})
@@ -69,7 +70,8 @@ def flow_schema() -> dict[str, Any]:
             "sinks": {"type": "array", "items": _ref("Sink"), "minItems": 1},
             "on_error": ref_of(OnErrorConfig),
             "settings": ref_of(FlowSettings),
-            "tests": {"type": "array", "items": {"type": "object"}, "description": "Flow tests (inputs, expected)."},
+            "tests": {"type": "array", "items": ref_of(FlowTest),
+                      "description": "Offline tests of the flow, run by `seamline test`."},
         },
         "required": ["flow", "source", "sinks"],
         "additionalProperties": False,

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from seamline.config.envrefs import expand_refs
-from seamline.config.models import FlowSettings, OnErrorConfig
+from seamline.config.models import FlowSettings, FlowTest, OnErrorConfig
 from seamline.config.yamlpos import Located, YamlLoadError, load_with_positions
 from seamline.core.errors import ConfigError, ConfigIssue
 from seamline.core.flow import ComponentRef, Flow
@@ -122,10 +122,7 @@ class _FileLoader:
         if on_error is not None and isinstance(on_error.dlq, dict):
             dlq_sink = self._component("sink", on_error.dlq, ("on_error", "dlq"))
         settings = self._model(FlowSettings, data.get("settings") or {}, ("settings",), kind="settings")
-        tests = data.get("tests") or []
-        if not isinstance(tests, list):
-            self.issue("'tests' must be a list", ("tests",))
-            tests = []
+        tests = self._tests(data.get("tests"), steps, sinks)
         if self.issues or src is None or not sinks:
             return None
         named = self.doc.where(("flow",))
@@ -204,6 +201,51 @@ class _FileLoader:
             explicit_label=given is not None,
         )
 
+    def _tests(self, raw: Any, steps: list[Any], sinks: list[Any]) -> list[FlowTest]:
+        """The flow's ``tests``, validated (their data is taken as written: no ``${env:...}``)."""
+        if raw is None:
+            return []
+        if not isinstance(raw, list):
+            self.issue("'tests' must be a list", ("tests",), code="config.invalid_value")
+            return []
+        # the labels the flow will give its parts (an unlabelled second map is map-2)
+        counts: dict[str, int] = {}
+        labels: dict[str, set[str]] = {"step": set(), "sink": set()}
+        for ref in [*steps, *sinks]:
+            if ref is None:
+                continue
+            label = ref.label
+            if not ref.explicit_label:
+                counts[ref.name] = counts.get(ref.name, 0) + 1
+                label = ref.name if counts[ref.name] == 1 else f"{ref.name}-{counts[ref.name]}"
+            labels[ref.role].add(label)
+        step_labels, sink_labels = labels["step"], labels["sink"]
+        # a part that did not validate has its own error already: its label is not checked against
+        check_steps, check_sinks = None not in steps, None not in sinks
+        out = []
+        for i, case in enumerate(raw):
+            test = self._model(FlowTest, case, ("tests", i), kind="tests", refs=False)
+            if test is None:
+                continue
+            for label in test.mocks:
+                if check_steps and label not in step_labels:
+                    self.issue(f"test '{test.name}': no step is labelled '{label}'", ("tests", i, "mocks", label),
+                               key=True, hint=_suggest(label, sorted(step_labels)), code="config.invalid_value")
+            tables = {name for ref in steps if ref is not None and ref.name == "map"
+                      for name in getattr(ref.config, "lookups", {}) or {}}
+            for name in test.lookups:
+                if check_steps and name not in tables:
+                    self.issue(f"test '{test.name}': no map step has a lookup table '{name}'",
+                               ("tests", i, "lookups", name), key=True, hint=_suggest(name, sorted(tables)),
+                               code="config.invalid_value")
+            for label in test.expect.sinks or {}:
+                if check_sinks and label not in sink_labels:
+                    self.issue(f"test '{test.name}': no sink is labelled '{label}'",
+                               ("tests", i, "expect", "sinks", label), key=True,
+                               hint=_suggest(label, sorted(sink_labels)), code="config.invalid_value")
+            out.append(test)
+        return out
+
     def _model(
         self,
         model: type[BaseModel],
@@ -213,9 +255,12 @@ class _FileLoader:
         kind: str,
         step: str | None = None,
         role: Role | None = None,
+        refs: bool = True,
     ) -> Any:
         ctx = {"base_dir": self.file.parent.resolve()}
-        value, unresolved = expand_refs(model, value, ctx["base_dir"])
+        unresolved: list[Any] = []
+        if refs:
+            value, unresolved = expand_refs(model, value, ctx["base_dir"])
         if unresolved:
             for loc, message in unresolved:
                 field = ".".join(str(x) for x in loc)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from seamline.config.types import Duration
 from seamline.resilience.retry import RetryPolicy
@@ -12,12 +12,16 @@ from seamline.resilience.retry import RetryPolicy
 __all__ = [
     "CallStepConfig",
     "ComponentConfig",
+    "ExpectDead",
+    "ExpectOutcome",
     "FlowSettings",
+    "FlowTest",
     "OnErrorConfig",
     "RetryConfig",
     "SinkConfig",
     "SourceConfig",
     "StepConfig",
+    "StepMock",
 ]
 
 
@@ -157,3 +161,80 @@ class SinkConfig(ComponentConfig):
     concurrency: int | None = Field(None, ge=1, le=1024, description="Writes in flight at once (bulkhead).")
     breaker: BreakerSettings | None = Field(None, description="Circuit breaker for this sink's endpoint.")
     rate_limit: RateLimitSettings | None = Field(None, description="Rate limit for this sink's endpoint.")
+
+
+# -- flow tests (``tests:`` in a flow file, run by ``seamline test``) ---------------------------------------
+
+
+class StepMock(Strict):
+    """What a labelled step does instead, in a test: give a body, or fail."""
+
+    returns: Any = Field(None, description="The body the step gives (any JSON value).")
+    raises: str | None = Field(None, description="Fail with this message instead of giving a body.")
+    code: str = Field("test.mock", description="raises: the error code (as the DLQ and `classify` see it).")
+    retryable: bool = Field(False, description="raises: a retryable error (retried by the flow's policy).")
+
+    @model_validator(mode="after")
+    def _one_thing(self) -> StepMock:
+        if self.raises is not None and "returns" in self.model_fields_set:
+            raise ValueError("a mock either returns a body or raises an error, not both")
+        return self
+
+
+class ExpectDead(Strict):
+    """A dead letter a test expects; only the fields given are compared."""
+
+    step: str | None = Field(None, description="The label of the step (or sink, or `source`) that failed.")
+    code: str | None = Field(None, description="The error code, e.g. `mapping.eval`.")
+    reason: str | None = Field(None, description="Text the reason contains.")
+    attempts: int | None = Field(None, ge=1, description="How many times it was tried, the first included.")
+
+
+class ExpectOutcome(Strict):
+    """What a test expects of the flow."""
+
+    output: list[Any] | None = Field(
+        None, description="The bodies every sink receives, in order. Without `output` and `sinks`, no sink "
+        "receives anything."
+    )
+    sinks: dict[str, list[Any]] | None = Field(
+        None, description="The bodies each named sink receives, in order (sinks not named receive nothing)."
+    )
+    dead: list[ExpectDead] = Field(
+        default_factory=list, description="The dead letters, in any order (none when not given)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way(self) -> ExpectOutcome:
+        if self.output is not None and self.sinks is not None:
+            raise ValueError("give either output (every sink) or sinks (by label), not both")
+        return self
+
+
+class FlowTest(Strict):
+    """One offline test of a flow: its input, mocks for labelled steps, what must come out."""
+
+    name: str = Field(..., min_length=1, description="What the test shows, e.g. `a paid order is exported`.")
+    input: Any = Field(None, description="One input body (any JSON value).")
+    inputs: list[Any] | None = Field(None, description="Several input bodies, in order (instead of `input`).")
+    headers: dict[str, str] = Field(default_factory=dict, description="Headers of every input message.")
+    mocks: dict[str, StepMock] = Field(
+        default_factory=dict, description="Steps replaced by their label, e.g. an HTTP call: `{lookup: {returns: "
+        "{...}}}`; steps not mocked run as they are."
+    )
+    lookups: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Lookup tables (`$xref`) replaced by these rows, by table name, in "
+        "every map step that declares them: a table loaded from SQL or HTTP becomes `{key: value}`."
+    )
+    expect: ExpectOutcome = Field(default_factory=ExpectOutcome, description="What must come out.")
+
+    @model_validator(mode="after")
+    def _some_input(self) -> FlowTest:
+        if self.inputs is not None and "input" in self.model_fields_set:
+            raise ValueError("give either input or inputs, not both")
+        if self.inputs is None and "input" not in self.model_fields_set:
+            raise ValueError("a test needs input (one body) or inputs (a list of bodies)")
+        return self
+
+    def bodies(self) -> list[Any]:
+        return list(self.inputs) if self.inputs is not None else [self.input]

@@ -103,10 +103,68 @@ def render_spec(spec: ComponentSpec) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+_FLOW_KEYS = (
+    ("flow", "string", "**required**", "The flow's name: unique among the flows run together; it names the flow in "
+     "the journal, the DLQ, checkpoints and metrics."),
+    ("description", "string", "`null`", "What the flow is for, in a sentence."),
+    ("source", "object", "**required**", "One source: `{CONNECTOR: {settings}}` (see Sources)."),
+    ("steps", "array", "`[]`", "The steps in order, each `{STEP: {settings, label: NAME}}` (see Steps)."),
+    ("sinks", "array", "**required**", "One or more sinks, each `{CONNECTOR: {settings, label: NAME}}` (see Sinks); "
+     "every message goes to all of them unless a `route` step chooses."),
+    ("on_error", "OnErrorConfig", "(see below)", "Retries, error classification and where dead letters go."),
+    ("settings", "FlowSettings", "(see below)", "Batching, concurrency, worker processes, the journal, shutdown."),
+    ("tests", "list[FlowTest]", "`[]`", "Offline tests, run by `seamline test PATH`: inputs, mocks for labelled "
+     "steps, lookup rows, and the outputs or dead letters expected (see below)."),
+)
+
+
+def render_flow() -> str:
+    """The flow file's own keys, ``on_error`` and ``settings``, from their models."""
+    from seamline.config.models import FlowSettings, FlowTest, OnErrorConfig
+
+    out = ["# The flow file", "", "One YAML file per flow (or a folder of them). Its keys:", "",
+           "| key | type | default | description |", "|---|---|---|---|"]
+    out += [f"| `{k}` | {t} | {d} | {desc} |" for k, t, d, desc in _FLOW_KEYS]
+    seen: set[type[BaseModel]] = {OnErrorConfig, FlowSettings, FlowTest}
+    nested: list[type[BaseModel]] = []
+    for model in (OnErrorConfig, FlowSettings, FlowTest):
+        out += ["", f"## {model.__name__}", ""]
+        if model.__doc__:
+            out += [" ".join(model.__doc__.split()), ""]
+        out += _table(model, seen, nested)
+    while nested:
+        m = nested.pop(0)
+        out += ["", f"### {m.__name__}", ""]
+        if m.__doc__:
+            out += [" ".join(m.__doc__.split()), ""]
+        out += _table(m, seen, nested)
+    out += ["", "## Example", "", "```yaml", "flow: orders-to-crm", "source: {file: {path: in/orders.csv, "
+            "format: csv, id_field: order_id}}", "steps:", "  - validate: {schema: schemas/order.json}",
+            "  - map: {label: to-canonical, expression: \"{'id': order_id, 'total': $number(total)}\"}",
+            "sinks:", "  - sql: {url: 'sqlite:///crm.db', table: orders, mode: upsert, key: [id]}",
+            "on_error: {retry: {max_attempts: 8, max: 5m}}",
+            "settings: {batch_size: 200, concurrency: 4}",
+            "tests:",
+            "  - name: an order becomes a CRM row",
+            "    input: {order_id: SO-1, total: '12.50'}",
+            "    expect: {output: [{id: SO-1, total: 12.5}]}",
+            "  - name: a row the schema refuses is dead-lettered",
+            "    input: {order_id: SO-2}",
+            "    expect: {dead: [{step: validate}]}",
+            "```", "",
+            "Mocks replace a labelled step for a test: `mocks: {lookup: {returns: {...}}}` or `mocks: {lookup: "
+            "{raises: 'not found', code: http.status.404}}`; `lookups: {accounts: {C1: ACC-1}}` replaces a map "
+            "step's lookup table. Tests run offline in the flow's own runtime, with a clock that runs ahead "
+            "while the flow waits (retries and delays take no time); a step that is not mocked runs as it is.",
+            ""]
+    return "\n".join(out)
+
+
 def render_reference() -> dict[str, str]:
-    """File name → Markdown for every registered component plus an index."""
-    files: dict[str, str] = {}
-    index = ["# Reference", "", "Generated from the component specs by `seamline docs reference`; do not edit.", ""]
+    """File name → Markdown for every registered component, the flow file, plus an index."""
+    files: dict[str, str] = {"flow.md": render_flow()}
+    index = ["# Reference", "", "Generated from the component specs by `seamline docs reference`; do not edit.", "",
+             "- [The flow file](flow.md): its keys, `on_error` and `settings`.", ""]
     for role in ("source", "step", "sink"):
         specs = all_specs(role)  # type: ignore[arg-type]
         index += [f"## {_ROLE_TITLES[role]}", ""]

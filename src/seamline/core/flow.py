@@ -57,7 +57,8 @@ class Flow:
     line: int | None = None
     col: int | None = None
     base_dir: Path = field(default_factory=Path.cwd)
-    tests: list[dict[str, Any]] = field(default_factory=list)
+    #: offline tests (``config.models.FlowTest``), run by ``seamline test``
+    tests: list[Any] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
     #: a sink that dead letters are also published to (e.g. a Kafka topic), besides the store
     dlq_sink: ComponentRef | None = None
@@ -69,6 +70,10 @@ class Flow:
             self.on_error = OnErrorConfig()
         elif isinstance(self.on_error, dict):
             self.on_error = OnErrorConfig.model_validate(self.on_error)
+        if self.tests:
+            from seamline.config.models import FlowTest
+
+            self.tests = [FlowTest.model_validate(t) if isinstance(t, dict) else t for t in self.tests]
         if self.settings is None:
             self.settings = FlowSettings()
         elif isinstance(self.settings, dict):

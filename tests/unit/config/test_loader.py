@@ -187,7 +187,7 @@ def test_a_json_file_sink_without_id_in_its_path_is_refused(tmp_path: Path) -> N
     text = GOOD.replace(erp, "  - file: {path: out.json, format: json, label: erp}")
     (problem,) = issues(tmp_path, text)
     assert "step 'erp' (file): format: json writes one file per message" in problem
-    assert "put {id} in the path" in problem and "Value error" not in problem
+    assert "put {id} or {name} in the path" in problem and "Value error" not in problem
     ok = GOOD.replace(erp, "  - file: {path: 'out/{id}.json', format: json, label: erp}")
     (flow,) = load_flows(write(tmp_path, ok))
     assert flow.sinks[0].config.path == "out/{id}.json"
