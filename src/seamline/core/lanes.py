@@ -337,6 +337,8 @@ class LanePool:
     async def run(self, request: list[Any]) -> list[Any] | None:
         """A worker's answer to ``request``, or None when no worker can take it (every one is gone and
         none is starting) or the worker died before answering: the caller then runs the batch itself."""
+        # encoded first: a request that cannot be encoded must not hold a place in a worker's order
+        payload = self._enc.encode(request)
         async with self._changed:
             await self._changed.wait_for(
                 lambda: self._free() is not None or (not self._all and not self._starting))
@@ -345,7 +347,6 @@ class LanePool:
                 return None
             answer: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
             w.pending.append(answer)
-        payload = self._enc.encode(request)
         try:
             # both writes reach the pipe's transport together: frames of two requests never interleave
             w.writer.write(FRAME_HEADER.pack(len(payload)))
