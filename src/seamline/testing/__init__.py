@@ -1,7 +1,9 @@
 """Test helpers for flows and connectors.
 
-The fault server (:mod:`seamline.testing.faultserver`) is imported on first
-use, so ``import seamline.testing`` stays cheap.
+``run_flow_tests(flows)`` runs the ``tests:`` of flows offline (what ``seamline test`` does), for a
+pytest suite of flows built in Python. The fault server (:mod:`seamline.testing.faultserver`) is
+an HTTP server that misbehaves on purpose. Both are imported on first use, so
+``import seamline.testing`` stays cheap.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
         Times,
         behaviour_from_dict,
     )
+    from seamline.testing.flowtests import FlowTestResult, run_flow_tests, run_test
 
 __all__ = [
     "Action",
@@ -33,6 +36,7 @@ __all__ = [
     "Every",
     "FaultServer",
     "FaultServerClient",
+    "FlowTestResult",
     "HalfWritten",
     "Hang",
     "Latency",
@@ -42,9 +46,13 @@ __all__ = [
     "Sequence",
     "Times",
     "behaviour_from_dict",
+    "run_flow_tests",
+    "run_test",
 ]
 
-_LAZY = {name: "seamline.testing.faultserver" for name in __all__}
+_FLOW_TESTS = ("FlowTestResult", "run_flow_tests", "run_test")
+_LAZY = {name: "seamline.testing.flowtests" if name in _FLOW_TESTS else "seamline.testing.faultserver"
+         for name in __all__}
 
 
 def __getattr__(name: str) -> Any:

@@ -9,7 +9,7 @@ import orjson
 from tests.helpers import ROOT, cli
 
 from seamline import Flow, sink, source, step
-from seamline.testing.flowtests import run_flow_tests
+from seamline.testing import run_flow_tests
 
 FLOW = """
 flow: orders
