@@ -126,9 +126,10 @@ class FileSinkConfig(SinkConfig):
 
     path: str = Field(
         ...,
-        description="Target file (ndjson, csv: appended) or, for json and file, a template naming one file per "
-        "message: `{id}`, `{correlation_id}`, `{name}` (the name of the file the message was read from, else its "
-        "id) and `{date}` (UTC, YYYY-MM-DD), e.g. `out/{date}/{name}`; relative to the flow file.",
+        description="Target file (ndjson, csv: appended; `{date}` in it starts a file a day, UTC YYYY-MM-DD, e.g. "
+        "`out/orders-{date}.ndjson`) or, for json and file, a template naming one file per message: `{id}`, "
+        "`{correlation_id}`, `{name}` (the name of the file the message was read from, else its id) and `{date}`, "
+        "e.g. `out/{date}/{name}`; relative to the flow file.",
     )
     format: Literal["ndjson", "json", "csv", "file"] = Field(
         "ndjson",
@@ -144,6 +145,11 @@ class FileSinkConfig(SinkConfig):
 
     @model_validator(mode="after")
     def _one_file_per_message(self) -> FileSinkConfig:
+        if self.format in ("ndjson", "csv") and _NAMING.search(self.path):
+            raise ValueError(
+                f"format: {self.format} appends every message to one file: {{id}}, {{correlation_id}} and {{name}} "
+                "do not apply (only {date}, a file a day); write one file per message with format: json or file"
+            )
         if self.format in ("json", "file") and not _NAMING.search(self.path):
             raise ValueError(
                 f"format: {self.format} writes one file per message, so each message would replace the one before: "
@@ -679,11 +685,28 @@ class FileSink(Sink):
         self.path = ctx.resolve_path(cfg.path)
         self._columns = cfg.csv_columns
         self._lock = asyncio.Lock()
+        # ndjson / csv with {date}: a file a day (UTC), the day's path found when a batch is written
+        self._dated = cfg.format in ("ndjson", "csv") and "{date}" in cfg.path
+        self._day: str | None = None
 
     async def open(self) -> None:
         if self.cfg.format in ("json", "file"):
             return  # each file's folder is made when the file is written
-        await asyncio.to_thread(self._repair_tail)
+        await asyncio.to_thread(self._current)
+
+    def _current(self) -> Path:
+        """The file appended to now (made ready: a torn last line cut off), today's for a dated path."""
+        if not self._dated:
+            if self._day is None:
+                self._day = ""
+                self._repair_tail()
+            return self.path
+        day = time.strftime("%Y-%m-%d", time.gmtime())
+        if day != self._day:
+            self.path = self.ctx.resolve_path(self.cfg.path.replace("{date}", day))
+            self._repair_tail()
+            self._day = day
+        return self.path
 
     def _repair_tail(self) -> None:
         """Cut a torn last line left behind by a crash mid-write."""
@@ -736,7 +759,7 @@ class FileSink(Sink):
         return self.ctx.resolve_path(_TEMPLATE.sub(part, self.cfg.path))
 
     def _append(self, data: bytes) -> None:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self._current(), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             view = memoryview(data)
             while view:
@@ -750,7 +773,8 @@ class FileSink(Sink):
     def _append_csv(self, rows: list[Any]) -> None:
         buf = io.StringIO()
         w = csv.writer(buf, delimiter=self.cfg.csv_delimiter, lineterminator="\n")
-        new = not self.path.exists() or self.path.stat().st_size == 0
+        path = self._current()
+        new = not path.exists() or path.stat().st_size == 0
         if self._columns is None:
             first = rows[0] if rows else {}
             self._columns = list(first.keys()) if isinstance(first, dict) else None

@@ -298,3 +298,62 @@ async def test_a_name_from_outside_never_leaves_the_folder(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".._.._escape", "_", "a_b"]
     assert sorted(
         p.name for p in tmp_path.iterdir() if not p.name.startswith("s.")) == ["in.ndjson", "out"]  # nothing escaped
+
+
+class _Days:
+    """Stands in for the file module's ``time``: a UTC day the test chooses."""
+
+    def __init__(self, day: str) -> None:
+        self.day = day
+
+    def strftime(self, fmt: str, _t: object = None) -> str:
+        assert fmt == "%Y-%m-%d"
+        return self.day
+
+    def gmtime(self) -> None:
+        return None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv"])
+async def test_a_dated_path_starts_a_file_a_day(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    from seamline.connectors import file as file_module
+
+    days = _Days("2026-11-29")
+    monkeypatch.setattr(file_module, "time", days)
+    out = tmp_path / "feed"
+    out.mkdir()
+    # yesterday's file was left with a torn last line by a crash: cut off before today's lines go on
+    torn = out / "orders-2026-11-29.ndjson"
+    if fmt == "ndjson":
+        torn.write_bytes(b'{"id": "old"}\n{"id": "to')
+
+    def flow(name: str) -> Flow:
+        return Flow(
+            f"dated-{name}",
+            source=source("file", path=str(tmp_path / f"{name}.ndjson"), id_field="id"),
+            sinks=[sink("file", label="feed", path=str(out / f"orders-{{date}}.{fmt}"), format=fmt, fsync=False)],
+        )
+
+    (tmp_path / "a.ndjson").write_bytes(b'{"id": "a1", "n": 1}\n{"id": "a2", "n": 2}\n')
+    await _once(flow("a"), tmp_path)
+    days.day = "2026-11-30"
+    (tmp_path / "b.ndjson").write_bytes(b'{"id": "b1", "n": 3}\n')
+    await _once(flow("b"), tmp_path)
+    first, second = out / f"orders-2026-11-29.{fmt}", out / f"orders-2026-11-30.{fmt}"
+    if fmt == "ndjson":
+        assert [orjson.loads(x)["id"] for x in first.read_bytes().splitlines()] == ["old", "a1", "a2"]
+        assert [orjson.loads(x)["id"] for x in second.read_bytes().splitlines()] == ["b1"]
+    else:
+        assert first.read_text().splitlines() == ["id,n", "a1,1", "a2,2"]
+        assert second.read_text().splitlines() == ["id,n", "b1,3"]  # each day's file has its header
+
+
+def test_an_appended_file_takes_no_per_message_name(tmp_path: Path) -> None:
+    bad = tmp_path / "f.yaml"
+    bad.write_text("flow: f\nsource: {file: {path: in.ndjson}}\nsinks: [{file: {path: \"out/{id}.ndjson\"}}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_flows(bad)
+    assert "format: ndjson appends every message to one file" in str(err.value)
