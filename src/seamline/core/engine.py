@@ -122,6 +122,11 @@ class Engine:
                 r.start()
             waiters: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._stop.wait())]
             if until_idle:
+                for r in self.runners:
+                    if r.source is not None and not r.source.finite:
+                        log.warning("flow %s: its source (%s) does not end by itself (a broker, or a source "
+                                    "set to keep looking); the run ends when it is stopped", r.flow.name,
+                                    r.flow.source.name)
                 waiters.append(asyncio.ensure_future(self._all_idle(idle_horizon)))
             _done, pending = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             for t in pending:
