@@ -137,9 +137,18 @@ def test_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
 ) -> None:
     """Run the flows' tests offline (`tests:` in a flow file); exit 0 when all pass, 1 when one fails."""
+    from seamline.config.loader import load_flows
+    from seamline.core.errors import ConfigError
     from seamline.testing.flowtests import run_flow_tests
 
-    flows = _load(path)
+    try:
+        flows = load_flows(path)
+    except ConfigError as exc:
+        hint = ""
+        if any(i.code == "config.secret_ref" for i in exc.issues):
+            hint = ("\nThe tests replace sources and sinks, but the flow files must load: set the variables they "
+                    "name (any value will do for a source's or a sink's connection).")
+        fail(str(exc) + hint, EXIT_CONFIG)
     results = run_async(run_flow_tests(flows, only=(lambda _f, t: name in t.name) if name else None))
     if as_json:
         print_json([{"flow": r.flow, "test": r.name, "passed": r.passed, "problems": r.problems,

@@ -269,6 +269,7 @@ class _FileLoader:
                     (*path, *loc),
                     kind=kind if role != "source" else f"source ({kind})",
                     step=step if role in ("step", "sink") else None,
+                    part=role if role == "sink" else "step",
                     field=field,
                     code="config.secret_ref",
                 )
@@ -282,6 +283,7 @@ class _FileLoader:
                 who: dict[str, Any] = {"kind": kind, "field": field or None}
                 if role in ("step", "sink"):
                     who["step"] = step
+                    who["part"] = role
                 elif role == "source":
                     who["kind"] = f"source ({kind})"
                 if e["type"] == "extra_forbidden":
@@ -323,10 +325,11 @@ class _FileLoader:
                     msg = e["msg"]
                     if e["type"] == "value_error":  # a check of ours: its own words, without pydantic's prefix
                         msg = msg.removeprefix("Value error, ")
+                    cause = (e.get("ctx") or {}).get("error")
                     self.issue(
                         f"field '{field}': {msg}" if field else msg,
                         (*path, *loc),
-                        code="config.invalid_value",
+                        code="config.secret_ref" if isinstance(cause, SecretRefError) else "config.invalid_value",
                         **who,
                     )
             return None

@@ -87,6 +87,8 @@ class ConfigIssue:
     field: str | None = None
     hint: str | None = None
     code: str = "config.invalid"
+    #: what ``step`` names: a step or a sink
+    part: str = "step"
 
     def render(self) -> str:
         where = ""
@@ -99,7 +101,7 @@ class ConfigIssue:
             where += ": "
         what = ""
         if self.step is not None:
-            what = f"step '{self.step}'" + (f" ({self.kind})" if self.kind else "") + ": "
+            what = f"{self.part} '{self.step}'" + (f" ({self.kind})" if self.kind else "") + ": "
         elif self.kind is not None:
             what = f"{self.kind}: "
         text = f"{where}{what}{self.message}"

@@ -163,7 +163,7 @@ def test_an_unresolved_reference_names_file_line_and_field(tmp_path: Path, monke
                         "  - file: {path: '${env:NOT_SET_ANYWHERE}/out.ndjson', label: erp}")
     (problem,) = issues(tmp_path, text)
     assert problem.endswith(
-        "flow.yaml:10:18: step 'erp' (file): field 'path': environment variable 'NOT_SET_ANYWHERE' is not set"
+        "flow.yaml:10:18: sink 'erp' (file): field 'path': environment variable 'NOT_SET_ANYWHERE' is not set"
     ), problem
     r = cli("validate", str(tmp_path / "flow.yaml"))
     assert r.returncode == 2 and "environment variable 'NOT_SET_ANYWHERE' is not set" in r.stderr
@@ -186,7 +186,7 @@ def test_a_json_file_sink_without_id_in_its_path_is_refused(tmp_path: Path) -> N
     erp = "  - file: {path: out.ndjson, label: erp}"
     text = GOOD.replace(erp, "  - file: {path: out.json, format: json, label: erp}")
     (problem,) = issues(tmp_path, text)
-    assert "step 'erp' (file): format: json writes one file per message" in problem
+    assert "sink 'erp' (file): format: json writes one file per message" in problem
     assert "put {id} or {name} in the path" in problem and "Value error" not in problem
     ok = GOOD.replace(erp, "  - file: {path: 'out/{id}.json', format: json, label: erp}")
     (flow,) = load_flows(write(tmp_path, ok))

@@ -3,10 +3,12 @@ source and sinks replaced, labelled steps mocked, lookup tables given as rows.""
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import orjson
-from tests.helpers import ROOT, cli
+from tests.helpers import ROOT, SEAMLINE, cli
 
 from seamline import Flow, sink, source, step
 from seamline.testing import run_flow_tests
@@ -180,3 +182,13 @@ def test_the_quickstart_flow_passes_its_own_tests() -> None:
     r = cli("test", str(ROOT / "examples" / "quickstart" / "flows"))
     assert r.returncode == 0, r.stdout + r.stderr
     assert "4 passed, 0 failed" in r.stdout
+
+
+def test_the_kafka_example_passes_its_tests_offline_once_its_variables_are_set() -> None:
+    flows = str(ROOT / "examples" / "kafka-to-postgres" / "flows")
+    bare = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP", "DATABASE_URL")}
+    r = subprocess.run([*SEAMLINE, "test", flows], env=bare, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "set the variables they name" in r.stderr, r.stdout + r.stderr
+    r = cli("test", flows, env={"KAFKA_BOOTSTRAP": "-", "DATABASE_URL": "postgresql://-"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 passed, 0 failed" in r.stdout
