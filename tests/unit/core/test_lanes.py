@@ -154,3 +154,17 @@ def test_a_cancelled_request_leaves_the_worker_in_service(tmp_path: Path) -> Non
         await _stopped(pool)
 
     asyncio.run(main())
+
+
+def test_a_request_that_cannot_be_encoded_takes_no_place_in_the_order(tmp_path: Path) -> None:
+    async def main() -> None:
+        pool = LanePool(1, _plan(tmp_path), flow="f")
+        pool.start()
+        assert (await pool.run(_request(0)) or [None])[0] == "ok"
+        with pytest.raises(TypeError):
+            await pool.run([1.0, 1, "in.ndjson", None, None, 1 << 20, object()])
+        answers = await asyncio.wait_for(asyncio.gather(*(pool.run(_request(i)) for i in (1, 2, 3))), 30)
+        assert [orjson.loads(a[3]) for a in answers if a] == [{"n": 2}, {"n": 4}, {"n": 6}]
+        await _stopped(pool)
+
+    asyncio.run(main())
