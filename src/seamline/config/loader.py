@@ -334,7 +334,8 @@ class _FileLoader:
                     )
             return None
         except (SecretRefError, ValueError) as exc:
-            self.issue(str(exc), path, kind=kind, code="config.invalid_value")
+            code = "config.secret_ref" if isinstance(exc, SecretRefError) else "config.invalid_value"
+            self.issue(str(exc), path, kind=kind, code=code)
             return None
 
 
