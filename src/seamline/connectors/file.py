@@ -16,6 +16,7 @@ import csv
 import fnmatch
 import functools
 import glob as globlib
+import gzip
 import hashlib
 import io
 import logging
@@ -24,9 +25,10 @@ import os
 import re
 import shutil
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 import orjson
 from pydantic import Field, model_validator
@@ -90,6 +92,12 @@ class FileSourceConfig(SourceConfig):
         "(`data.orders` for `{\"data\": {\"orders\": [...]}}`); default: the document itself (an array, "
         "or one record).",
         pattern=r"^[^.]+(\.[^.]+)*$",
+    )
+    compression: Literal["auto", "gzip", "none"] = Field(
+        "auto", description="auto: files whose name ends in `.gz` are read through gzip (the checkpoint counts "
+        "bytes of the decompressed data: a file that grows by an appended gzip member is read on, one compressed "
+        "again is a new file); gzip: every file; none: as they are. A damaged gzip stream stops that file "
+        "(`file.gzip`) after the records before the damage. format: file keeps a file's bytes as they are."
     )
     content_type: str | None = Field(
         None, description="format: file: the messages' content type (default: from the file name's extension, "
@@ -167,6 +175,10 @@ def _fingerprint(path: Path, length: int) -> str:
         return hashlib.sha256(f.read(length)).hexdigest()[:16]
 
 
+#: what a damaged gzip stream raises while it is read
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+
+
 class _FileState:
     """A file being read or with positions still to save: its offsets, the fingerprint its
     checkpoint carries, and whether it was read to its end."""
@@ -200,6 +212,20 @@ class FileSource(Source):
     def _scope(self, path: Path) -> str:
         return f"file:{self.ctx.flow}:{path.resolve()}"
 
+    def _gz(self, path: Path) -> bool:
+        c = self.cfg.compression
+        return c == "gzip" or (c == "auto" and path.name.lower().endswith(".gz"))
+
+    def _open(self, path: Path) -> BinaryIO:
+        """``path`` for reading, decompressed when it is gzip (seekable either way)."""
+        if self._gz(path):
+            return cast(BinaryIO, gzip.open(path, "rb"))
+        return path.open("rb", buffering=_READ_BUFFER)
+
+    def _damaged(self, path: Path, exc: BaseException) -> FatalError:
+        return FatalError(f"{path.name} is not a valid gzip stream ({type(exc).__name__}: {exc}); the records "
+                          "before the damage were read", code="file.gzip", details={"file": path.name})
+
     def _files(self) -> list[Path]:
         pattern = str(self.ctx.resolve_path(self.cfg.path))
         if any(ch in pattern for ch in "*?["):
@@ -231,6 +257,7 @@ class FileSource(Source):
 
     async def _each_file(self, read: Callable[[Path], Awaitable[None]]) -> None:
         """``read`` every file, once; with ``watch``, again and again for new files and new records."""
+        failed: FatalError | None = None
         while True:
             files = self._files()
             if len(self._seen) > len(files):  # forget files that are gone (removed by someone else)
@@ -240,13 +267,23 @@ class FileSource(Source):
                 seen = self._ready(path)
                 if seen is None:
                     continue
-                await read(path)
+                try:
+                    await read(path)
+                except _GZIP_ERRORS as exc:
+                    # the other files go on; this one waits until it changes (or the next run)
+                    damaged = self._damaged(path, exc)
+                    log.error("file source of flow %s: %s", self.ctx.flow, damaged)
+                    self._seen[path] = seen
+                    failed = failed or damaged
+                    continue
                 self._seen[path] = seen
                 state = self._positions.get(self._scope(path))
                 if state is not None:
                     state.read_all = True
                 await self.commit_acks()  # a file with nothing (left) in flight is done now
             if self.cfg.watch is None:
+                if failed is not None:
+                    raise failed  # a one-off run that could not read a file does not end as if it had
                 return
             await asyncio.sleep(self.cfg.watch)
 
@@ -266,7 +303,8 @@ class FileSource(Source):
         # a file being deleted or moved (``after``) when the engine stopped: it is read again only if it is
         # not that file (a new one of the same name)
         gone = isinstance(cp, dict) and cp.get("disposing") and cp.get("size") != size
-        if isinstance(cp, dict) and int(cp.get("offset", 0)) <= size and not gone:
+        # (the offsets of a gzip file count decompressed bytes: its size says nothing of them)
+        if isinstance(cp, dict) and (self._gz(path) or int(cp.get("offset", 0)) <= size) and not gone:
             known = int(cp.get("fp_len", _FP_BYTES))  # checkpoints written before fp_len: the first KiB
             if cp.get("fingerprint") == _fingerprint(path, known):
                 start = (int(cp["offset"]), int(cp.get("line", 1)), int(cp.get("records", 0)))
@@ -398,7 +436,7 @@ class FileSource(Source):
         name = path.name
         limit = self.cfg.max_record_bytes
         size = self.batch_size
-        with path.open("rb", buffering=_READ_BUFFER) as f:
+        with self._open(path) as f:
             if offset == 0 and f.read(3) == _BOM:
                 offset = 3  # a byte order mark is not part of the first record (nor of its raw bytes)
             f.seek(offset)
@@ -464,7 +502,7 @@ class FileSource(Source):
         dialect = CsvDialect(delimiter=o.delimiter, quotechar=o.quotechar, header=o.header, encoding=self.cfg.encoding)
         offset, line_no, rec_no = start
         resume = Checkpoint(offset, line_no) if offset else None
-        with path.open("rb") as f:
+        with self._open(path) as f:
             reader = CsvReader(f, dialect=dialect, columns=o.types, fieldnames=o.columns,
                                max_record_bytes=self.cfg.max_record_bytes, resume=resume)
             for row in reader:
@@ -486,7 +524,10 @@ class FileSource(Source):
 
         done = start[2]
         try:
-            items = decode(path.read_bytes(), max_bytes=self.cfg.max_file_bytes)
+            with self._open(path) as f:
+                # one byte over the limit is enough for decode to refuse it (a zip bomb never unfolds)
+                data = f.read(self.cfg.max_file_bytes + 1)
+            items = decode(data, max_bytes=self.cfg.max_file_bytes)
         except FormatError as exc:
             if done == 0:
                 err = FatalError(f"{path.name}: {exc.message}", code=exc.code, details=exc.details)

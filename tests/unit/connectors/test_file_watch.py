@@ -357,3 +357,67 @@ def test_an_appended_file_takes_no_per_message_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_flows(bad)
     assert "format: ndjson appends every message to one file" in str(err.value)
+
+
+# -- gzip ----------------------------------------------------------------------------------------------
+
+
+async def test_gzip_exports_are_read_through_and_resumed_from_their_checkpoint(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "in").mkdir()
+    rows = b"".join(b'{"id": "n%d"}\n' % i for i in range(7))
+    (tmp_path / "in" / "orders.ndjson.gz").write_bytes(gzip.compress(rows))
+    (tmp_path / "in" / "accounts.csv.gz").write_bytes(gzip.compress(b"id,region\nc1,EU\nc2,US\n"))
+    fl = Flow(
+        "gz",
+        source=source("file", path=str(tmp_path / "in" / "*.ndjson.gz"), id_field="id"),
+        sinks=[sink("file", label="out", path=str(tmp_path / "out.ndjson"), fsync=False)],
+        settings={"batch_size": 3},
+    )
+    await _once(fl, tmp_path)
+    assert [o["id"] for o in _out(tmp_path)] == [f"n{i}" for i in range(7)]
+    # the export grows by a gzip member appended (`gzip -c more >> orders.ndjson.gz`): read on, not again
+    with (tmp_path / "in" / "orders.ndjson.gz").open("ab") as f:
+        f.write(gzip.compress(b'{"id": "n7"}\n'))
+    await _once(fl, tmp_path)
+    assert [o["id"] for o in _out(tmp_path)] == [f"n{i}" for i in range(8)]
+    csv_flow = Flow(
+        "gz-csv",
+        source=source("file", path=str(tmp_path / "in" / "*.csv.gz"), format="csv", id_field="id"),
+        sinks=[sink("file", label="out", path=str(tmp_path / "csv.ndjson"), fsync=False)],
+    )
+    await _once(csv_flow, tmp_path)
+    got = [orjson.loads(x) for x in (tmp_path / "csv.ndjson").read_bytes().splitlines()]
+    assert got == [{"id": "c1", "region": "EU"}, {"id": "c2", "region": "US"}]
+
+
+async def test_a_gzip_bomb_is_refused_and_a_damaged_stream_stops_only_its_file(tmp_path: Path) -> None:
+    import gzip
+
+    (tmp_path / "in").mkdir()
+    # 64 MiB of JSON that compresses to about 64 KiB: refused at max_file_bytes without unfolding it
+    bomb = b"[" + b'{"a": 1},' * (64 * 2**20 // 9) + b'{"a": 1}]'
+    (tmp_path / "in" / "bomb.json.gz").write_bytes(gzip.compress(bomb))
+    fl = Flow(
+        "bomb",
+        source=source("file", path=str(tmp_path / "in" / "*.json.gz"), format="json", max_file_bytes=1 << 20),
+        sinks=[sink("file", label="out", path=str(tmp_path / "out.ndjson"), fsync=False)],
+    )
+    await _once(fl, tmp_path)
+    assert [(d.msg_id, d.error_code) for d in await _dead(tmp_path)] == [("bomb.json.gz:1", "format.json.too_large")]
+    # a stream cut short: the records before the damage are delivered, the next file still is
+    whole = gzip.compress(b"".join(b'{"id": "d%d", "pad": "%s"}\n' % (i, b"x" * 200) for i in range(400)))
+    (tmp_path / "in" / "a-damaged.ndjson.gz").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "in" / "b-fine.ndjson.gz").write_bytes(gzip.compress(b'{"id": "f1"}\n'))
+    nd = Flow(
+        "damaged",
+        source=source("file", path=str(tmp_path / "in" / "*.ndjson.gz"), id_field="id"),
+        sinks=[sink("file", label="out", path=str(tmp_path / "nd.ndjson"), fsync=False)],
+        settings={"batch_size": 50},
+    )
+    result = await Engine([nd], open_store(str(tmp_path / "s.db"))).run(until_idle=True, idle_horizon=0,
+                                                                         install_signals=False)
+    assert "a-damaged.ndjson.gz is not a valid gzip stream" in result.errors["damaged"]
+    ids = [orjson.loads(x)["id"] for x in (tmp_path / "nd.ndjson").read_bytes().splitlines()]
+    assert ids[-1] == "f1" and 0 < len(ids) - 1 < 400 and ids[:-1] == [f"d{i}" for i in range(len(ids) - 1)]
