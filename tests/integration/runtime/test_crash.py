@@ -7,6 +7,7 @@ bounded by the flow's batch size times the batches it may hold at once.
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
+import pytest
 from tests.helpers import cli, read_ndjson, write_ndjson
 
 N = 20_000
@@ -56,10 +58,14 @@ def _inflight_bound() -> int:
     return BATCH * (QUEUE + CONCURRENCY + 1)
 
 
-def test_sigkill_mid_stream_loses_nothing(tmp_path: Path) -> None:
-    (tmp_path / "flow.yaml").write_text(FLOW)
+@pytest.mark.parametrize("compressed", [False, True], ids=["ndjson", "ndjson.gz"])
+def test_sigkill_mid_stream_loses_nothing(tmp_path: Path, compressed: bool) -> None:
+    (tmp_path / "flow.yaml").write_text(FLOW.replace("path: in.ndjson", "path: in.ndjson.gz") if compressed else FLOW)
     (tmp_path / "hooks.py").write_text(HOOKS)
     write_ndjson(tmp_path / "in.ndjson", [{"id": i, "amount": i / 7} for i in range(N)])
+    if compressed:  # read through gzip; the restart resumes at a position in the decompressed data
+        (tmp_path / "in.ndjson.gz").write_bytes(gzip.compress((tmp_path / "in.ndjson").read_bytes()))
+        (tmp_path / "in.ndjson").unlink()
     state = tmp_path / "state.db"
     out = tmp_path / "out.ndjson"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
