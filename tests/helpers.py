@@ -60,3 +60,26 @@ async def run_until_idle_advancing(engine: Any, clock: Any, *, step: float, hori
         if task.done():
             break
     return await asyncio.wait_for(task, 5)
+
+
+async def dead_letters(state: Path) -> list[Any]:
+    """Every dead letter in the SQLite state store at ``state``."""
+    from seamline.store import DlqFilter, open_store
+
+    store = open_store(str(state))
+    await store.open()
+    try:
+        return await store.list_dead(DlqFilter())
+    finally:
+        await store.close()
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen[bytes]) -> Any:
+    """``proc``, killed and waited for on the way out if it is still running (a failed test leaves none)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

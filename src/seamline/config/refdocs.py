@@ -79,6 +79,23 @@ def _table(model: type[BaseModel], seen: set[type[BaseModel]], nested: list[type
     return lines
 
 
+def _section(model: type[BaseModel], level: str, seen: set[type[BaseModel]],
+             nested: list[type[BaseModel]]) -> list[str]:
+    """A model's heading, its docstring and its field table."""
+    out = ["", f"{level} {model.__name__}", ""]
+    if model.__doc__:
+        out += [" ".join(model.__doc__.split()), ""]
+    return out + _table(model, seen, nested)
+
+
+def _nested_tables(seen: set[type[BaseModel]], nested: list[type[BaseModel]]) -> list[str]:
+    """The sections of the models the tables so far refer to, and of the ones those refer to."""
+    out: list[str] = []
+    while nested:
+        out += _section(nested.pop(0), "###", seen, nested)
+    return out
+
+
 def render_spec(spec: ComponentSpec) -> str:
     model = spec.config
     doc = (model.__doc__ or "").strip()
@@ -89,12 +106,7 @@ def render_spec(spec: ComponentSpec) -> str:
     seen: set[type[BaseModel]] = {model}
     nested: list[type[BaseModel]] = []
     out += _table(model, seen, nested)
-    while nested:
-        m = nested.pop(0)
-        out += ["", f"### {m.__name__}", ""]
-        if m.__doc__:
-            out += [" ".join(m.__doc__.split()), ""]
-        out += _table(m, seen, nested)
+    out += _nested_tables(seen, nested)
     if spec.examples:
         out += ["", "## Examples", ""]
         for ex in spec.examples:
@@ -128,16 +140,8 @@ def render_flow() -> str:
     seen: set[type[BaseModel]] = {OnErrorConfig, FlowSettings, FlowTest}
     nested: list[type[BaseModel]] = []
     for model in (OnErrorConfig, FlowSettings, FlowTest):
-        out += ["", f"## {model.__name__}", ""]
-        if model.__doc__:
-            out += [" ".join(model.__doc__.split()), ""]
-        out += _table(model, seen, nested)
-    while nested:
-        m = nested.pop(0)
-        out += ["", f"### {m.__name__}", ""]
-        if m.__doc__:
-            out += [" ".join(m.__doc__.split()), ""]
-        out += _table(m, seen, nested)
+        out += _section(model, "##", seen, nested)
+    out += _nested_tables(seen, nested)
     out += ["", "## Example", "", "```yaml", "flow: orders-to-crm", "source: {file: {path: in/orders.csv, "
             "format: csv, id_field: order_id}}", "steps:", "  - validate: {schema: schemas/order.json}",
             "  - map: {label: to-canonical, expression: \"{'id': order_id, 'total': $number(total)}\"}",

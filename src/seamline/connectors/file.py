@@ -728,7 +728,7 @@ class FileSink(Sink):
         self._lock = asyncio.Lock()
         # ndjson / csv with {date}: a file a day (UTC), the day's path found when a batch is written
         self._dated = cfg.format in ("ndjson", "csv") and "{date}" in cfg.path
-        self._day: str | None = None
+        self._repaired: Path | None = None  # the file whose torn tail was looked for
 
     async def open(self) -> None:
         if self.cfg.format in ("json", "file"):
@@ -737,16 +737,11 @@ class FileSink(Sink):
 
     def _current(self) -> Path:
         """The file appended to now (made ready: a torn last line cut off), today's for a dated path."""
-        if not self._dated:
-            if self._day is None:
-                self._day = ""
-                self._repair_tail()
-            return self.path
-        day = time.strftime("%Y-%m-%d", time.gmtime())
-        if day != self._day:
-            self.path = self.ctx.resolve_path(self.cfg.path.replace("{date}", day))
+        if self._dated:
+            self.path = self.ctx.resolve_path(self.cfg.path.replace("{date}", time.strftime("%Y-%m-%d", time.gmtime())))
+        if self.path != self._repaired:
             self._repair_tail()
-            self._day = day
+            self._repaired = self.path
         return self.path
 
     def _repair_tail(self) -> None:

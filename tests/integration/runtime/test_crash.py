@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from tests.helpers import cli, read_ndjson, write_ndjson
+from tests.helpers import cli, read_ndjson, reaped, write_ndjson
 
 N = 20_000
 BATCH = 200
@@ -267,9 +267,8 @@ def test_sigkill_while_watching_a_folder_loses_nothing_and_archives_every_file(t
         folder = tmp_path / "archive"
         return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
-    proc = start()
     killed_at = 0
-    try:
+    with reaped(start()) as proc:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
             if out.exists() and (killed_at := out.read_bytes().count(b"\n")) >= n // 3:
@@ -278,25 +277,16 @@ def test_sigkill_while_watching_a_folder_loses_nothing_and_archives_every_file(t
         assert proc.poll() is None, (tmp_path / "engine.log").read_text()[-2000:]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert 0 < killed_at < n and len(archived()) < files, "the kill must land mid-stream"
     print(f"killed after {killed_at} records with {len(archived())} of {files} files archived")
 
-    proc = start()
-    try:
+    with reaped(start()) as proc:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and len(archived()) < files:
             assert proc.poll() is None, (tmp_path / "engine.log").read_text()[-2000:]
             time.sleep(0.02)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert archived() == [f"export-{f:02d}.ndjson" for f in range(files)]
     assert list((tmp_path / "inbox").iterdir()) == []
 

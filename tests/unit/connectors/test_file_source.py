@@ -6,13 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from tests.helpers import dead_letters
 
 from seamline import Flow, sink, source
 from seamline.connectors.file import FileSource, FileSourceConfig
 from seamline.connectors.offsets import OffsetTracker
 from seamline.core.component import BuildContext, Delivery
 from seamline.core.engine import Engine
-from seamline.store import DlqFilter, open_store
+from seamline.store import open_store
 
 
 def _flow(tmp: Path, batch_size: int = 3, workers: int = 0, **src: object) -> Flow:
@@ -29,12 +30,7 @@ async def _run(fl: Flow, tmp: Path) -> None:
 
 
 async def _dead(tmp: Path) -> list[Any]:
-    store = open_store(str(tmp / "s.db"))
-    await store.open()
-    try:
-        return await store.list_dead(DlqFilter())
-    finally:
-        await store.close()
+    return await dead_letters(tmp / "s.db")
 
 
 async def test_bad_lines_are_dead_lettered_the_rest_delivered_once(tmp_path: Path) -> None:

@@ -13,12 +13,13 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.helpers import dead_letters
 
 from seamline import Flow, sink, source, step
 from seamline.config.loader import load_flows
 from seamline.core.engine import Engine
 from seamline.core.errors import ConfigError
-from seamline.store import DlqFilter, open_store
+from seamline.store import open_store
 
 
 def _out(tmp: Path) -> list[Any]:
@@ -27,12 +28,7 @@ def _out(tmp: Path) -> list[Any]:
 
 
 async def _dead(tmp: Path) -> list[Any]:
-    store = open_store(str(tmp / "s.db"))
-    await store.open()
-    try:
-        return await store.list_dead(DlqFilter())
-    finally:
-        await store.close()
+    return await dead_letters(tmp / "s.db")
 
 
 async def _once(fl: Flow, tmp: Path) -> None:
