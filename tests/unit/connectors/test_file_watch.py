@@ -144,7 +144,7 @@ async def test_a_file_message_carries_its_name_and_the_bytes_as_they_were(tmp_pa
 def _watching(tmp: Path, pattern: str = "in/*.ndjson", **src: Any) -> Flow:
     return Flow(
         "watch",
-        source=source("file", path=str(tmp / pattern), id_field="id", watch=0.05, settle=0.3, **src),
+        source=source("file", path=str(tmp / pattern), id_field="id", watch=0.05, settle=5.0, **src),
         sinks=[sink("file", label="out", path=str(tmp / "out.ndjson"), fsync=False)],
         settings={"batch_size": 2},
     )
@@ -168,8 +168,9 @@ async def test_watch_reads_new_files_and_new_lines_until_stopped(tmp_path: Path)
         # a file written just now is left alone until it has settled
         fresh = tmp_path / "in" / "c.ndjson"
         fresh.write_bytes(b'{"id": "c1"}\n')
-        await asyncio.sleep(0.15)
+        await asyncio.sleep(0.3)  # six looks, all well within the five seconds it must settle for
         assert [o["id"] for o in _out(tmp_path)][-1] != "c1", "read while it may still be being written"
+        _age(fresh)  # the copy is done
         await _until(lambda: len(_out(tmp_path)) == 6, "the settled file")
         await asyncio.sleep(0.3)  # looks that find nothing new deliver nothing
     ids = [o["id"] for o in _out(tmp_path)]
