@@ -31,6 +31,7 @@ import base64
 import contextlib
 import functools
 import logging
+import operator
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -49,7 +50,7 @@ from seamline.connectors.wire import (
     content_type_of,
     decode_message,
     field_at,
-    incoming,
+    incoming_pairs,
     outgoing_from,
     outgoing_headers,
 )
@@ -293,27 +294,29 @@ def _record_message(topic: str, spart: str, offset: int, key: bytes | None, ts_t
     )
 
 
-class _LaneRecord:
+class _LaneRecord(tuple):  # type: ignore[type-arg]
     """What a worker keeps of a record for the sink's encoder instead of a whole message: the same
     id, correlation id, content type and headers ``_record_message`` would give it, the transport
-    headers made only if an encoder asks for them (``headers``)."""
+    headers made only if an encoder asks for them (``headers``). A tuple, made without a Python
+    call: ``(id, correlation id, content type, rest, key, topic, partition, offset, timestamp type,
+    timestamp)``, ``rest`` being the wire headers as ``incoming`` left them (traceparent included)."""
 
-    __slots__ = ("corr", "ctype", "id", "key", "rest", "where")
+    __slots__ = ()
 
-    def __init__(self, mid: str, corr: str, ctype: str, rest: dict[str, str], key: bytes | None,
-                 where: tuple[str, str, int, int, int]) -> None:
-        self.id = mid
-        self.corr = corr
-        self.ctype = ctype
-        self.rest = rest  # the wire headers as ``incoming`` left them (traceparent included)
-        self.key = key
-        self.where = where  # topic, partition, offset, timestamp type, timestamp
+    id = property(operator.itemgetter(0))
+    corr = property(operator.itemgetter(1))
+    ctype = property(operator.itemgetter(2))
+    rest = property(operator.itemgetter(3))
+    key = property(operator.itemgetter(4))
 
     @property
     def headers(self) -> dict[str, str]:
         """The message's headers, as ``_record_message`` makes them."""
-        topic, spart, offset, ts_type, ts = self.where
-        return {**self.rest, **_transport(topic, spart, str(offset), self.key, ts_type, ts)}
+        topic, spart, offset, ts_type, ts = self[5:]
+        return {**self[3], **_transport(topic, spart, str(offset), self[4], ts_type, ts)}
+
+
+_new_tuple = tuple.__new__
 
 
 def _decoded(values: list[bytes | None], content_type: str, max_bytes: int) -> list[Any]:
@@ -366,19 +369,20 @@ def lane_decode(settings: dict[str, Any], payload: list[Any], now: float) -> lis
     default, max_bytes = settings["content_type"], settings["max_bytes"]
     # decoded together; a record refused here sends the batch back
     values = _decoded([r[6] for r in payload], default, max_bytes)
-    items = []
+    items: list[Any] = []
+    append = items.append
     for (topic, spart, offset, key, (ts_type, ts), hdrs, value), body in zip(payload, values, strict=True):
-        mid, corr, declared, rest = incoming(_wire(hdrs))
+        mid, corr, declared, rest = incoming_pairs(hdrs)
         mid = mid or f"{topic}-{spart}-{offset}"
         if value is not None and len(value) > max_bytes:
             raise Fallback(f"record {mid}: kafka.message_too_large")
-        ctype = content_type_of(declared, default)
+        ctype = default if declared is None else content_type_of(declared, default)
         if ctype not in JSON_CONTENT_TYPES:
             raise Fallback(f"record {mid}: content type {ctype}")
         if body is NOT_DECODED or isinstance(body, JsonError):
             raise Fallback(f"record {mid}: {getattr(body, 'code', 'not decoded')}")
-        items.append((mid, corr, value or b"", body,
-                      _LaneRecord(mid, corr or mid, ctype, rest, key, (topic, spart, offset, ts_type, ts))))
+        append((mid, corr, value or b"", body,
+                _new_tuple(_LaneRecord, (mid, corr or mid, ctype, rest, key, topic, spart, offset, ts_type, ts))))
     return items
 
 
@@ -737,11 +741,10 @@ def lane_encode(settings: dict[str, Any], outs: list[Any]) -> list[Any]:
     for out, body, meta in outs:
         key: bytes | None
         if meta.__class__ is _LaneRecord:
-            if record_key and meta.key is not None:
-                key = meta.key
-            else:
+            key = meta[4]
+            if not record_key or key is None:
                 key = _record_key(key_field, key_header, body, meta.headers if key_header else {})
-            hdrs = outgoing_from(meta.rest, meta.id, meta.corr, meta.ctype)
+            hdrs = outgoing_from(meta[3], meta[0], meta[1], meta[2])
         else:
             key = _record_key(key_field, key_header, body, meta.headers)
             hdrs = outgoing_headers(meta)

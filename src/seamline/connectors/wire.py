@@ -33,7 +33,7 @@ import os
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from seamline.core.errors import FatalError
@@ -56,6 +56,7 @@ __all__ = [
     "ensure_traceparent",
     "field_at",
     "incoming",
+    "incoming_pairs",
     "is_valid_traceparent",
     "new_traceparent",
     "outgoing_from",
@@ -95,16 +96,16 @@ _TP = re.compile(r"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 # Trace ids need to be unique, not secret: a PRNG seeded from the OS avoids a system call per message
 # (which, on a busy process, also means giving up and waiting for the GIL twice per message).
 _rng = random.Random(os.urandom(32))
-# trace and span ids made ahead, 48 hex digits each: one call of the generator serves many messages
-_IDS: list[str] = []
-_IDS_AHEAD = 256
+# whole trace contexts made ahead: one call of the generator and one pass serve many messages
+_MADE: list[str] = []
+_MADE_AHEAD = 256
 
 
 def _reseed() -> None:
     """A forked process (the workers of ``settings.workers``) draws its own ids: without this it would
     repeat its parent's, and every other child's, trace contexts one for one."""
     _rng.seed(os.urandom(32))
-    _IDS.clear()
+    _MADE.clear()
 
 
 if hasattr(os, "register_at_fork"):  # (not on Windows, which has no fork either)
@@ -131,15 +132,22 @@ def new_traceparent() -> str:
     """A fresh W3C trace context: version 00, random trace and span ids, sampled."""
     while True:
         try:
-            ids = _IDS.pop()
-            break
+            return _MADE.pop()
         except IndexError:  # (another thread may take the last ones between a refill and the pop)
-            digits = _rng.randbytes(24 * _IDS_AHEAD).hex()
-            _IDS.extend([digits[i : i + 48] for i in range(0, len(digits), 48)])
-    trace, span = ids[:32], ids[32:]
-    if trace == _ZERO_TRACE or span == _ZERO_SPAN:  # all zero is invalid (2^-64 odds at worst)
-        return new_traceparent()
-    return _checked(f"00-{trace}-{span}-01")
+            _make_ahead()
+
+
+def _make_ahead() -> None:
+    # 8 bytes a group, in hex: a trace id is two groups, a span id one
+    groups = iter(_rng.randbytes(24 * _MADE_AHEAD).hex("-", 8).split("-"))
+    made = [f"00-{a}{b}-{c}-01" for a, b, c in zip(groups, groups, groups, strict=True)]
+    # all-zero ids are invalid (2^-64 odds at worst): such a one is left out
+    made = [tp for tp in made if tp[3:35] != _ZERO_TRACE and tp[36:52] != _ZERO_SPAN]
+    # they are known good: ``ensure_traceparent`` need not check them again
+    if len(_CHECKED) + len(made) > _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED.update(made)
+    _MADE.extend(made)
 
 
 def is_valid_traceparent(value: str | None) -> bool:
@@ -251,9 +259,34 @@ def incoming(
     content type headers are removed from the returned headers; a missing or
     invalid ``traceparent`` is replaced by a fresh one.
     """
+    return _incoming(headers.items(), False, message_id, correlation_id, content_type)
+
+
+def incoming_pairs(
+    pairs: Sequence[tuple[str, bytes | None]] | None,
+) -> tuple[str | None, str | None, str | None, dict[str, str]]:
+    """:func:`incoming` of headers as ``(name, value bytes)`` pairs (Kafka's), each value read as
+    UTF-8 (a byte that is not is replaced, a missing value is empty). A name given more than once
+    counts as in a mapping of the pairs: its last value, at its first place."""
+    if not pairs:
+        return _incoming((), True, None, None, None)
+    if len(pairs) > 1 and len({k for k, _ in pairs}) < len(pairs):
+        pairs = list({k: v for k, v in pairs}.items())
+    return _incoming(pairs, True, None, None, None)
+
+
+def _incoming(
+    pairs: Iterable[tuple[str, Any]],
+    raw: bool,
+    message_id: str | None,
+    correlation_id: str | None,
+    content_type: str | None,
+) -> tuple[str | None, str | None, str | None, dict[str, str]]:
     rest: dict[str, str] = {}
     kinds = _KINDS
-    for k, v in headers.items():
+    for k, v in pairs:
+        if raw:
+            v = "" if v is None else v.decode("utf-8", "replace")
         kind = kinds.get(k)
         if kind is None:
             kind = _kind(k)

@@ -209,12 +209,12 @@ def _run(plan: LanePlan, now: float, chunks: Iterable[list[Any]]) -> list[Any]:
                     keys[corr] = None
             kept = True
             for label, fn in steps:
-                t0 = clock()
+                t0 = clock() if hops_on else 0  # a step's duration is kept in its hop only
                 try:
                     new = fn(body)
                 except Exception as exc:
                     raise Fallback(f"step {label}: {type(exc).__name__}") from None
-                dur = (clock() - t0) // 1000
+                dur = (clock() - t0) // 1000 if hops_on else 0
                 if new is FILTERED:
                     if hops_on:
                         hops.append((now, label, "filtered", dur, None, None))

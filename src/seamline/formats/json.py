@@ -29,7 +29,10 @@ cheap byte-level checks then decide whether anything else needs a look:
   limit;
 * big integers: orjson turns integers beyond 64 bits into floats; a run of
   19 or more digits in the input sends the document to the strict parser,
-  which keeps them as exact ``int``.
+  which keeps them as exact ``int``. :func:`decode_many` looks at the
+  re-encoding it makes for the key count instead: orjson writes every float
+  of magnitude 1e16 or more with an exponent (``e+``), and only a batch whose
+  re-encoding holds one is decoded document by document.
 
 Integers with 20 to 4,300 digits therefore decode exactly, at the cost of
 the strict parser (the standard library's, with hooks).
@@ -75,7 +78,8 @@ _ORJSON_MAX_DEPTH = 1024  # orjson refuses deeper input on its own
 _BOM = b"\xef\xbb\xbf"
 _DIGITS_ONLY = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
 _DIGIT_RUN = b"0" * 19  # shortest integer orjson may turn into a float
-_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b":[{\x00")  # deleted for decode_many's counts
+# deleted for decode_many's counts: what is left are the colons, brackets, backslashes and separators
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b":[{\\\x00")
 _NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
@@ -129,17 +133,20 @@ def decode_many(
         return [decode(r, max_depth=max_depth, max_bytes=max_bytes) for r in records]
     # no valid JSON holds a NUL byte (orjson accepted every document): it separates them here
     joined = b"\x00".join(records)
-    # every ':', '[' and '{' in order, and the separators: one pass, and what the key and depth checks
+    # every ':', '[', '{' and '\\' in order, and the separators: one pass, and what the key and depth checks
     # count is then a few percent of the input
     structure = joined.translate(None, _NOT_STRUCTURE)
+    again = orjson.dumps(values)
     if (
         max(map(len, records)) > max_bytes
-        or b"\\u003" in joined  # an escaped ':' would upset the count
-        or _DIGIT_RUN in joined.translate(_DIGITS_ONLY)
-        or orjson.dumps(values).count(b":") != structure.count(b":")  # a duplicate key was dropped
+        or (b"\\" in structure and b"\\u003" in joined)  # an escaped ':' would upset the count
+        # an integer beyond 64 bits became a float, and orjson writes every float of 1e16 or more with an
+        # exponent: the documents are decoded one by one (``_checked`` keeps such integers exact)
+        or b"e+" in again
+        or again.count(b":") != structure.count(b":")  # a duplicate key was dropped
     ):
         return [decode(r, max_depth=max_depth, max_bytes=max_bytes) for r in records]
-    opened = structure.translate(None, b":")  # the brackets, documents apart
+    opened = structure.translate(None, b":\\")  # the brackets, documents apart
     if len(opened) - len(records) + 1 > max_depth:
         # a document cannot nest deeper than it has brackets: only those with many are looked at
         counts = list(map(len, opened.split(b"\x00")))

@@ -97,6 +97,9 @@ ODD: list[tuple[bytes | None, bytes, list[tuple[str, bytes | None]]]] = [
     (b"k13", b'{"n": 13}', [("kafka.topic", b"elsewhere"), ("file.name", b"x.csv"), ("x-dup", b"1"),
                             ("x-dup", b"2"), ("traceparent", b"00-" + b"0" * 32 + b"-" + b"1" * 16 + b"-01")]),
     (b"\xc3\x28", b'{"n": 14}', [("x-tenant", None)]),  # a key that is not UTF-8
+    # the id twice, a valid trace context and then an invalid one: the last value of a name counts
+    (b"k15", b'{"n": 15}', [("message-id", b"one"), ("traceparent", TP.encode()), ("message-id", b"two"),
+                            ("traceparent", b"not-a-trace")]),
 ]
 
 
@@ -108,7 +111,7 @@ def test_odd_records_get_the_keys_and_headers_the_engine_would_give_them(tmp_pat
     assert answer[0] == "ok", answer
     _, _, n_out, (values, keys, headers), journal, _, _, _ = answer
     assert n_out == len(ODD)
-    assert [orjson.loads(v) for v in values] == [{"n": n, "twice": 2 * n} for n in range(10, 15)]
+    assert [orjson.loads(v) for v in values] == [{"n": n, "twice": 2 * n} for n in range(10, 16)]
     entries = msgspec.msgpack.decode(journal)
     for i, (key, value, hdrs) in enumerate(ODD):
         msg, err = _record_message("orders", "2", 100 + i, key, 1, 1_700_000_000_000 + i, hdrs, value,
@@ -128,6 +131,7 @@ def test_odd_records_get_the_keys_and_headers_the_engine_would_give_them(tmp_pat
     assert headers[2]["message-id"] == "first" and headers[2]["correlation-id"] == "corr-12"
     assert headers[2]["content-type"] == "application/json"
     assert "kafka.topic" not in headers[3] and "file.name" not in headers[3] and headers[3]["x-dup"] == "2"
+    assert headers[5]["message-id"] == "two" and headers[5]["traceparent"] != TP
 
 
 def test_the_key_can_come_from_the_output_body(tmp_path: Path) -> None:

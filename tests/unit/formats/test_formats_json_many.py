@@ -49,6 +49,29 @@ def test_long_digit_runs_and_escaped_colons_in_strings_are_fine() -> None:
     assert sj.decode_many(batch)[2]["n"] == 1234567890123456789012  # exact, not a float
 
 
+def test_integers_just_beyond_64_bits_stay_exact_beside_floats_and_long_integers_within_them() -> None:
+    batch = [b'{"at_ns": 1796053676773000000, "max": 18446744073709551615}', b'{"n": 18446744073709551616}',
+             b'{"n": -9223372036854775809}', b'{"x": 1e16, "y": 12345678901234567890.5, "note": "e+ in text"}']
+    got = sj.decode_many(batch)
+    assert got == [sj.decode(r) for r in batch]
+    assert got[0] == {"at_ns": 1796053676773000000, "max": 18446744073709551615}
+    assert got[1]["n"] == 2**64 and type(got[1]["n"]) is int
+    assert got[2]["n"] == -(2**63) - 1 and type(got[2]["n"]) is int
+    assert got[3]["x"] == 1e16 and type(got[3]["x"]) is float
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.integers(-(2**80), 2**80) | st.floats(allow_nan=False, allow_infinity=False), max_size=5),
+                min_size=1, max_size=6))
+def test_numbers_of_any_size_decode_as_the_standard_library_reads_them(docs: list[list[object]]) -> None:
+    import json
+
+    records = [json.dumps(d).encode() for d in docs]
+    got = sj.decode_many(records)
+    assert got == [json.loads(r) for r in records]
+    assert [list(map(type, d)) for d in got] == [list(map(type, json.loads(r))) for r in records]
+
+
 def test_depth_is_checked_per_document_not_per_batch() -> None:
     # 40 levels each: fine on their own, far beyond the limit of 64 counted over the batch
     doc = b"[" * 40 + b"]" * 40
