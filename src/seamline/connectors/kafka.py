@@ -44,9 +44,12 @@ from seamline.config.models import SinkConfig, SourceConfig
 from seamline.config.types import ByteSize, Duration, MaybeSecret, SecretStr
 from seamline.connectors.offsets import OffsetTracker
 from seamline.connectors.wire import (
+    CONTENT_TYPE_HEADER,
+    CORRELATION_HEADER,
     JSON_CONTENT_TYPES,
     MESSAGE_ID_HEADER,
     NOT_DECODED,
+    TRACEPARENT,
     content_type_of,
     decode_message,
     field_at,
@@ -744,7 +747,12 @@ def lane_encode(settings: dict[str, Any], outs: list[Any]) -> list[Any]:
             key = meta[4]
             if not record_key or key is None:
                 key = _record_key(key_field, key_header, body, meta.headers if key_header else {})
-            hdrs = outgoing_from(meta[3], meta[0], meta[1], meta[2])
+            rest = meta[3]
+            if len(rest) == 1:  # the trace context alone (``incoming`` always leaves one): what outgoing_from makes
+                hdrs = {TRACEPARENT: rest[TRACEPARENT], MESSAGE_ID_HEADER: meta[0], CORRELATION_HEADER: meta[1],
+                        CONTENT_TYPE_HEADER: meta[2]}
+            else:
+                hdrs = outgoing_from(rest, meta[0], meta[1], meta[2])
         else:
             key = _record_key(key_field, key_header, body, meta.headers)
             hdrs = outgoing_headers(meta)
