@@ -25,7 +25,7 @@ from seamline.config.envrefs import expand_refs
 from seamline.config.models import FlowSettings, FlowTest, OnErrorConfig
 from seamline.config.yamlpos import Located, YamlLoadError, load_with_positions
 from seamline.core.errors import ConfigError, ConfigIssue
-from seamline.core.flow import ComponentRef, Flow
+from seamline.core.flow import ComponentRef, Flow, part_labels
 from seamline.core.registry import Role, all_specs, flow_checks, get_spec
 from seamline.security.secrets import SecretRefError
 
@@ -209,17 +209,13 @@ class _FileLoader:
             self.issue("'tests' must be a list", ("tests",), code="config.invalid_value")
             return []
         # the labels the flow will give its parts (an unlabelled second map is map-2)
-        counts: dict[str, int] = {}
+        parts = [ref for ref in [*steps, *sinks] if ref is not None]
         labels: dict[str, set[str]] = {"step": set(), "sink": set()}
-        for ref in [*steps, *sinks]:
-            if ref is None:
-                continue
-            label = ref.label
-            if not ref.explicit_label:
-                counts[ref.name] = counts.get(ref.name, 0) + 1
-                label = ref.name if counts[ref.name] == 1 else f"{ref.name}-{counts[ref.name]}"
+        for ref, label in zip(parts, part_labels(parts), strict=True):
             labels[ref.role].add(label)
         step_labels, sink_labels = labels["step"], labels["sink"]
+        tables = {name for ref in steps if ref is not None and ref.name == "map"
+                  for name in getattr(ref.config, "lookups", {}) or {}}
         # a part that did not validate has its own error already: its label is not checked against
         check_steps, check_sinks = None not in steps, None not in sinks
         out = []
@@ -231,8 +227,6 @@ class _FileLoader:
                 if check_steps and label not in step_labels:
                     self.issue(f"test '{test.name}': no step is labelled '{label}'", ("tests", i, "mocks", label),
                                key=True, hint=_suggest(label, sorted(step_labels)), code="config.invalid_value")
-            tables = {name for ref in steps if ref is not None and ref.name == "map"
-                      for name in getattr(ref.config, "lookups", {}) or {}}
             for name in test.lookups:
                 if check_steps and name not in tables:
                     self.issue(f"test '{test.name}': no map step has a lookup table '{name}'",

@@ -307,10 +307,6 @@ class _LaneRecord(tuple):  # type: ignore[type-arg]
     __slots__ = ()
 
     id = property(operator.itemgetter(0))
-    corr = property(operator.itemgetter(1))
-    ctype = property(operator.itemgetter(2))
-    rest = property(operator.itemgetter(3))
-    key = property(operator.itemgetter(4))
 
     @property
     def headers(self) -> dict[str, str]:

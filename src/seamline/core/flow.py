@@ -13,6 +13,7 @@ Python with the same model::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 from seamline.core.errors import ConfigError, ConfigIssue
 from seamline.core.registry import Role, get_spec
 
-__all__ = ["ComponentRef", "Flow", "sink", "source", "step"]
+__all__ = ["ComponentRef", "Flow", "part_labels", "sink", "source", "step"]
 
 
 @dataclass
@@ -80,12 +81,9 @@ class Flow:
             self.settings = FlowSettings.model_validate(self.settings)
         if not self.sinks:
             raise ConfigError(ConfigIssue("a flow needs at least one sink", flow=self.name, field="sinks"))
-        seen: dict[str, int] = {}
-        for c in [*self.steps, *self.sinks]:
-            if not c.explicit_label:
-                n = seen.get(c.name, 0) + 1
-                seen[c.name] = n
-                c.label = c.name if n == 1 else f"{c.name}-{n}"
+        parts = [*self.steps, *self.sinks]
+        for c, label in zip(parts, part_labels(parts), strict=True):
+            c.label = label
         labels = [c.label for c in self.steps] + [c.label for c in self.sinks]
         dupes = {x for x in labels if labels.count(x) > 1}
         if dupes:
@@ -95,6 +93,20 @@ class Flow:
 
     def sink_labels(self) -> list[str]:
         return [s.label for s in self.sinks]
+
+
+def part_labels(parts: Sequence[ComponentRef]) -> list[str]:
+    """The label each of a flow's steps and sinks (in order) goes by: its own, else its type's name,
+    numbered from the second unlabelled one of that type on (``map``, ``map-2``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for c in parts:
+        label = c.label
+        if not c.explicit_label:
+            n = seen[c.name] = seen.get(c.name, 0) + 1
+            label = c.name if n == 1 else f"{c.name}-{n}"
+        out.append(label)
+    return out
 
 
 def _make(role: Role, name: str, label: str | None, options: dict[str, Any]) -> ComponentRef:

@@ -141,6 +141,15 @@ async def test_a_file_message_carries_its_name_and_the_bytes_as_they_were(tmp_pa
 # -- watch ------------------------------------------------------------------------------------------------
 
 
+def _refused(tmp: Path, yaml_text: str) -> str:
+    """The config error a flow file holding ``yaml_text`` is refused with."""
+    bad = tmp / "f.yaml"
+    bad.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_flows(bad)
+    return str(err.value)
+
+
 def _watching(tmp: Path, pattern: str = "in/*.ndjson", **src: Any) -> Flow:
     return Flow(
         "watch",
@@ -235,15 +244,12 @@ async def test_after_delete_without_watch_removes_the_files_read(tmp_path: Path)
 
 
 def test_after_move_needs_a_folder(tmp_path: Path) -> None:
-    bad = tmp_path / "f.yaml"
-    bad.write_text("flow: f\nsource: {file: {path: in.ndjson, after: move}}\nsinks: [{file: {path: out.ndjson}}]\n")
-    with pytest.raises(ConfigError) as err:
-        load_flows(bad)
-    assert "f.yaml:2" in str(err.value) and "move_to" in str(err.value)
-    bad.write_text("flow: f\nsource: {file: {path: in.ndjson, move_to: done}}\nsinks: [{file: {path: out.ndjson}}]\n")
-    with pytest.raises(ConfigError) as err:
-        load_flows(bad)
-    assert "only used with after: move" in str(err.value)
+    err = _refused(tmp_path, "flow: f\nsource: {file: {path: in.ndjson, after: move}}\n"
+                             "sinks: [{file: {path: out.ndjson}}]\n")
+    assert "f.yaml:2" in err and "move_to" in err
+    err = _refused(tmp_path, "flow: f\nsource: {file: {path: in.ndjson, move_to: done}}\n"
+                             "sinks: [{file: {path: out.ndjson}}]\n")
+    assert "only used with after: move" in err
 
 
 # -- the sink's one file per message -----------------------------------------------------------------------
@@ -276,12 +282,9 @@ async def test_a_folder_of_xml_files_is_transformed_into_another_under_the_same_
 
 
 def test_one_file_per_message_needs_a_name_in_the_path(tmp_path: Path) -> None:
-    bad = tmp_path / "f.yaml"
-    bad.write_text("flow: f\nsource: {file: {path: in.ndjson}}\n"
-                   "sinks: [{file: {path: \"out/{date}.xml\", format: file}}]\n")
-    with pytest.raises(ConfigError) as err:
-        load_flows(bad)
-    assert "put {id} or {name} in the path" in str(err.value)
+    err = _refused(tmp_path, "flow: f\nsource: {file: {path: in.ndjson}}\n"
+                             "sinks: [{file: {path: \"out/{date}.xml\", format: file}}]\n")
+    assert "put {id} or {name} in the path" in err
 
 
 async def test_a_name_from_outside_never_leaves_the_folder(tmp_path: Path) -> None:
@@ -349,11 +352,9 @@ async def test_a_dated_path_starts_a_file_a_day(tmp_path: Path, monkeypatch: pyt
 
 
 def test_an_appended_file_takes_no_per_message_name(tmp_path: Path) -> None:
-    bad = tmp_path / "f.yaml"
-    bad.write_text("flow: f\nsource: {file: {path: in.ndjson}}\nsinks: [{file: {path: \"out/{id}.ndjson\"}}]\n")
-    with pytest.raises(ConfigError) as err:
-        load_flows(bad)
-    assert "format: ndjson appends every message to one file" in str(err.value)
+    err = _refused(tmp_path, "flow: f\nsource: {file: {path: in.ndjson}}\n"
+                             "sinks: [{file: {path: \"out/{id}.ndjson\"}}]\n")
+    assert "format: ndjson appends every message to one file" in err
 
 
 # -- gzip ----------------------------------------------------------------------------------------------
